@@ -1,0 +1,1 @@
+"""Generated runplane.v1 protobuf and gRPC stubs (see `make proto`)."""
