@@ -1,0 +1,85 @@
+"""A bare grpc.aio server for runplane.v1.RunService that stores nothing.
+
+It is the benchmark's yardstick: GetRun and CreateRun parse the request and answer with one
+prebuilt, realistically sized Run, so its figures are what grpc.aio and protobuf cost on this
+machine. runplane is measured the same way, and the ratio of the two is what runplane's own
+work (validation, SQL, revisions) costs. Every other method answers UNIMPLEMENTED.
+
+    python -m tests.bench.echo_server [--address 127.0.0.1:0]
+
+Prints ``ready address=HOST:PORT`` on stderr once bound, like ``runplane serve``, and stops
+on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Any
+
+import grpc
+
+from runplane.v1 import run_pb2, run_service_pb2
+from tests.bench.payloads import realistic_run
+
+SERVICE_NAME = "runplane.v1.RunService"
+
+
+def echo_handler(run: run_pb2.Run) -> grpc.GenericRpcHandler[Any, run_pb2.Run]:
+    """Handlers for GetRun and CreateRun that both return ``run``."""
+
+    async def get_run(
+        request: run_service_pb2.GetRunRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> run_pb2.Run:
+        return run
+
+    async def create_run(
+        request: run_service_pb2.CreateRunRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> run_pb2.Run:
+        return run
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "GetRun": grpc.unary_unary_rpc_method_handler(
+                get_run,
+                request_deserializer=run_service_pb2.GetRunRequest.FromString,
+                response_serializer=run_pb2.Run.SerializeToString,
+            ),
+            "CreateRun": grpc.unary_unary_rpc_method_handler(
+                create_run,
+                request_deserializer=run_service_pb2.CreateRunRequest.FromString,
+                response_serializer=run_pb2.Run.SerializeToString,
+            ),
+        },
+    )
+
+
+async def serve(address: str) -> None:
+    """Serves until SIGTERM or SIGINT."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((echo_handler(realistic_run()),))
+    port = server.add_insecure_port(address)
+    await server.start()
+    host = address.rsplit(":", 1)[0]
+    print(f"ready address={host}:{port}", file=sys.stderr, flush=True)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    await server.stop(grace=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default="127.0.0.1:0")
+    asyncio.run(serve(parser.parse_args().address))
+
+
+if __name__ == "__main__":
+    main()

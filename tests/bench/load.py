@@ -1,0 +1,151 @@
+"""Load generator: drives one unary RPC at a fixed concurrency and reports its latency.
+
+It runs in its own process so that its CPU use never shares an interpreter (or a GIL) with
+the server it measures; the harness starts it once per cell:
+
+    python -m tests.bench.load --address HOST:PORT --rpc get|create --concurrency N --seconds S
+
+N asyncio tasks share one grpc.aio channel and call back to back through the raw generated
+stub. After a short warm-up (connection set-up, first-call caches) every call's latency is
+recorded with ``time.perf_counter_ns``. Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
+from tests.bench.payloads import BENCH_ASSISTANT_ID, BENCH_KWARGS, BENCH_METADATA, struct
+
+CALL_TIMEOUT_S = 10.0
+GET_POOL_SIZE = 200
+
+Call = Callable[[], Awaitable[object]]
+
+
+def create_request() -> run_service_pb2.CreateRunRequest:
+    """A run on a new thread (empty thread_id), so runs never queue behind each other."""
+    return run_service_pb2.CreateRunRequest(
+        assistant_id=BENCH_ASSISTANT_ID,
+        metadata=struct(BENCH_METADATA),
+        kwargs=struct(BENCH_KWARGS),
+        multitask_strategy=run_pb2.MULTITASK_STRATEGY_ENQUEUE,
+    )
+
+
+async def prepare_create(stub: run_service_pb2_grpc.RunServiceAsyncStub) -> Call:
+    def call() -> Awaitable[object]:
+        return stub.CreateRun(create_request(), timeout=CALL_TIMEOUT_S)
+
+    return call
+
+
+async def prepare_get(stub: run_service_pb2_grpc.RunServiceAsyncStub) -> Call:
+    """Creates a pool of runs first, then reads them round-robin (no single hot row)."""
+    created = await asyncio.gather(
+        *(stub.CreateRun(create_request(), timeout=CALL_TIMEOUT_S) for _ in range(GET_POOL_SIZE))
+    )
+    requests = itertools.cycle([run_service_pb2.GetRunRequest(run_id=r.run_id) for r in created])
+
+    def call() -> Awaitable[object]:
+        return stub.GetRun(next(requests), timeout=CALL_TIMEOUT_S)
+
+    return call
+
+
+PREPARERS: dict[str, Callable[[run_service_pb2_grpc.RunServiceAsyncStub], Awaitable[Call]]] = {
+    "create": prepare_create,
+    "get": prepare_get,
+}
+
+
+@dataclass
+class Recorder:
+    """Latencies of the successful calls, and the failed calls by status code."""
+
+    latencies_ns: list[int] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+async def drive(call: Call, until_ns: int, recorder: Recorder | None) -> None:
+    """Calls back to back until ``until_ns``; records only when given a recorder."""
+    while (start := time.perf_counter_ns()) < until_ns:
+        try:
+            await call()
+        except grpc.aio.AioRpcError as error:
+            if recorder is not None:
+                recorder.errors[error.code().name] += 1
+            continue
+        if recorder is not None:
+            recorder.latencies_ns.append(time.perf_counter_ns() - start)
+
+
+def percentile_ms(sorted_ns: list[int], fraction: float) -> float | None:
+    """Nearest-rank percentile, in milliseconds."""
+    if not sorted_ns:
+        return None
+    rank = max(1, round(fraction * len(sorted_ns)))
+    return sorted_ns[rank - 1] / 1e6
+
+
+async def measure(
+    address: str, rpc: str, concurrency: int, seconds: float, warmup: float
+) -> dict[str, object]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = run_service_pb2_grpc.RunServiceStub(channel)
+        await channel.channel_ready()
+        call = await PREPARERS[rpc](stub)
+
+        warm_until = time.perf_counter_ns() + int(warmup * 1e9)
+        await asyncio.gather(*(drive(call, warm_until, None) for _ in range(concurrency)))
+
+        recorder = Recorder()
+        started = time.perf_counter_ns()
+        until = started + int(seconds * 1e9)
+        await asyncio.gather(*(drive(call, until, recorder) for _ in range(concurrency)))
+        elapsed_s = (time.perf_counter_ns() - started) / 1e9
+
+    latencies = sorted(recorder.latencies_ns)
+    return {
+        "rpc": rpc,
+        "concurrency": concurrency,
+        "calls": len(latencies),
+        "seconds": round(elapsed_s, 3),
+        "throughput_per_s": round(len(latencies) / elapsed_s, 1),
+        "p50_ms": _round(percentile_ms(latencies, 0.50)),
+        "p99_ms": _round(percentile_ms(latencies, 0.99)),
+        "errors": sum(recorder.errors.values()),
+        "errors_by_code": dict(recorder.errors),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--rpc", choices=sorted(PREPARERS), required=True)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--warmup", type=float, default=None, help="default: a fifth of --seconds, at most 1 s"
+    )
+    args = parser.parse_args()
+    warmup = min(1.0, args.seconds / 5) if args.warmup is None else args.warmup
+    result = asyncio.run(measure(args.address, args.rpc, args.concurrency, args.seconds, warmup))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Turns result records into the comparisons the project's performance goals are written in.
+
+Goals are judged here and reported as booleans in the JSON; they never fail a test run,
+because timings on a shared 2-core machine are evidence, not a verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from tests.bench.scenarios import Result
+
+REFERENCE = "echo"
+
+
+def _unary_cell(results: Iterable[Result], target: str, rpc: str, concurrency: int) -> Result:
+    for result in results:
+        if (
+            result.get("scenario") == "unary"
+            and result["target"] == target
+            and result["rpc"] == rpc
+            and result["concurrency"] == concurrency
+        ):
+            return result
+    return {}
+
+
+def _number(cell: Result, key: str) -> float | None:
+    value = cell.get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def ratios(results: list[Result]) -> dict[str, dict[str, float | None]]:
+    """Per runplane target: its unary throughput over the echo server's, cell by cell."""
+    by_target: dict[str, dict[str, float | None]] = {}
+    for result in results:
+        if result.get("scenario") != "unary" or result["target"] == REFERENCE:
+            continue
+        rpc, concurrency = str(result["rpc"]), int(str(result["concurrency"]))
+        echo = _number(_unary_cell(results, REFERENCE, rpc, concurrency), "throughput_per_s")
+        mine = _number(result, "throughput_per_s")
+        ratio = round(mine / echo, 3) if mine is not None and echo else None
+        by_target.setdefault(str(result["target"]), {})[f"{rpc}_{concurrency}_vs_echo"] = ratio
+    return by_target
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A threshold on one figure of a target; ``applies`` picks the targets it judges."""
+
+    name: str
+    threshold: float
+    at_least: bool
+    figure: Callable[[list[Result], str], float | None]
+    applies: Callable[[str], bool]
+
+
+def _get_32_ratio(results: list[Result], target: str) -> float | None:
+    return ratios(results).get(target, {}).get("get_32_vs_echo")
+
+
+def _create_32_throughput(results: list[Result], target: str) -> float | None:
+    return _number(_unary_cell(results, target, "create", 32), "throughput_per_s")
+
+
+def _create_1_p99(results: list[Result], target: str) -> float | None:
+    return _number(_unary_cell(results, target, "create", 1), "p99_ms")
+
+
+GOALS = (
+    Goal("get_32_ratio_min", 0.6, True, _get_32_ratio, lambda t: t != REFERENCE),
+    Goal(
+        "create_32_sqlite_min_per_s",
+        1000,
+        True,
+        _create_32_throughput,
+        lambda t: t == "runplane-sqlite",
+    ),
+    Goal("create_1_p99_max_ms", 10, False, _create_1_p99, lambda t: t != REFERENCE),
+)
+
+
+def judge(results: list[Result], targets: Iterable[str]) -> dict[str, object]:
+    """Each goal with its threshold and, per target it applies to, value and pass.
+
+    ``pass`` is None when the figure was not measured (another --concurrency, a failed
+    cell); ``all_pass`` counts only the figures that were, and is None if there were none.
+    """
+    report: dict[str, object] = {}
+    verdicts: list[bool] = []
+    for goal in GOALS:
+        per_target: dict[str, dict[str, object]] = {}
+        for target in targets:
+            if not goal.applies(target):
+                continue
+            value = goal.figure(results, target)
+            passed = None
+            if value is not None:
+                passed = value >= goal.threshold if goal.at_least else value <= goal.threshold
+                verdicts.append(passed)
+            per_target[target] = {"value": value, "pass": passed}
+        report[goal.name] = {"threshold": goal.threshold, "results": per_target}
+    report["all_pass"] = all(verdicts) if verdicts else None
+    return report

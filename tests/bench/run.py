@@ -1,0 +1,155 @@
+"""runplane's benchmark harness (``make bench``).
+
+Measures runplane against a bare grpc.aio echo server on the same machine, the same way:
+each target server is started fresh as a child process, every scenario in
+``tests.bench.scenarios.SCENARIOS`` drives it from a separate load process, and the server
+is stopped before the next target starts. Progress goes to stderr; stdout gets one JSON
+document: the machine, every result, runplane/echo ratios and the performance goals judged.
+
+    python -m tests.bench.run [--seconds 5] [--targets echo,runplane-sqlite,...]
+
+PostgreSQL is measured when a server URL is known (``--postgres-url``, or the environment's
+RUNPLANE_BENCH_POSTGRES_URL or RUNPLANE_TEST_POSTGRES_URL); each run gets a database of its
+own, dropped afterwards. Exit status 1 if a target or scenario could not run (the JSON then
+lists it under ``failures``); performance goals missed do not change it unless ``--strict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+import grpc
+
+from tests.bench.report import judge, ratios
+from tests.bench.scenarios import SCENARIOS, BenchOptions, Result
+from tests.bench.targets import Target, available_targets
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _postgres_url(args: argparse.Namespace) -> str | None:
+    url: str | None = (
+        args.postgres_url
+        or os.environ.get("RUNPLANE_BENCH_POSTGRES_URL")
+        or os.environ.get("RUNPLANE_TEST_POSTGRES_URL")
+    )
+    return url or (DEFAULT_POSTGRES_URL if args.postgres else None)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        epilog="Scenarios: " + ", ".join(SCENARIOS),
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed part of each cell")
+    parser.add_argument("--concurrency", type=_csv, default=("1", "32"), help="e.g. 1,32")
+    parser.add_argument("--rpcs", type=_csv, default=("create", "get"))
+    parser.add_argument("--targets", type=_csv, default=None, help="default: every available")
+    parser.add_argument("--scenarios", type=_csv, default=tuple(SCENARIOS))
+    parser.add_argument("--postgres-url", default=None)
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help=f"measure PostgreSQL, at {DEFAULT_POSTGRES_URL} "
+        "unless a URL is given or in the environment",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    args = parser.parse_args(argv)
+    for name in args.scenarios:
+        if name not in SCENARIOS:
+            parser.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    return args
+
+
+def _select_targets(args: argparse.Namespace) -> list[Target]:
+    available = available_targets(_postgres_url(args))
+    names = args.targets or tuple(available)
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        known = ", ".join(available)
+        raise SystemExit(f"unknown or unavailable target(s) {unknown}; available: {known}")
+    return [available[name] for name in names]
+
+
+def measure_target(
+    target: Target, scenarios: tuple[str, ...], options: BenchOptions
+) -> list[Result]:
+    """Runs every scenario against one fresh server; the server is gone when this returns."""
+    _log(f"{target.name}: starting")
+    with (
+        tempfile.TemporaryDirectory(prefix=f"runplane-bench-{target.name}-") as workdir,
+        target.start(Path(workdir)) as address,
+    ):
+        _log(f"{target.name}: ready at {address}")
+        results: list[Result] = []
+        for name in scenarios:
+            results.extend(SCENARIOS[name](target, address, options))
+        return results
+
+
+def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
+    # Turns SIGTERM into SystemExit, so the `with` blocks stop the servers on the way out.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _raise_system_exit)
+    args = parse_args(argv)
+    options = BenchOptions(
+        seconds=args.seconds,
+        concurrencies=tuple(int(c) for c in args.concurrency),
+        rpcs=args.rpcs,
+    )
+    targets = _select_targets(args)
+    started = time.monotonic()
+    load_average = [round(x, 2) for x in os.getloadavg()]  # the machine is shared
+    results: list[Result] = []
+    failures: list[dict[str, str]] = []
+    for target in targets:
+        try:
+            results.extend(measure_target(target, args.scenarios, options))
+        except Exception as error:  # one broken target must not hide the others' figures
+            _log(f"{target.name}: FAILED: {error}")
+            failures.append({"target": target.name, "error": str(error)})
+
+    goals = judge(results, [t.name for t in targets])
+    document = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_at_start": load_average,
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+            "platform": platform.platform(),
+        },
+        "options": {"seconds": options.seconds, "concurrency": list(options.concurrencies)},
+        "results": results,
+        "ratios": ratios(results),
+        "targets": goals,
+        "failures": failures,
+    }
+    print(json.dumps(document, indent=2), flush=True)
+    _log(f"done in {time.monotonic() - started:.0f} s; goals all pass: {goals['all_pass']}")
+    if failures:
+        return 1
+    return 1 if args.strict and not goals["all_pass"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""What the benchmark measures against each running target.
+
+A scenario is a function ``(target, address, options) -> results``: it drives the server at
+``address`` and returns flat JSON-ready result records. The harness runs every scenario
+against every target and knows nothing else about them, so a new measurement (watch
+latency, claim latency) is a new function, in this module or its own, added to
+``SCENARIOS``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tests.bench.targets import REPO_ROOT, Target
+
+Result = dict[str, object]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    seconds: float
+    concurrencies: tuple[int, ...]
+    rpcs: tuple[str, ...]
+
+
+Scenario = Callable[[Target, str, BenchOptions], list[Result]]
+
+
+class LoadFailedError(RuntimeError):
+    """The load generator failed: the cell has no numbers."""
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_load(address: str, rpc: str, concurrency: int, seconds: float) -> Result:
+    """One cell: the load generator in its own process, so it never shares a GIL with us."""
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.bench.load",
+        *("--address", address, "--rpc", rpc),
+        *("--concurrency", str(concurrency), "--seconds", str(seconds)),
+    ]
+    # Generous: set-up creates a pool of runs before the timed part. On timeout or Ctrl-C,
+    # subprocess.run kills the child before re-raising.
+    completed = subprocess.run(
+        argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60 + 3 * seconds, check=False
+    )
+    if completed.returncode != 0:
+        raise LoadFailedError(
+            f"load generator exited {completed.returncode} ({rpc}, concurrency {concurrency}):\n"
+            f"{completed.stderr.strip()}"
+        )
+    result: Result = json.loads(completed.stdout)
+    return result
+
+
+def unary_calls(target: Target, address: str, options: BenchOptions) -> list[Result]:
+    """Throughput and latency of unary calls, one load process per (rpc, concurrency)."""
+    results: list[Result] = []
+    for rpc in options.rpcs:
+        for concurrency in options.concurrencies:
+            _log(f"  {target.name}: {rpc} x {concurrency} for {options.seconds:g} s")
+            started = time.monotonic()
+            cell = run_load(address, rpc, concurrency, options.seconds)
+            _log(
+                f"    {cell['throughput_per_s']}/s  p50 {cell['p50_ms']} ms  "
+                f"p99 {cell['p99_ms']} ms  errors {cell['errors']}  "
+                f"({time.monotonic() - started:.1f} s)"
+            )
+            results.append({"target": target.name, "scenario": "unary", **cell})
+    return results
+
+
+SCENARIOS: dict[str, Scenario] = {"unary": unary_calls}

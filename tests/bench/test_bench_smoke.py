@@ -1,0 +1,60 @@
+"""The benchmark harness works end to end (against the echo server only).
+
+Timings never decide a test: this checks the shape of what ``make bench`` prints, so a broken
+harness is noticed before someone needs its numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RESULT_KEYS = {
+    "target",
+    "scenario",
+    "rpc",
+    "concurrency",
+    "calls",
+    "seconds",
+    "throughput_per_s",
+    "p50_ms",
+    "p99_ms",
+    "errors",
+}
+
+
+def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "tests.bench.run"),
+            *("--targets", "echo", "--seconds", "0.5", "--concurrency", "2"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+
+    document = json.loads(completed.stdout)
+    assert set(document) >= {"machine", "results", "ratios", "targets", "failures"}
+    assert document["machine"]["cpus"] >= 1
+    assert document["failures"] == []
+    cells = {(r["rpc"], r["concurrency"]) for r in document["results"]}
+    assert cells == {("create", 2), ("get", 2)}
+    for result in document["results"]:
+        assert set(result) >= RESULT_KEYS
+        assert result["target"] == "echo"
+        assert result["calls"] > 0
+        assert result["errors"] == 0
+        assert 0 < result["p50_ms"] <= result["p99_ms"]
+    assert set(document["targets"]) >= {
+        "get_32_ratio_min",
+        "create_32_sqlite_min_per_s",
+        "create_1_p99_max_ms",
+    }
