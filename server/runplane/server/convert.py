@@ -1,0 +1,95 @@
+"""The one conversion between domain values and runplane.v1 messages."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+
+from runplane.server import records
+from runplane.server.records import JSONObject
+from runplane.v1 import run_pb2
+
+STATUS_TO_PROTO: dict[records.RunStatus, run_pb2.RunStatus.ValueType] = {
+    records.RunStatus.PENDING: run_pb2.RUN_STATUS_PENDING,
+    records.RunStatus.RUNNING: run_pb2.RUN_STATUS_RUNNING,
+    records.RunStatus.ERROR: run_pb2.RUN_STATUS_ERROR,
+    records.RunStatus.SUCCESS: run_pb2.RUN_STATUS_SUCCESS,
+    records.RunStatus.TIMEOUT: run_pb2.RUN_STATUS_TIMEOUT,
+    records.RunStatus.INTERRUPTED: run_pb2.RUN_STATUS_INTERRUPTED,
+}
+STATUS_FROM_PROTO = {value: key for key, value in STATUS_TO_PROTO.items()}
+
+STRATEGY_TO_PROTO: dict[records.MultitaskStrategy, run_pb2.MultitaskStrategy.ValueType] = {
+    records.MultitaskStrategy.REJECT: run_pb2.MULTITASK_STRATEGY_REJECT,
+    records.MultitaskStrategy.INTERRUPT: run_pb2.MULTITASK_STRATEGY_INTERRUPT,
+    records.MultitaskStrategy.ROLLBACK: run_pb2.MULTITASK_STRATEGY_ROLLBACK,
+    records.MultitaskStrategy.ENQUEUE: run_pb2.MULTITASK_STRATEGY_ENQUEUE,
+}
+STRATEGY_FROM_PROTO = {value: key for key, value in STRATEGY_TO_PROTO.items()}
+
+CANCEL_ACTION_FROM_PROTO: dict[run_pb2.CancelAction.ValueType, records.CancelAction] = {
+    run_pb2.CANCEL_ACTION_UNSPECIFIED: records.CancelAction.INTERRUPT,
+    run_pb2.CANCEL_ACTION_INTERRUPT: records.CancelAction.INTERRUPT,
+    run_pb2.CANCEL_ACTION_ROLLBACK: records.CancelAction.ROLLBACK,
+}
+
+_US_PER_S = 1_000_000
+
+
+def timestamp(us: int) -> timestamp_pb2.Timestamp:
+    seconds, micros = divmod(us, _US_PER_S)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
+
+
+def timestamp_us(value: timestamp_pb2.Timestamp) -> int:
+    return value.seconds * _US_PER_S + value.nanos // 1000
+
+
+def duration(us: int) -> duration_pb2.Duration:
+    seconds, micros = divmod(us, _US_PER_S)
+    return duration_pb2.Duration(seconds=seconds, nanos=micros * 1000)
+
+
+def duration_us(value: duration_pb2.Duration) -> int:
+    return value.seconds * _US_PER_S + value.nanos // 1000
+
+
+def struct(document: JSONObject) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(document)
+    return message
+
+
+def document(message: struct_pb2.Struct) -> JSONObject:
+    return json_format.MessageToDict(message)
+
+
+def run_to_proto(run: records.Run) -> run_pb2.Run:
+    message = run_pb2.Run(
+        run_id=run.run_id,
+        thread_id=run.thread_id,
+        assistant_id=run.assistant_id,
+        created_at=timestamp(run.created_at),
+        updated_at=timestamp(run.updated_at),
+        status=STATUS_TO_PROTO[run.status],
+        multitask_strategy=STRATEGY_TO_PROTO[run.multitask_strategy],
+        revision=run.revision,
+        attempt=run.attempt,
+        error=run.error,
+        cancel_reason=run.cancel_reason,
+        worker_id=run.worker_id,
+    )
+    if run.metadata:
+        message.metadata.update(run.metadata)
+    if run.kwargs:
+        message.kwargs.update(run.kwargs)
+    if run.started_at is not None:
+        message.started_at.CopyFrom(timestamp(run.started_at))
+    if run.ended_at is not None:
+        message.ended_at.CopyFrom(timestamp(run.ended_at))
+    if run.lease_expires_at is not None:
+        message.lease_expires_at.CopyFrom(timestamp(run.lease_expires_at))
+    if run.timeout is not None:
+        message.timeout.CopyFrom(duration(run.timeout))
+    if run.start_after is not None:
+        message.start_after.CopyFrom(timestamp(run.start_after))
+    return message

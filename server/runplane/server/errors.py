@@ -1,0 +1,108 @@
+"""The domain's own errors. Only the servicer turns them into gRPC statuses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RunplaneError(Exception):
+    """Base of every error the rules raise on purpose.
+
+    `reason` is the stable, machine-readable cause (the ErrorInfo reason on the
+    wire); `details` carries the values a caller needs to act on it.
+    """
+
+    reason: str = ""
+
+    def __init__(self, message: str, **details: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class InvalidInput(RunplaneError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(f"invalid request: {summary}")
+        self.violations = violations
+
+
+class RunNotFound(RunplaneError):
+    reason = "RUN_NOT_FOUND"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} not found", run_id=run_id)
+
+
+class RunAlreadyExists(RunplaneError):
+    reason = "RUN_ALREADY_EXISTS"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} already exists", run_id=run_id)
+
+
+class ThreadBusy(RunplaneError):
+    reason = "THREAD_BUSY"
+
+    def __init__(self, thread_id: str, run_id: str) -> None:
+        super().__init__(
+            f"thread {thread_id} already has inflight run {run_id} and the strategy is reject",
+            thread_id=thread_id,
+            run_id=run_id,
+        )
+
+
+class RunTerminal(RunplaneError):
+    reason = "RUN_TERMINAL"
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"run {run_id} is already {status}", run_id=run_id, status=status)
+
+
+class RunInflight(RunplaneError):
+    reason = "RUN_INFLIGHT"
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(
+            f"run {run_id} is {status}; cancel it first or delete with force",
+            run_id=run_id,
+            status=status,
+        )
+
+
+class RunNotPending(RunplaneError):
+    reason = "RUN_NOT_PENDING"
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(
+            f"kwargs of run {run_id} can only change while it is pending; it is {status}",
+            run_id=run_id,
+            status=status,
+        )
+
+
+class RevisionMismatch(RunplaneError):
+    reason = "REVISION_MISMATCH"
+
+    def __init__(self, run_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"run {run_id} is at revision {actual}, not the expected {expected}",
+            run_id=run_id,
+            expected_revision=str(expected),
+            current_revision=str(actual),
+        )
+
+
+class StoreUnavailable(RunplaneError):
+    reason = "STORE_UNAVAILABLE"
+
+    def __init__(self) -> None:
+        super().__init__("the database is unavailable; retry later")

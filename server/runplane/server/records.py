@@ -1,0 +1,133 @@
+"""Domain values shared by the rules and the store: plain Python, no gRPC, no SQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+JSONObject = dict[str, Any]
+
+
+def now_us() -> int:
+    """Wall-clock time in microseconds since the epoch, the unit every stored time uses."""
+    return time.time_ns() // 1000
+
+
+class RunStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    ERROR = "error"
+    SUCCESS = "success"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_inflight(self) -> bool:
+        return self in INFLIGHT
+
+
+INFLIGHT = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
+
+
+class MultitaskStrategy(enum.StrEnum):
+    REJECT = "reject"
+    INTERRUPT = "interrupt"
+    ROLLBACK = "rollback"
+    ENQUEUE = "enqueue"
+
+
+class CancelAction(enum.StrEnum):
+    INTERRUPT = "interrupt"
+    ROLLBACK = "rollback"
+
+
+class ChangeType(enum.StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
+class SortOrder(enum.StrEnum):
+    DESC = "desc"
+    ASC = "asc"
+
+
+@dataclass(slots=True)
+class Run:
+    """A run as the rules see it. Times are microseconds since the epoch (UTC)."""
+
+    run_id: str
+    thread_id: str
+    assistant_id: str
+    status: RunStatus
+    multitask_strategy: MultitaskStrategy
+    created_at: int
+    updated_at: int
+    metadata: JSONObject = field(default_factory=dict)
+    kwargs: JSONObject = field(default_factory=dict)
+    revision: int = 0
+    attempt: int = 0
+    started_at: int | None = None
+    ended_at: int | None = None
+    error: str = ""
+    cancel_reason: str = ""
+    worker_id: str = ""
+    lease_expires_at: int | None = None
+    timeout: int | None = None
+    """Longest RUNNING time in microseconds, if any."""
+    start_after: int | None = None
+    request_id: str | None = None
+
+    def to_json(self) -> JSONObject:
+        """The snapshot kept in the event log."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: JSONObject) -> Run:
+        values = dict(data)
+        values["status"] = RunStatus(values["status"])
+        values["multitask_strategy"] = MultitaskStrategy(values["multitask_strategy"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change; the store gives it the next global revision."""
+
+    type: ChangeType
+    run: Run
+    """The run after the change; for a delete, its last state."""
+    previous: Run | None = None
+    """For an update, the run before it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Selects runs; an unset field matches every run."""
+
+    thread_id: str | None = None
+    assistant_id: str | None = None
+    statuses: frozenset[RunStatus] = frozenset()
+    metadata: JSONObject = field(default_factory=dict)
+
+    def matches(self, run: Run) -> bool:
+        return (
+            (self.thread_id is None or run.thread_id == self.thread_id)
+            and (self.assistant_id is None or run.assistant_id == self.assistant_id)
+            and (not self.statuses or run.status in self.statuses)
+            and all(
+                key in run.metadata and run.metadata[key] == value
+                for key, value in self.metadata.items()
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Keyset position: the sort key of the last run of the previous page."""
+
+    created_at: int
+    run_id: str

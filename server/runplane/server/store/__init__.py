@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy only. Knows SQL and nothing of gRPC."""

@@ -1,0 +1,330 @@
+"""SQL for runs, their event log and the revision counter.
+
+A `RunStore` wraps the connection of one transaction that the caller owns (see
+`Database.write` / `Database.read`). Reads return `records.Run`; writes go
+through `apply`, which numbers the changes with the next global revisions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from runplane.server.errors import RunAlreadyExists
+from runplane.server.records import (
+    INFLIGHT,
+    Change,
+    ChangeType,
+    MultitaskStrategy,
+    PageCursor,
+    Run,
+    RunFilter,
+    RunStatus,
+    SortOrder,
+    now_us,
+)
+from runplane.server.store.database import Dialect
+from runplane.server.store.schema import Base, RunEventRow, RunRow, StoreStateRow
+
+_runs = Base.metadata.tables[RunRow.__tablename__]
+_events = Base.metadata.tables[RunEventRow.__tablename__]
+_state = Base.metadata.tables[StoreStateRow.__tablename__]
+
+# Namespaces of PostgreSQL advisory locks (first key of the two-int form).
+_THREAD_LOCK = 1
+_REQUEST_LOCK = 2
+
+
+def _lock_key(value: str) -> int:
+    """A signed 32-bit key for an advisory lock; collisions only serialize more."""
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=4).digest(), signed=True)
+
+
+def _row_values(run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "thread_id": run.thread_id,
+        "assistant_id": run.assistant_id,
+        "status": run.status.value,
+        "multitask_strategy": run.multitask_strategy.value,
+        "metadata": run.metadata,
+        "kwargs": run.kwargs,
+        "created_at_us": run.created_at,
+        "updated_at_us": run.updated_at,
+        "revision": run.revision,
+        "attempt": run.attempt,
+        "started_at_us": run.started_at,
+        "ended_at_us": run.ended_at,
+        "error": run.error,
+        "cancel_reason": run.cancel_reason,
+        "worker_id": run.worker_id,
+        "lease_expires_at_us": run.lease_expires_at,
+        "timeout_us": run.timeout,
+        "start_after_us": run.start_after,
+        "request_id": run.request_id,
+    }
+
+
+_COLUMNS = [
+    _runs.c.run_id,
+    _runs.c.thread_id,
+    _runs.c.assistant_id,
+    _runs.c.status,
+    _runs.c.multitask_strategy,
+    _runs.c.metadata,
+    _runs.c.kwargs,
+    _runs.c.created_at_us,
+    _runs.c.updated_at_us,
+    _runs.c.revision,
+    _runs.c.attempt,
+    _runs.c.started_at_us,
+    _runs.c.ended_at_us,
+    _runs.c.error,
+    _runs.c.cancel_reason,
+    _runs.c.worker_id,
+    _runs.c.lease_expires_at_us,
+    _runs.c.timeout_us,
+    _runs.c.start_after_us,
+    _runs.c.request_id,
+]
+
+
+def _to_run(row: Sequence[Any]) -> Run:
+    (
+        run_id,
+        thread_id,
+        assistant_id,
+        status,
+        strategy,
+        metadata,
+        kwargs,
+        created_at,
+        updated_at,
+        revision,
+        attempt,
+        started_at,
+        ended_at,
+        error,
+        cancel_reason,
+        worker_id,
+        lease_expires_at,
+        timeout,
+        start_after,
+        request_id,
+    ) = row
+    return Run(
+        run_id=run_id,
+        thread_id=thread_id,
+        assistant_id=assistant_id,
+        status=RunStatus(status),
+        multitask_strategy=MultitaskStrategy(strategy),
+        metadata=metadata,
+        kwargs=kwargs,
+        created_at=created_at,
+        updated_at=updated_at,
+        revision=revision,
+        attempt=attempt,
+        started_at=started_at,
+        ended_at=ended_at,
+        error=error,
+        cancel_reason=cancel_reason,
+        worker_id=worker_id,
+        lease_expires_at=lease_expires_at,
+        timeout=timeout,
+        start_after=start_after,
+        request_id=request_id,
+    )
+
+
+_SELECT_RUN = select(*_COLUMNS)
+
+
+class RunStore:
+    """SQL over the connection of one transaction."""
+
+    def __init__(self, connection: Connection, dialect: Dialect) -> None:
+        self._conn = connection
+        self._dialect = dialect
+
+    # -- locks -------------------------------------------------------------------------------
+
+    def lock_thread(self, thread_id: str) -> None:
+        """Serialize writers of one thread until commit (PostgreSQL).
+
+        On SQLite the write transaction already holds the database's only write lock.
+        """
+        self._advisory_lock(_THREAD_LOCK, thread_id)
+
+    def lock_request(self, request_id: str) -> None:
+        """Serialize creates that carry the same idempotency key until commit."""
+        self._advisory_lock(_REQUEST_LOCK, request_id)
+
+    def _advisory_lock(self, namespace: int, value: str) -> None:
+        if self._dialect.is_postgres:
+            self._conn.execute(
+                text("SELECT pg_advisory_xact_lock(:namespace, :key)"),
+                {"namespace": namespace, "key": _lock_key(value)},
+            )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> Run | None:
+        row = self._conn.execute(_SELECT_RUN.where(_runs.c.run_id == run_id)).first()
+        return None if row is None else _to_run(row)
+
+    def get_locked(self, run_id: str) -> Run | None:
+        """The run, read after locking its thread, so the caller may change it safely."""
+        if self._dialect.is_postgres:
+            thread_id = self._conn.execute(
+                select(_runs.c.thread_id).where(_runs.c.run_id == run_id)
+            ).scalar_one_or_none()
+            if thread_id is None:
+                return None
+            self.lock_thread(thread_id)
+        return self.get(run_id)
+
+    def get_by_request_id(self, request_id: str) -> Run | None:
+        row = self._conn.execute(_SELECT_RUN.where(_runs.c.request_id == request_id)).first()
+        return None if row is None else _to_run(row)
+
+    def inflight_on_thread(self, thread_id: str) -> list[Run]:
+        """The thread's PENDING and RUNNING runs, oldest first."""
+        rows = self._conn.execute(
+            _SELECT_RUN.where(
+                _runs.c.thread_id == thread_id,
+                _runs.c.status.in_([status.value for status in INFLIGHT]),
+            ).order_by(_runs.c.create_revision)
+        )
+        return [_to_run(row) for row in rows]
+
+    def current_revision(self) -> int:
+        return int(self._conn.execute(select(_state.c.revision)).scalar_one())
+
+    def list_page(
+        self, run_filter: RunFilter, order: SortOrder, after: PageCursor | None, limit: int
+    ) -> list[Run]:
+        """Up to `limit` matching runs after the cursor, by (created_at, run_id)."""
+        query = _SELECT_RUN.where(*self._filter_clauses(run_filter))
+        if after is not None:
+            key = (_runs.c.created_at_us, _runs.c.run_id)
+            if order is SortOrder.DESC:
+                query = query.where(
+                    or_(
+                        key[0] < after.created_at,
+                        and_(key[0] == after.created_at, key[1] < after.run_id),
+                    )
+                )
+            else:
+                query = query.where(
+                    or_(
+                        key[0] > after.created_at,
+                        and_(key[0] == after.created_at, key[1] > after.run_id),
+                    )
+                )
+        if order is SortOrder.DESC:
+            query = query.order_by(_runs.c.created_at_us.desc(), _runs.c.run_id.desc())
+        else:
+            query = query.order_by(_runs.c.created_at_us.asc(), _runs.c.run_id.asc())
+        return [_to_run(row) for row in self._conn.execute(query.limit(limit))]
+
+    def _filter_clauses(self, run_filter: RunFilter) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = []
+        if run_filter.thread_id is not None:
+            clauses.append(_runs.c.thread_id == run_filter.thread_id)
+        if run_filter.assistant_id is not None:
+            clauses.append(_runs.c.assistant_id == run_filter.assistant_id)
+        if run_filter.statuses:
+            clauses.append(_runs.c.status.in_(sorted(s.value for s in run_filter.statuses)))
+        clauses.extend(
+            self._metadata_equals(key, value) for key, value in run_filter.metadata.items()
+        )
+        return clauses
+
+    def _metadata_equals(self, key: str, value: Any) -> ColumnElement[bool]:
+        """metadata[key] == value, comparing JSON values rather than text."""
+        document = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        if self._dialect.is_postgres:
+            return _runs.c.metadata.op("->")(literal(key)) == func.cast(
+                literal(document), _runs.c.metadata.type
+            )
+        # SQLite: `->` renders the stored value as minified JSON; stored documents are
+        # written with sorted keys, so equal values are equal text.
+        path = "$." + json.dumps(key)
+        return _runs.c.metadata.op("->")(literal(path)) == func.json(literal(document))
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def apply(self, changes: Sequence[Change]) -> list[Run]:
+        """Commit-order the changes: each gets the next revision, the run rows and the event
+        log are written with it. Returns the runs as stored, revisions set.
+
+        Every read and check of the transaction is done before this; taking the counter
+        row here holds its lock only for these few writes.
+        """
+        if not changes:
+            return []
+        last = self._conn.execute(
+            update(_state)
+            .where(_state.c.id == 1)
+            .values(revision=_state.c.revision + len(changes))
+            .returning(_state.c.revision)
+        ).scalar_one()
+        first = last - len(changes) + 1
+        committed_at = now_us()
+        stored: list[Run] = []
+        events: list[dict[str, Any]] = []
+        for offset, change in enumerate(changes):
+            revision = first + offset
+            run = change.run
+            run.revision = revision
+            if change.type is ChangeType.CREATED:
+                self._insert(run)
+            elif change.type is ChangeType.UPDATED:
+                self._update(run)
+            else:
+                self._conn.execute(delete(_runs).where(_runs.c.run_id == run.run_id))
+            stored.append(run)
+            events.append(
+                {
+                    "revision": revision,
+                    "type": change.type.value,
+                    "run_id": run.run_id,
+                    "committed_at_us": committed_at,
+                    "run": run.to_json(),
+                    "previous": None if change.previous is None else change.previous.to_json(),
+                }
+            )
+        self._conn.execute(insert(_events), events)
+        return stored
+
+    def _insert(self, run: Run) -> None:
+        values = _row_values(run)
+        values["create_revision"] = run.revision
+        try:
+            self._conn.execute(insert(_runs), values)
+        except IntegrityError as error:
+            # Two creates racing with one client-chosen run_id: the loser's whole
+            # transaction rolls back.
+            raise RunAlreadyExists(run.run_id) from error
+
+    def _update(self, run: Run) -> None:
+        values = _row_values(run)
+        del values["run_id"]
+        self._conn.execute(update(_runs).where(_runs.c.run_id == run.run_id).values(values))

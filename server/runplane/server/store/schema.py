@@ -1,0 +1,84 @@
+"""Tables, as typed SQLAlchemy models. Alembic migrations create them; this module
+is what queries are written against.
+
+Times are BIGINT microseconds since the epoch (UTC): one representation on SQLite
+and PostgreSQL, cheap to compare, index and convert.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# JSONB on PostgreSQL compares values by content, which metadata filters rely on.
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String(36))
+    assistant_id: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16))
+    multitask_strategy: Mapped[str] = mapped_column(String(16))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONDocument)
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    updated_at_us: Mapped[int] = mapped_column(BigInteger)
+    revision: Mapped[int] = mapped_column(BigInteger)
+    # Revision of the create: a thread's queue order, kept when a run is requeued.
+    create_revision: Mapped[int] = mapped_column(BigInteger)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    started_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    ended_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str] = mapped_column(Text, default="")
+    cancel_reason: Mapped[str] = mapped_column(Text, default="")
+    worker_id: Mapped[str] = mapped_column(String(256), default="")
+    lease_expires_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    timeout_us: Mapped[int | None] = mapped_column(BigInteger)
+    start_after_us: Mapped[int | None] = mapped_column(BigInteger)
+    request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+
+    __table_args__ = (
+        Index("ix_runs_thread_status", "thread_id", "status"),
+        Index("ix_runs_created", "created_at_us", "run_id"),
+        Index("ix_runs_assistant_created", "assistant_id", "created_at_us"),
+        Index("ix_runs_status_queue", "status", "create_revision"),
+    )
+
+
+class RunEventRow(Base):
+    """The event log: one row per committed change, keyed by its global revision."""
+
+    __tablename__ = "run_events"
+
+    revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[str] = mapped_column(String(36))
+    committed_at_us: Mapped[int] = mapped_column(BigInteger)
+    run: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    """The run after the change (for a delete: its last state)."""
+    previous: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    """The run before an update, so watch filters can match either side."""
+
+
+class StoreStateRow(Base):
+    """A single row: the revision counter and the oldest revision still in the log.
+
+    Every write transaction updates it as its last statement, so its row lock
+    orders commits and revisions are handed out in commit order with no gaps.
+    """
+
+    __tablename__ = "store_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    revision: Mapped[int] = mapped_column(BigInteger)
+    compact_revision: Mapped[int] = mapped_column(BigInteger)
