@@ -39,9 +39,9 @@ def _node() -> str:
     return node
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def node_saw(server_address: str) -> dict[str, Any]:
-    """What run_client.js reports after running once against the server."""
+    """What run_client.js reports after running once against each server."""
     completed = subprocess.run(
         [_node(), str(RUN_CLIENT), server_address],
         cwd=POLYGLOT_DIR,
