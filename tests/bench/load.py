@@ -8,6 +8,10 @@ the server it measures; the harness starts it once per cell:
 N asyncio tasks share one grpc.aio channel and call back to back through the raw generated
 stub. After a short warm-up (connection set-up, first-call caches) every call's latency is
 recorded with ``time.perf_counter_ns``. Prints one JSON object on stdout.
+
+With ``--server-pid`` (Linux) it also reports the server's CPU over the timed window: on a
+2-core machine shared with the load generator, throughput alone cannot tell a slow server
+from a starved one, and CPU per call is the figure that survives a noisy neighbour.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -89,6 +94,31 @@ async def drive(call: Call, until_ns: int, recorder: Recorder | None) -> None:
             recorder.latencies_ns.append(time.perf_counter_ns() - start)
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process, from /proc; None where that is unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # Fields after the parenthesised command name; utime and stime are the 12th, 13th.
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_figures(
+    server_cpu_s: float | None, client_cpu_s: float, elapsed_s: float, calls: int
+) -> dict[str, float | None]:
+    return {
+        "server_cpu_percent": (
+            None if server_cpu_s is None else round(100 * server_cpu_s / elapsed_s, 1)
+        ),
+        "server_cpu_us_per_call": (
+            None if server_cpu_s is None or not calls else round(1e6 * server_cpu_s / calls, 1)
+        ),
+        "client_cpu_percent": round(100 * client_cpu_s / elapsed_s, 1),
+    }
+
+
 def percentile_ms(sorted_ns: list[int], fraction: float) -> float | None:
     """Nearest-rank percentile, in milliseconds."""
     if not sorted_ns:
@@ -98,7 +128,13 @@ def percentile_ms(sorted_ns: list[int], fraction: float) -> float | None:
 
 
 async def measure(
-    address: str, rpc: str, concurrency: int, seconds: float, warmup: float
+    address: str,
+    rpc: str,
+    *,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    server_pid: int | None,
 ) -> dict[str, object]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = run_service_pb2_grpc.RunServiceStub(channel)
@@ -109,10 +145,14 @@ async def measure(
         await asyncio.gather(*(drive(call, warm_until, None) for _ in range(concurrency)))
 
         recorder = Recorder()
+        server_cpu_before = None if server_pid is None else process_cpu_s(server_pid)
+        client_cpu_before = time.process_time()
         started = time.perf_counter_ns()
         until = started + int(seconds * 1e9)
         await asyncio.gather(*(drive(call, until, recorder) for _ in range(concurrency)))
         elapsed_s = (time.perf_counter_ns() - started) / 1e9
+        client_cpu_s = time.process_time() - client_cpu_before
+        server_cpu_after = None if server_pid is None else process_cpu_s(server_pid)
 
     latencies = sorted(recorder.latencies_ns)
     return {
@@ -125,6 +165,14 @@ async def measure(
         "p99_ms": _round(percentile_ms(latencies, 0.99)),
         "errors": sum(recorder.errors.values()),
         "errors_by_code": dict(recorder.errors),
+        **_cpu_figures(
+            None
+            if server_cpu_before is None or server_cpu_after is None
+            else server_cpu_after - server_cpu_before,
+            client_cpu_s,
+            elapsed_s,
+            len(latencies),
+        ),
     }
 
 
@@ -135,6 +183,7 @@ def _round(value: float | None) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", required=True)
+    parser.add_argument("--server-pid", type=int, default=None, help="to report its CPU use")
     parser.add_argument("--rpc", choices=sorted(PREPARERS), required=True)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -143,7 +192,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     warmup = min(1.0, args.seconds / 5) if args.warmup is None else args.warmup
-    result = asyncio.run(measure(args.address, args.rpc, args.concurrency, args.seconds, warmup))
+    result = asyncio.run(
+        measure(
+            args.address,
+            args.rpc,
+            concurrency=args.concurrency,
+            seconds=args.seconds,
+            warmup=warmup,
+            server_pid=args.server_pid,
+        )
+    )
     print(json.dumps(result), flush=True)
 
 

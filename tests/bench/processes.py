@@ -14,11 +14,20 @@ import subprocess
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 READY_LINE = re.compile(r"\bready\b.*?\baddress=\"?(?P<address>[^\s\"]+)")
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """Where to reach a started server, and its pid so its CPU time can be read."""
+
+    address: str
+    pid: int
 
 
 class ServerFailedError(RuntimeError):
@@ -57,8 +66,8 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def running_server(argv: Sequence[str], cwd: Path, name: str) -> Iterator[str]:
-    """Starts ``argv``, yields the address it announced, and stops it on the way out.
+def running_server(argv: Sequence[str], cwd: Path, name: str) -> Iterator[RunningServer]:
+    """Starts ``argv``, yields it once it announced its address, and stops it on the way out.
 
     The child gets its own session so that a Ctrl-C meant for the benchmark does not reach
     it half-way: the benchmark itself shuts it down, in order, from this ``finally``.
@@ -87,7 +96,7 @@ def running_server(argv: Sequence[str], cwd: Path, name: str) -> Iterator[str]:
             raise ServerFailedError(
                 f"{name} {what} before announcing 'ready address=...'; last stderr lines:\n{tail}"
             )
-        yield watcher.address
+        yield RunningServer(watcher.address, process.pid)
     finally:
         _stop(process)
         watcher.join(timeout=STOP_TIMEOUT_S)

@@ -95,12 +95,12 @@ def measure_target(
     _log(f"{target.name}: starting")
     with (
         tempfile.TemporaryDirectory(prefix=f"runplane-bench-{target.name}-") as workdir,
-        target.start(Path(workdir)) as address,
+        target.start(Path(workdir)) as server,
     ):
-        _log(f"{target.name}: ready at {address}")
+        _log(f"{target.name}: ready at {server.address}")
         results: list[Result] = []
         for name in scenarios:
-            results.extend(SCENARIOS[name](target, address, options))
+            results.extend(SCENARIOS[name](target, server, options))
         return results
 
 

@@ -1,7 +1,7 @@
 """What the benchmark measures against each running target.
 
-A scenario is a function ``(target, address, options) -> results``: it drives the server at
-``address`` and returns flat JSON-ready result records. The harness runs every scenario
+A scenario is a function ``(target, server, options) -> results``: it drives the running
+server and returns flat JSON-ready result records. The harness runs every scenario
 against every target and knows nothing else about them, so a new measurement (watch
 latency, claim latency) is a new function, in this module or its own, added to
 ``SCENARIOS``.
@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tests.bench.processes import RunningServer
 from tests.bench.targets import REPO_ROOT, Target
 
 Result = dict[str, object]
@@ -28,7 +29,7 @@ class BenchOptions:
     rpcs: tuple[str, ...]
 
 
-Scenario = Callable[[Target, str, BenchOptions], list[Result]]
+Scenario = Callable[[Target, RunningServer, BenchOptions], list[Result]]
 
 
 class LoadFailedError(RuntimeError):
@@ -39,13 +40,13 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_load(address: str, rpc: str, concurrency: int, seconds: float) -> Result:
+def run_load(server: RunningServer, rpc: str, concurrency: int, seconds: float) -> Result:
     """One cell: the load generator in its own process, so it never shares a GIL with us."""
     argv = [
         sys.executable,
         "-m",
         "tests.bench.load",
-        *("--address", address, "--rpc", rpc),
+        *("--address", server.address, "--server-pid", str(server.pid), "--rpc", rpc),
         *("--concurrency", str(concurrency), "--seconds", str(seconds)),
     ]
     # Generous: set-up creates a pool of runs before the timed part. On timeout or Ctrl-C,
@@ -62,17 +63,19 @@ def run_load(address: str, rpc: str, concurrency: int, seconds: float) -> Result
     return result
 
 
-def unary_calls(target: Target, address: str, options: BenchOptions) -> list[Result]:
+def unary_calls(target: Target, server: RunningServer, options: BenchOptions) -> list[Result]:
     """Throughput and latency of unary calls, one load process per (rpc, concurrency)."""
     results: list[Result] = []
     for rpc in options.rpcs:
         for concurrency in options.concurrencies:
             _log(f"  {target.name}: {rpc} x {concurrency} for {options.seconds:g} s")
             started = time.monotonic()
-            cell = run_load(address, rpc, concurrency, options.seconds)
+            cell = run_load(server, rpc, concurrency, options.seconds)
             _log(
                 f"    {cell['throughput_per_s']}/s  p50 {cell['p50_ms']} ms  "
                 f"p99 {cell['p99_ms']} ms  errors {cell['errors']}  "
+                f"server cpu {cell['server_cpu_percent']}%  "
+                f"client cpu {cell['client_cpu_percent']}%  "
                 f"({time.monotonic() - started:.1f} s)"
             )
             results.append({"target": target.name, "scenario": "unary", **cell})

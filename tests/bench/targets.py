@@ -1,7 +1,7 @@
 """The servers the benchmark can measure, each started fresh and removed afterwards.
 
-A target is a name and a context manager factory that yields a ``host:port`` address to
-measure and cleans up everything it created (process, database file, PostgreSQL database)
+A target is a name and a context manager factory that yields the running server to measure
+and cleans up everything it created (process, database file, PostgreSQL database)
 on the way out, whatever happened in between.
 """
 
@@ -18,17 +18,17 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from tests.bench.processes import running_server
+from tests.bench.processes import RunningServer, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNPLANE = Path(sys.executable).parent / "runplane"
 
-Starter = Callable[[Path], AbstractContextManager[str]]
+Starter = Callable[[Path], AbstractContextManager[RunningServer]]
 
 
 @dataclass(frozen=True)
 class Target:
-    """A server to measure. ``start(workdir)`` yields its address while it runs."""
+    """A server to measure. ``start(workdir)`` yields it while it runs."""
 
     name: str
     start: Starter
@@ -36,22 +36,22 @@ class Target:
 
 
 @contextlib.contextmanager
-def _echo(workdir: Path) -> Iterator[str]:
+def _echo(workdir: Path) -> Iterator[RunningServer]:
     argv = [sys.executable, "-m", "tests.bench.echo_server", "--address", "127.0.0.1:0"]
     # cwd is the repository so that `-m tests.bench...` resolves.
-    with running_server(argv, REPO_ROOT, "echo server") as address:
-        yield address
+    with running_server(argv, REPO_ROOT, "echo server") as server:
+        yield server
 
 
-def _runplane(workdir: Path, database_url: str, name: str) -> AbstractContextManager[str]:
+def _runplane(workdir: Path, database_url: str, name: str) -> AbstractContextManager[RunningServer]:
     argv = [str(RUNPLANE), "serve", "--address", "127.0.0.1:0", "--database-url", database_url]
     return running_server(argv, workdir, name)
 
 
 @contextlib.contextmanager
-def _runplane_sqlite(workdir: Path) -> Iterator[str]:
-    with _runplane(workdir, f"sqlite:///{workdir / 'bench.db'}", "runplane (SQLite)") as address:
-        yield address
+def _runplane_sqlite(workdir: Path) -> Iterator[RunningServer]:
+    with _runplane(workdir, f"sqlite:///{workdir / 'bench.db'}", "runplane (SQLite)") as server:
+        yield server
 
 
 def _with_database(url: str, database: str) -> str:
@@ -76,12 +76,12 @@ def runplane_postgres(admin_url: str) -> Starter:
     """runplane on a fresh database of the PostgreSQL server that ``admin_url`` reaches."""
 
     @contextlib.contextmanager
-    def start(workdir: Path) -> Iterator[str]:
+    def start(workdir: Path) -> Iterator[RunningServer]:
         with (
             _fresh_postgres_database(admin_url) as database_url,
-            _runplane(workdir, database_url, "runplane (PostgreSQL)") as address,
+            _runplane(workdir, database_url, "runplane (PostgreSQL)") as server,
         ):
-            yield address
+            yield server
 
     return start
 

@@ -23,6 +23,9 @@ RESULT_KEYS = {
     "p50_ms",
     "p99_ms",
     "errors",
+    "server_cpu_percent",
+    "server_cpu_us_per_call",
+    "client_cpu_percent",
 }
 
 
