@@ -106,3 +106,30 @@ class StoreUnavailable(RunplaneError):
 
     def __init__(self) -> None:
         super().__init__("the database is unavailable; retry later")
+
+
+class RevisionCompacted(RunplaneError):
+    """A watch asked for history the event log no longer keeps; the caller relists."""
+
+    reason = "REVISION_COMPACTED"
+
+    def __init__(self, requested: int, compact_revision: int, current_revision: int) -> None:
+        super().__init__(
+            f"revision {requested} was compacted: the event log keeps revisions after "
+            f"{compact_revision} (now at {current_revision}); list the runs again and watch "
+            f"from the list's revision + 1",
+            requested_revision=str(requested),
+            compact_revision=str(compact_revision),
+            current_revision=str(current_revision),
+        )
+        self.compact_revision = compact_revision
+        self.current_revision = current_revision
+
+
+class ServerShuttingDown(RunplaneError):
+    """The server is draining: watches end so clients resume on another replica."""
+
+    reason = "SHUTTING_DOWN"
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; resume the watch from the last revision")

@@ -50,6 +50,15 @@ class ChangeType(enum.StrEnum):
     DELETED = "deleted"
 
 
+class EventType(enum.StrEnum):
+    """What a watch event says; the last three are the `ChangeType` of a logged change."""
+
+    INITIAL = "initial"
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
 class SortOrder(enum.StrEnum):
     DESC = "desc"
     ASC = "asc"
@@ -102,6 +111,20 @@ class Change:
     """The run after the change; for a delete, its last state."""
     previous: Run | None = None
     """For an update, the run before it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """A run as a watcher receives it: a logged change, or the run's state (INITIAL).
+
+    `revision` is the change's global revision; for INITIAL, the run's last change.
+    """
+
+    type: EventType
+    revision: int
+    run: Run
+    previous: Run | None = None
+    """For UPDATED, the run before the change, so filters can match either side."""
 
 
 @dataclass(frozen=True, slots=True)

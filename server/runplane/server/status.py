@@ -26,6 +26,8 @@ _CODES: dict[type[errors.RunplaneError], int] = {
     errors.RunNotPending: code_pb2.FAILED_PRECONDITION,
     errors.RevisionMismatch: code_pb2.ABORTED,
     errors.StoreUnavailable: code_pb2.UNAVAILABLE,
+    errors.RevisionCompacted: code_pb2.OUT_OF_RANGE,
+    errors.ServerShuttingDown: code_pb2.UNAVAILABLE,
 }
 
 

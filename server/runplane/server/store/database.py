@@ -33,6 +33,18 @@ log = logging.getLogger(__name__)
 POSTGRES_THREADS = 16
 SQLITE_READ_THREADS = 4
 
+CommitListener = Callable[[int], None]
+_COMMITTED_REVISION = "runplane.committed_revision"
+
+
+def note_committed_revision(connection: Connection, revision: int) -> None:
+    """Record that this write transaction ends at `revision`, for the commit listeners.
+
+    The listeners only hear of it once the transaction has committed; a rollback
+    forgets it.
+    """
+    connection.info[_COMMITTED_REVISION] = revision
+
 
 def _dumps(value: Any) -> str:
     # Sorted, compact JSON: equal metadata is equal text, which SQLite filters compare.
@@ -91,6 +103,13 @@ class Database:
             self._read_pool = ThreadPoolExecutor(
                 SQLITE_READ_THREADS, thread_name_prefix="runplane-db-read"
             )
+        self._commit_listeners: list[CommitListener] = []
+
+    def on_commit(self, listener: CommitListener) -> None:
+        """Call `listener(revision)` on the writing thread after each transaction that
+        committed changes, with its last revision: the in-process doorbell of the watch hub.
+        """
+        self._commit_listeners.append(listener)
 
     def _sqlite_engine(self, *, pool_size: int, begin: str) -> Engine:
         engine = create_engine(
@@ -147,8 +166,16 @@ class Database:
             with _translate_errors(), engine.connect() as connection:
                 if snapshot and self.dialect.is_postgres:
                     connection.execution_options(isolation_level="REPEATABLE READ")
-                with connection.begin():
-                    return work(connection)
+                try:
+                    with connection.begin():
+                        result = work(connection)
+                finally:
+                    committed = connection.info.pop(_COMMITTED_REVISION, None)
+            # Reached only when the transaction committed.
+            if committed is not None:
+                for listener in self._commit_listeners:
+                    listener(committed)
+            return result
 
         return await asyncio.get_running_loop().run_in_executor(pool, transaction)
 

@@ -40,7 +40,8 @@ from runplane.server.records import (
     SortOrder,
     now_us,
 )
-from runplane.server.store.database import Dialect
+from runplane.server.store.database import Dialect, note_committed_revision
+from runplane.server.store.event_log import notify_changes
 from runplane.server.store.schema import Base, RunEventRow, RunRow, StoreStateRow
 
 _runs = Base.metadata.tables[RunRow.__tablename__]
@@ -312,6 +313,10 @@ class RunStore:
                 }
             )
         self._conn.execute(insert(_events), events)
+        # Doorbells for the watch hubs: other replicas hear it at commit (PostgreSQL),
+        # this process's hub right after the commit.
+        notify_changes(self._conn, self._dialect, last)
+        note_committed_revision(self._conn, last)
         return stored
 
     def _insert(self, run: Run) -> None:

@@ -1,0 +1,148 @@
+"""SQL over the event log: reading it by revision, and compacting its old end.
+
+`store_state.compact_revision` is the log's lower bound: every event with a revision
+at or below it is gone (removed by compaction; 0 at first, when nothing is), and the
+log holds every revision from `compact_revision + 1` to `store_state.revision`, with no
+gap. A watcher that has seen everything up to revision P can therefore be served from
+the log if and only if `P >= compact_revision`.
+
+Writers ring the cross-replica doorbell with `pg_notify` on `CHANGES_CHANNEL` inside
+their transaction (see `RunStore.apply`); PostgreSQL delivers it at commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, delete, select, text, update
+
+from runplane.server.records import EventType, Run, RunEvent
+from runplane.server.store.database import Dialect
+from runplane.server.store.schema import Base, RunEventRow, StoreStateRow
+
+CHANGES_CHANNEL = "runplane_changes"
+
+_events = Base.metadata.tables[RunEventRow.__tablename__]
+_state = Base.metadata.tables[StoreStateRow.__tablename__]
+
+# Advisory lock (two-int form) letting one replica at a time compact.
+_COMPACTION_LOCK = (4, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class LogState:
+    revision: int
+    """The last committed revision."""
+    compact_revision: int
+    """Every event up to this revision is gone from the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """Events read from the log and the state of the same snapshot."""
+
+    state: LogState
+    events: list[RunEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    state: LogState
+    """The log after the batch."""
+    removed: int
+    """Events the batch removed."""
+
+
+def _to_event(row: Any) -> RunEvent:
+    return RunEvent(
+        type=EventType(row.type),
+        revision=row.revision,
+        run=Run.from_json(row.run),
+        previous=None if row.previous is None else Run.from_json(row.previous),
+    )
+
+
+class EventLogStore:
+    """SQL over the connection of one transaction the caller owns."""
+
+    def __init__(self, connection: Connection, dialect: Dialect) -> None:
+        self._conn = connection
+        self._dialect = dialect
+
+    def state(self) -> LogState:
+        row = self._conn.execute(select(_state.c.revision, _state.c.compact_revision)).one()
+        return LogState(revision=row.revision, compact_revision=row.compact_revision)
+
+    def read_after(self, after: int, limit: int, run_id: str | None = None) -> LogPage:
+        """Up to `limit` events with a revision above `after`, oldest first (only `run_id`'s
+        if given). Read in a snapshot transaction, the state tells whether the log still
+        reached back to `after` and how far it went.
+        """
+        state = self.state()
+        query = _events.select().where(_events.c.revision > after)
+        if run_id is not None:
+            query = query.where(_events.c.run_id == run_id)
+        rows = self._conn.execute(query.order_by(_events.c.revision).limit(limit))
+        return LogPage(state=state, events=[_to_event(row) for row in rows])
+
+    def has_events_of(self, run_id: str, since: int) -> bool:
+        """Whether the log holds a change of `run_id` at `since` or later."""
+        found = self._conn.execute(
+            select(_events.c.revision)
+            .where(_events.c.revision >= since, _events.c.run_id == run_id)
+            .limit(1)
+        ).first()
+        return found is not None
+
+    def compact(self, cutoff_us: int, batch: int) -> Compaction | None:
+        """Remove up to `batch` of the oldest events committed before `cutoff_us`.
+
+        Stops at the first event inside the window, even if later ones are older (replica
+        clocks may disagree a little): compaction only ever removes a prefix of the log.
+        Returns what it did, or None when another replica is compacting right now.
+        """
+        if (
+            self._dialect.is_postgres
+            and not self._conn.execute(
+                text("SELECT pg_try_advisory_xact_lock(:namespace, :key)"),
+                {"namespace": _COMPACTION_LOCK[0], "key": _COMPACTION_LOCK[1]},
+            ).scalar_one()
+        ):
+            return None
+        state = self.state()
+        rows = self._conn.execute(
+            select(_events.c.revision, _events.c.committed_at_us)
+            .where(_events.c.revision > state.compact_revision)
+            .order_by(_events.c.revision)
+            .limit(batch)
+        )
+        target = state.compact_revision
+        for revision, committed_at_us in rows:
+            if committed_at_us >= cutoff_us:
+                break
+            target = revision
+        if target == state.compact_revision:
+            return Compaction(state, 0)
+        self._conn.execute(
+            delete(_events).where(
+                _events.c.revision > state.compact_revision, _events.c.revision <= target
+            )
+        )
+        # Last, so the counter row that every writer needs is held only briefly.
+        self._conn.execute(update(_state).where(_state.c.id == 1).values(compact_revision=target))
+        return Compaction(
+            LogState(revision=state.revision, compact_revision=target),
+            removed=target - state.compact_revision,
+        )
+
+
+def notify_changes(connection: Connection, dialect: Dialect, revision: int) -> None:
+    """Ring the other replicas' doorbell; PostgreSQL delivers it when the transaction
+    commits, and drops it if it rolls back. SQLite serves one process: nothing to ring.
+    """
+    if dialect.is_postgres:
+        connection.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CHANGES_CHANNEL, "payload": str(revision)},
+        )
