@@ -7,9 +7,10 @@ process around it: logging, signals, the readiness line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -22,6 +23,10 @@ from runplane.server.runs import RunService
 from runplane.server.servicer import RunServicer
 from runplane.server.store.database import Database, redact
 from runplane.server.store.migrate import upgrade
+from runplane.server.store.notifications import listen_for_changes
+from runplane.server.watch.compaction import Compactor
+from runplane.server.watch.hub import WatchHub
+from runplane.server.watch.streams import WatchService
 from runplane.v1 import run_service_pb2, run_service_pb2_grpc
 
 log = logging.getLogger("runplane.server")
@@ -50,21 +55,45 @@ class RunningServer:
     grpc_server: grpc.aio.Server
     health: health_aio.HealthServicer
     database: Database
+    hub: WatchHub
+    compactor: Compactor
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    """Tasks that live as long as the server (the change listener)."""
 
     async def stop(self, grace: float | None = None) -> None:
-        """Turn NOT_SERVING, let in-flight calls finish within `grace`, release the database."""
+        """Turn NOT_SERVING, end the watches (a last bookmark, then UNAVAILABLE), let
+        in-flight unary calls finish within `grace`, release the database.
+        """
         await self.health.enter_graceful_shutdown()
+        await self.hub.close()
         await self.grpc_server.stop(self.config.shutdown_grace if grace is None else grace)
+        await self.compactor.stop()
+        for task in self.background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await asyncio.to_thread(self.database.dispose)
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
     database = Database(config.database_url)
     await asyncio.to_thread(upgrade, database.engine)
+    hub = WatchHub(database, poll_interval=config.watch_poll_interval)
+    await hub.start()
+    background = []
+    if database.dialect.is_postgres:
+        background.append(
+            asyncio.create_task(listen_for_changes(database.url, hub.ring), name="runplane-listen")
+        )
+    compactor = Compactor(database, config.event_retention, interval=config.compaction_interval)
+    compactor.start()
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     runs = RunService(database)
+    watches = WatchService(database, hub)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
-    run_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(runs, limits), server)
+    run_service_pb2_grpc.add_RunServiceServicer_to_server(
+        RunServicer(runs, watches, limits), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -82,6 +111,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
         grpc_server=server,
         health=health_servicer,
         database=database,
+        hub=hub,
+        compactor=compactor,
+        background=background,
     )
 
 

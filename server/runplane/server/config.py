@@ -26,6 +26,10 @@ class ServerConfig:
     database_url: str = DEFAULT_DATABASE_URL
     event_retention: float = 24 * 3600.0
     """Seconds of history the event log keeps for watchers to resume from."""
+    compaction_interval: float = 30.0
+    """Seconds between compaction rounds (the contract asks for at most 30)."""
+    watch_poll_interval: float = 1.0
+    """Seconds between looks at the event log when no doorbell rang (a fallback)."""
     max_attempts: int = 3
     """Claims of one run before an expired lease turns it into ERROR."""
     max_struct_bytes: int = 256 * 1024

@@ -32,6 +32,13 @@ CANCEL_ACTION_FROM_PROTO: dict[run_pb2.CancelAction.ValueType, records.CancelAct
     run_pb2.CANCEL_ACTION_ROLLBACK: records.CancelAction.ROLLBACK,
 }
 
+EVENT_TYPE_TO_PROTO: dict[records.EventType, run_pb2.EventType.ValueType] = {
+    records.EventType.INITIAL: run_pb2.EVENT_TYPE_INITIAL,
+    records.EventType.CREATED: run_pb2.EVENT_TYPE_CREATED,
+    records.EventType.UPDATED: run_pb2.EVENT_TYPE_UPDATED,
+    records.EventType.DELETED: run_pb2.EVENT_TYPE_DELETED,
+}
+
 _US_PER_S = 1_000_000
 
 
@@ -93,3 +100,11 @@ def run_to_proto(run: records.Run) -> run_pb2.Run:
     if run.start_after is not None:
         message.start_after.CopyFrom(timestamp(run.start_after))
     return message
+
+
+def event_to_proto(event: records.RunEvent) -> run_pb2.RunEvent:
+    return run_pb2.RunEvent(
+        type=EVENT_TYPE_TO_PROTO[event.type],
+        revision=event.revision,
+        run=run_to_proto(event.run),
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -17,7 +17,10 @@ from google.protobuf import empty_pb2
 
 from runplane.server import convert, status, validation
 from runplane.server.errors import RunplaneError
+from runplane.server.records import EventType, RunEvent
 from runplane.server.runs import RunService
+from runplane.server.watch.streams import WatchService
+from runplane.server.watch.watcher import Delivery
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,15 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[["RunServicer", Request, Context], Awaitable[Response]]
+StreamHandler = Callable[["RunServicer", Request, Context], AsyncIterator[Response]]
+
+
+def _failure_status(error: Exception) -> grpc.Status:
+    if isinstance(error, RunplaneError):
+        return status.from_error(error)
+    incident = uuid.uuid4().hex[:12]
+    log.error("unexpected failure", exc_info=error, extra={"incident": incident})
+    return status.internal(incident)
 
 
 def _rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
@@ -35,22 +47,84 @@ def _rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
     async def wrapper(self: RunServicer, request: Request, context: Context) -> Response:
         try:
             return await handler(self, request, context)
-        except RunplaneError as error:
-            rich = status.from_error(error)
-        except Exception:
-            incident = uuid.uuid4().hex[:12]
-            log.exception("unexpected failure", extra={"incident": incident})
-            rich = status.internal(incident)
+        except Exception as error:
+            rich = _failure_status(error)
         await context.abort(rich.code, rich.details, rich.trailing_metadata)
         raise AssertionError("ServicerContext.abort returns by raising")
 
     return wrapper
 
 
+def _stream(handler: StreamHandler[Request, Response]) -> StreamHandler[Request, Response]:
+    """`_rpc` for server-streaming handlers: an error ends the stream with its status."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: RunServicer, request: Request, context: Context
+    ) -> AsyncIterator[Response]:
+        try:
+            async for response in handler(self, request, context):
+                yield response
+            return
+        except Exception as error:
+            rich = _failure_status(error)
+        await context.abort(rich.code, rich.details, rich.trailing_metadata)
+
+    return wrapper
+
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""A delivery is cut into messages of about this size, well under the 4 MiB that
+gRPC clients accept by default (one event is at most ~0.5 MiB: two 256 KiB structs)."""
+
+
+class _EventMessages:
+    """Each logged event converted to protobuf once, for all the streams that send it."""
+
+    def __init__(self, capacity: int = 8192) -> None:
+        self._capacity = capacity
+        self._by_revision: dict[int, tuple[run_pb2.RunEvent, int]] = {}
+
+    def encoded(self, event: RunEvent) -> tuple[run_pb2.RunEvent, int]:
+        """The event's message and its size in bytes."""
+        if event.type is EventType.INITIAL:  # a state read for one stream: nothing to share
+            message = convert.event_to_proto(event)
+            return message, message.ByteSize()
+        found = self._by_revision.get(event.revision)
+        if found is None:
+            message = convert.event_to_proto(event)
+            found = (message, message.ByteSize())
+            if len(self._by_revision) >= self._capacity:
+                del self._by_revision[next(iter(self._by_revision))]  # the oldest
+            self._by_revision[event.revision] = found
+        return found
+
+    def responses(self, delivery: Delivery) -> Iterator[run_service_pb2.WatchRunsResponse]:
+        """The delivery as messages, cut between revisions when large (INITIAL events all
+        share one revision and are never cut); each carries how far it got.
+        """
+        batch: list[run_pb2.RunEvent] = []
+        size = 0
+        for event in delivery.events:
+            message, message_size = self.encoded(event)
+            if (
+                batch
+                and size + message_size > MAX_MESSAGE_BYTES
+                and event.type is not (EventType.INITIAL)
+            ):
+                yield run_service_pb2.WatchRunsResponse(events=batch, revision=batch[-1].revision)
+                batch, size = [], 0
+            batch.append(message)
+            size += message_size
+        yield run_service_pb2.WatchRunsResponse(events=batch, revision=delivery.revision)
+
+
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
-    def __init__(self, runs: RunService, limits: validation.Limits) -> None:
+    def __init__(self, runs: RunService, watches: WatchService, limits: validation.Limits) -> None:
         self._runs = runs
+        self._watches = watches
         self._limits = limits
+        self._event_messages = _EventMessages()
 
     @_rpc
     async def CreateRun(
@@ -117,14 +191,20 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CompleteRun is not served yet")
         raise AssertionError("ServicerContext.abort returns by raising")
 
+    @_stream
     async def WatchRuns(
         self, request: run_service_pb2.WatchRunsRequest, context: Context
     ) -> AsyncIterator[run_service_pb2.WatchRunsResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchRuns is not served yet")
-        yield run_service_pb2.WatchRunsResponse()
+        deliveries = self._watches.watch_runs(validation.watch_runs(request, self._limits))
+        async for delivery in deliveries:
+            for response in self._event_messages.responses(delivery):
+                yield response
 
+    @_stream
     async def WatchRun(
         self, request: run_service_pb2.WatchRunRequest, context: Context
     ) -> AsyncIterator[run_service_pb2.WatchRunsResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchRun is not served yet")
-        yield run_service_pb2.WatchRunsResponse()
+        deliveries = self._watches.watch_run(*validation.watch_run(request))
+        async for delivery in deliveries:
+            for response in self._event_messages.responses(delivery):
+                yield response

@@ -15,6 +15,7 @@ from runplane.server import convert, records
 from runplane.server.errors import FieldViolation, InvalidInput
 from runplane.server.records import RunFilter, SortOrder
 from runplane.server.runs import ListQuery, NewRun, RunPatch
+from runplane.server.watch.streams import RunsWatch, clamp_progress_interval
 from runplane.v1 import run_pb2, run_service_pb2
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -250,3 +251,39 @@ def delete_run(request: run_service_pb2.DeleteRunRequest) -> tuple[str, int, boo
     v.check()
     assert checked_id is not None
     return checked_id, request.expected_revision, request.force
+
+
+def _start_revision(v: _Violations, value: int) -> None:
+    if value < 0:
+        v.add("start_revision", f"must be 0 (from now) or a revision to start at, got {value}")
+
+
+def watch_runs(request: run_service_pb2.WatchRunsRequest, limits: Limits) -> RunsWatch:
+    v = _Violations()
+    selected = run_filter(v, request.filter, limits)
+    _start_revision(v, request.start_revision)
+    if request.include_initial and request.start_revision:
+        v.add(
+            "include_initial",
+            "cannot be combined with start_revision: the initial state is read at the "
+            "current revision",
+        )
+    interval = request.progress_interval
+    if interval.seconds < 0 or interval.nanos < 0:
+        v.add("progress_interval", "must not be negative (0 means the default, 10 s)")
+    v.check()
+    return RunsWatch(
+        run_filter=selected,
+        start_revision=request.start_revision,
+        include_initial=request.include_initial,
+        progress_interval=clamp_progress_interval(convert.duration_us(interval) / 1e6),
+    )
+
+
+def watch_run(request: run_service_pb2.WatchRunRequest) -> tuple[str, int]:
+    v = _Violations()
+    checked_id = v.uuid("run_id", request.run_id, required=True)
+    _start_revision(v, request.start_revision)
+    v.check()
+    assert checked_id is not None
+    return checked_id, request.start_revision

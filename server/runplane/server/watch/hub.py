@@ -1,0 +1,173 @@
+"""The watch hub: one tailer per process reads the event log and fans it out.
+
+Every change reaches watchers the same way, whichever replica made it: the tailer
+reads the log after the last revision it published, in revision order, and offers
+each slice to the live watchers. The log is the only source, so the wake-ups are
+mere doorbells and can be lost or repeated without harm:
+
+- this process's commits ring it right after they commit (`Database.on_commit`);
+- other replicas' commits ring it through PostgreSQL LISTEN/NOTIFY, and each
+  (re)connection of the listener rings it too, for what was missed meanwhile;
+- and the tailer looks anyway every `poll_interval`, should a doorbell fail.
+
+Because revisions are handed out in commit order with no gaps, what the tailer reads
+after revision H is always a contiguous prefix of what follows H.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from runplane.server.errors import RevisionCompacted, ServerShuttingDown
+from runplane.server.store.database import Database
+from runplane.server.store.event_log import EventLogStore, LogPage, LogState
+from runplane.server.watch.watcher import Watcher
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 256
+"""Events per read of the log, by the tailer and by catching-up streams."""
+
+
+class WatchHub:
+    def __init__(self, database: Database, *, poll_interval: float = 1.0) -> None:
+        self._db = database
+        self._poll_interval = poll_interval
+        self._doorbell = asyncio.Event()
+        self._watchers: set[Watcher] = set()
+        self._live: set[Watcher] = set()
+        self._tailer: asyncio.Task[None] | None = None
+        self.head = 0
+        """The last revision published to live watchers."""
+        self.closing = False
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start at the log's current end and tail it from there."""
+        self.head = (await self.read_state()).revision
+        loop = asyncio.get_running_loop()
+
+        def rung_by_commit(revision: int) -> None:  # on a database thread
+            if revision > self.head:
+                loop.call_soon_threadsafe(self.ring, revision)
+
+        self._db.on_commit(rung_by_commit)
+        self._tailer = asyncio.create_task(self._tail(), name="runplane-watch-tailer")
+
+    def ring(self, revision: int = 0) -> None:
+        """Tell the tailer the log grew to `revision` (0: may have grown)."""
+        if revision == 0 or revision > self.head:
+            self._doorbell.set()
+
+    async def close(self) -> None:
+        """End every watch with `ServerShuttingDown` and stop tailing."""
+        self.closing = True
+        for watcher in self._watchers:
+            watcher.end(ServerShuttingDown())
+        self._live.clear()
+        if self._tailer is not None:
+            self._tailer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tailer
+
+    # -- watchers -----------------------------------------------------------------------------
+
+    @property
+    def watcher_count(self) -> int:
+        """Streams attached to this hub, live or catching up."""
+        return len(self._watchers)
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    @contextlib.contextmanager
+    def attached(self, watcher: Watcher) -> Iterator[Watcher]:
+        """Keep `watcher` known to the hub for the life of its stream, however it ends."""
+        if self.closing:
+            raise ServerShuttingDown()
+        self._watchers.add(watcher)
+        try:
+            yield watcher
+        finally:
+            self._watchers.discard(watcher)
+            self._live.discard(watcher)
+            watcher.live = False
+
+    def join(self, watcher: Watcher) -> bool:
+        """Make `watcher` live if it has caught up with what the hub published.
+
+        A watcher ahead of the hub (its start was read from the database first) joins
+        too: it skips what it already has when the tailer gets there.
+        """
+        if watcher.position < self.head or watcher.ended is not None:
+            return False
+        watcher.live = True
+        self._live.add(watcher)
+        return True
+
+    # -- reading the log ----------------------------------------------------------------------
+
+    async def read_state(self) -> LogState:
+        return await self._db.read(lambda conn: EventLogStore(conn, self._db.dialect).state())
+
+    async def read_after(self, after: int, run_id: str | None = None) -> LogPage:
+        """One page of the log after `after`, with the state of the same snapshot."""
+        return await self._db.read(
+            lambda conn: EventLogStore(conn, self._db.dialect).read_after(
+                after, PAGE_SIZE, run_id=run_id
+            ),
+            snapshot=True,
+        )
+
+    # -- the tailer ---------------------------------------------------------------------------
+
+    async def _tail(self) -> None:
+        failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self._doorbell.wait()
+            self._doorbell.clear()
+            try:
+                await self._publish_new_events()
+                failures = 0
+            except Exception:
+                # The database is down or failing: watchers wait, the tailer retries.
+                failures += 1
+                log.warning("watch tailer cannot read the event log", exc_info=failures == 1)
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+
+    async def _publish_new_events(self) -> None:
+        while True:
+            page = await self.read_after(self.head)
+            if page.state.compact_revision > self.head:
+                self._lost_history(page.state)
+                continue
+            if not page.events:
+                return
+            upto = page.events[-1].revision
+            for watcher in list(self._live):
+                if not watcher.offer(page.events, upto):
+                    # Full: it stops getting pushes and catches up from the log.
+                    self._live.discard(watcher)
+                    watcher.live = False
+                    watcher.wake()
+            self.head = upto
+            if len(page.events) < PAGE_SIZE:
+                return
+
+    def _lost_history(self, state: LogState) -> None:
+        """The tailer stalled for longer than the retention: its live watchers would get a
+        gap, so they end with REVISION_COMPACTED and the hub starts over at the log's start.
+        """
+        log.error("watch tailer fell behind compaction", extra={"head": self.head})
+        for watcher in self._live:
+            watcher.live = False
+            watcher.end(RevisionCompacted(self.head + 1, state.compact_revision, state.revision))
+        self._live.clear()
+        self.head = state.compact_revision

@@ -1,0 +1,255 @@
+"""The rules of WatchRuns and WatchRun, as async iterators of `Delivery`.
+
+A stream goes through up to three phases, all driven by its `position` (the revision up
+to which every selected event has been sent):
+
+1. the start: the initial state read at one revision R (`include_initial`, or WatchRun
+   without a start revision), or a start revision S (position S - 1), or "now" (the hub's
+   head, which needs no database read: a burst of new streams costs no queries);
+2. catch-up: while the position is behind the hub, pages of the event log, each read in
+   one snapshot that also tells whether the log still reaches back that far;
+3. live: the hub pushes new events into the watcher's bounded queue. A watcher that
+   falls behind drops back to catch-up, and rejoins once level.
+
+A quiet stream gets a bookmark every progress interval. Every message either carries
+events or is a bookmark; each revision is one event, so none is ever split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from runplane.server.errors import RevisionCompacted, RunNotFound, ServerShuttingDown
+from runplane.server.records import EventType, Run, RunEvent, RunFilter, SortOrder
+from runplane.server.store.database import Database
+from runplane.server.store.event_log import EventLogStore
+from runplane.server.store.run_store import RunStore
+from runplane.server.watch.hub import PAGE_SIZE, WatchHub
+from runplane.server.watch.watcher import Delivery, Selector, Watcher
+
+DEFAULT_PROGRESS_INTERVAL = 10.0
+MIN_PROGRESS_INTERVAL = 1.0
+MAX_PROGRESS_INTERVAL = 300.0
+
+# Whatever a caller asks: nothing in this process reads more of the runs table at once.
+_MAX_INITIAL_RUNS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RunsWatch:
+    """A validated WatchRuns request."""
+
+    run_filter: RunFilter
+    start_revision: int = 0
+    """Inclusive; 0 means from now."""
+    include_initial: bool = False
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL
+
+
+def clamp_progress_interval(seconds: float | None) -> float:
+    if not seconds:
+        return DEFAULT_PROGRESS_INTERVAL
+    return min(MAX_PROGRESS_INTERVAL, max(MIN_PROGRESS_INTERVAL, seconds))
+
+
+def filter_selector(run_filter: RunFilter) -> Selector:
+    """Before and after: a watcher of RUNNING runs also sees the change that ends one."""
+
+    def selects(event: RunEvent) -> bool:
+        return run_filter.matches(event.run) or (
+            event.previous is not None and run_filter.matches(event.previous)
+        )
+
+    return selects
+
+
+def run_selector(run_id: str) -> Selector:
+    def selects(event: RunEvent) -> bool:
+        return event.run.run_id == run_id
+
+    return selects
+
+
+def ends_run_watch(event: RunEvent) -> bool:
+    """WatchRun is over once its run is gone or terminal."""
+    return event.type is EventType.DELETED or not event.run.status.is_inflight
+
+
+class WatchService:
+    def __init__(self, database: Database, hub: WatchHub) -> None:
+        self._db = database
+        self._hub = hub
+
+    # -- WatchRuns ----------------------------------------------------------------------------
+
+    async def watch_runs(self, watch: RunsWatch) -> AsyncIterator[Delivery]:
+        selects = filter_selector(watch.run_filter)
+        if watch.include_initial:
+            revision, runs = await self._db.read(
+                lambda conn: self._initial_state(conn, watch.run_filter), snapshot=True
+            )
+            if runs:
+                # All at revision R: one message, since a revision is never split.
+                yield Delivery([_initial(run, revision) for run in runs], revision)
+            yield Delivery([], revision)  # the end of the initial state
+            position = revision
+        elif watch.start_revision:
+            position = watch.start_revision - 1
+        else:
+            position = self._hub.head
+        async for delivery in self._follow(
+            Watcher(selects, position), watch.progress_interval, run_id=None, ends=None
+        ):
+            yield delivery
+
+    def _initial_state(self, conn: Connection, run_filter: RunFilter) -> tuple[int, list[Run]]:
+        store = RunStore(conn, self._db.dialect)
+        revision = store.current_revision()
+        return revision, store.list_page(run_filter, SortOrder.ASC, None, _MAX_INITIAL_RUNS)
+
+    # -- WatchRun -----------------------------------------------------------------------------
+
+    async def watch_run(self, run_id: str, start_revision: int) -> AsyncIterator[Delivery]:
+        if start_revision:
+            start = await self._db.read(
+                lambda conn: self._run_history(conn, run_id, start_revision), snapshot=True
+            )
+            if start.compact_revision >= start_revision:
+                raise RevisionCompacted(start_revision, start.compact_revision, start.revision)
+            if start.run is None and not start.has_history:
+                raise RunNotFound(run_id)
+            if (
+                start.run is not None
+                and not start.run.status.is_inflight
+                and start.run.revision < start_revision
+            ):
+                # It ended before the start: nothing will ever follow.
+                yield Delivery([], max(start.revision, start_revision - 1))
+                return
+            position = start_revision - 1
+        else:
+            revision, run = await self._db.read(
+                lambda conn: self._current(conn, run_id), snapshot=True
+            )
+            if run is None:
+                raise RunNotFound(run_id)
+            initial = _initial(run, revision)
+            yield Delivery([initial], revision)
+            if ends_run_watch(initial):
+                return
+            position = revision
+        async for delivery in self._follow(
+            Watcher(run_selector(run_id), position),
+            DEFAULT_PROGRESS_INTERVAL,
+            run_id=run_id,
+            ends=ends_run_watch,
+        ):
+            yield delivery
+
+    def _current(self, conn: Connection, run_id: str) -> tuple[int, Run | None]:
+        store = RunStore(conn, self._db.dialect)
+        return store.current_revision(), store.get(run_id)
+
+    def _run_history(self, conn: Connection, run_id: str, since: int) -> _RunHistory:
+        state = EventLogStore(conn, self._db.dialect).state()
+        return _RunHistory(
+            revision=state.revision,
+            compact_revision=state.compact_revision,
+            run=RunStore(conn, self._db.dialect).get(run_id),
+            has_history=EventLogStore(conn, self._db.dialect).has_events_of(run_id, since),
+        )
+
+    # -- catch-up and live --------------------------------------------------------------------
+
+    async def _follow(
+        self,
+        watcher: Watcher,
+        progress_interval: float,
+        *,
+        run_id: str | None,
+        ends: Callable[[RunEvent], bool] | None,
+    ) -> AsyncIterator[Delivery]:
+        """Everything after the watcher's position, until the stream is cancelled, `ends`
+        selects an event (it is the last one sent), or the server shuts down.
+        """
+        sent = watcher.position
+        next_bookmark = time.monotonic() + progress_interval
+        with self._hub.attached(watcher):
+            while True:
+                if watcher.ended is not None:
+                    if isinstance(watcher.ended, ServerShuttingDown):
+                        if not watcher.buffered:
+                            sent = max(sent, watcher.position)
+                        yield Delivery([], sent)  # a last bookmark to resume from
+                    raise watcher.ended
+                delivery = watcher.take()
+                if delivery is None and not watcher.live:
+                    delivery = await self._catch_up(watcher, run_id)
+                    if delivery is None:
+                        continue
+                if delivery is not None:
+                    if ends is not None and (last := _first_ending(delivery, ends)) is not None:
+                        yield last
+                        return
+                    if delivery.events:
+                        yield delivery
+                        sent = delivery.revision
+                        next_bookmark = time.monotonic() + progress_interval
+                    continue
+                now = time.monotonic()
+                if now >= next_bookmark:
+                    # Quiet: nothing is queued, so the watcher's position is all sent.
+                    sent = max(sent, watcher.position)
+                    yield Delivery([], sent)
+                    next_bookmark = now + progress_interval
+                    continue
+                await watcher.wait(next_bookmark - now)
+
+    async def _catch_up(self, watcher: Watcher, run_id: str | None) -> Delivery | None:
+        """Serve one page of the log to a watcher that is not live, or let it join.
+
+        Returns what to send (None: nothing selected in the page, or it joined).
+        """
+        if self._hub.join(watcher):
+            return None
+        page = await self._hub.read_after(watcher.position, run_id=run_id)
+        if page.state.compact_revision > watcher.position:
+            state = page.state
+            raise RevisionCompacted(watcher.position + 1, state.compact_revision, state.revision)
+        chosen = [event for event in page.events if watcher.selects(event)]
+        if len(page.events) < PAGE_SIZE:
+            # The snapshot held nothing more: the watcher is level with it.
+            upto = max(watcher.position, page.state.revision)
+        else:
+            upto = page.events[-1].revision
+        watcher.position = upto
+        self._hub.join(watcher)
+        return Delivery(chosen, upto) if chosen else None
+
+
+@dataclass(frozen=True, slots=True)
+class _RunHistory:
+    revision: int
+    compact_revision: int
+    run: Run | None
+    has_history: bool
+
+
+def _initial(run: Run, revision: int) -> RunEvent:
+    """The run as of `revision` (its own last change, `run.revision`, may be older)."""
+    return RunEvent(EventType.INITIAL, revision, run)
+
+
+def _first_ending(delivery: Delivery, ends: Callable[[RunEvent], bool]) -> Delivery | None:
+    """The delivery cut right after its first ending event, if it has one."""
+    for index, event in enumerate(delivery.events):
+        if ends(event):
+            return dataclasses.replace(
+                delivery, events=delivery.events[: index + 1], revision=event.revision
+            )
+    return None
