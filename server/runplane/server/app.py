@@ -89,7 +89,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     compactor.start()
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     runs = RunService(database)
-    watches = WatchService(database, hub)
+    watches = WatchService(database, hub, max_buffered=config.watch_buffer)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
     run_service_pb2_grpc.add_RunServiceServicer_to_server(
         RunServicer(runs, watches, limits), server

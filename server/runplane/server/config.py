@@ -30,6 +30,8 @@ class ServerConfig:
     """Seconds between compaction rounds (the contract asks for at most 30)."""
     watch_poll_interval: float = 1.0
     """Seconds between looks at the event log when no doorbell rang (a fallback)."""
+    watch_buffer: int = 1024
+    """Events queued per watch stream before it falls back to reading the event log."""
     max_attempts: int = 3
     """Claims of one run before an expired lease turns it into ERROR."""
     max_struct_bytes: int = 256 * 1024

@@ -276,7 +276,7 @@ def watch_runs(request: run_service_pb2.WatchRunsRequest, limits: Limits) -> Run
         run_filter=selected,
         start_revision=request.start_revision,
         include_initial=request.include_initial,
-        progress_interval=clamp_progress_interval(convert.duration_us(interval) / 1e6),
+        progress_interval=clamp_progress_interval(interval.seconds + interval.nanos / 1e9),
     )
 
 

@@ -42,13 +42,17 @@ class WatchHub:
         self._tailer: asyncio.Task[None] | None = None
         self.head = 0
         """The last revision published to live watchers."""
+        self.known = 0
+        """The newest revision known to be committed: this process's commits are known
+        when they commit (before their callers hear back), other replicas' when their
+        notification arrives. A watch "from now" starts here."""
         self.closing = False
 
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start at the log's current end and tail it from there."""
-        self.head = (await self.read_state()).revision
+        self.head = self.known = (await self.read_state()).revision
         loop = asyncio.get_running_loop()
 
         def rung_by_commit(revision: int) -> None:  # on a database thread
@@ -60,6 +64,7 @@ class WatchHub:
 
     def ring(self, revision: int = 0) -> None:
         """Tell the tailer the log grew to `revision` (0: may have grown)."""
+        self.known = max(self.known, revision)
         if revision == 0 or revision > self.head:
             self._doorbell.set()
 
@@ -158,6 +163,7 @@ class WatchHub:
                     watcher.live = False
                     watcher.wake()
             self.head = upto
+            self.known = max(self.known, upto)
             if len(page.events) < PAGE_SIZE:
                 return
 

@@ -4,8 +4,9 @@ A stream goes through up to three phases, all driven by its `position` (the revi
 to which every selected event has been sent):
 
 1. the start: the initial state read at one revision R (`include_initial`, or WatchRun
-   without a start revision), or a start revision S (position S - 1), or "now" (the hub's
-   head, which needs no database read: a burst of new streams costs no queries);
+   without a start revision), or a start revision S (position S - 1), or "now" (the newest
+   revision the hub knows committed, with no database read: a burst of new streams costs
+   no queries);
 2. catch-up: while the position is behind the hub, pages of the event log, each read in
    one snapshot that also tells whether the log still reaches back that far;
 3. live: the hub pushes new events into the watcher's bounded queue. A watcher that
@@ -30,7 +31,7 @@ from runplane.server.store.database import Database
 from runplane.server.store.event_log import EventLogStore
 from runplane.server.store.run_store import RunStore
 from runplane.server.watch.hub import PAGE_SIZE, WatchHub
-from runplane.server.watch.watcher import Delivery, Selector, Watcher
+from runplane.server.watch.watcher import DEFAULT_MAX_BUFFERED, Delivery, Selector, Watcher
 
 DEFAULT_PROGRESS_INTERVAL = 10.0
 MIN_PROGRESS_INTERVAL = 1.0
@@ -81,9 +82,12 @@ def ends_run_watch(event: RunEvent) -> bool:
 
 
 class WatchService:
-    def __init__(self, database: Database, hub: WatchHub) -> None:
+    def __init__(
+        self, database: Database, hub: WatchHub, *, max_buffered: int = DEFAULT_MAX_BUFFERED
+    ) -> None:
         self._db = database
         self._hub = hub
+        self._max_buffered = max_buffered
 
     # -- WatchRuns ----------------------------------------------------------------------------
 
@@ -101,9 +105,12 @@ class WatchService:
         elif watch.start_revision:
             position = watch.start_revision - 1
         else:
-            position = self._hub.head
+            position = self._hub.known
         async for delivery in self._follow(
-            Watcher(selects, position), watch.progress_interval, run_id=None, ends=None
+            Watcher(selects, position, self._max_buffered),
+            watch.progress_interval,
+            run_id=None,
+            ends=None,
         ):
             yield delivery
 
@@ -144,7 +151,7 @@ class WatchService:
                 return
             position = revision
         async for delivery in self._follow(
-            Watcher(run_selector(run_id), position),
+            Watcher(run_selector(run_id), position, self._max_buffered),
             DEFAULT_PROGRESS_INTERVAL,
             run_id=run_id,
             ends=ends_run_watch,
