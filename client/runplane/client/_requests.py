@@ -183,7 +183,8 @@ def update_run(
 ) -> UnaryCall[run_pb2.Run, Run]:
     """Replace the run's metadata and/or kwargs (kwargs only while PENDING).
 
-    Only the arguments given are changed. With `expected_revision` the update
+    Only the arguments given are changed (at least one is required: ValueError
+    otherwise, before anything is sent). With `expected_revision` the update
     applies only if the run is still at that revision, else `RevisionMismatch`.
     """
     run = run_pb2.Run(run_id=run_id)
