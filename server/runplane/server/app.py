@@ -17,11 +17,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from runplane.server import logs, validation
+from runplane.server.claims import ClaimService
 from runplane.server.config import ServerConfig
+from runplane.server.doorbell import Doorbell
 from runplane.server.runs import RunService
 from runplane.server.servicer import RunServicer
 from runplane.server.store.database import Database, redact
 from runplane.server.store.migrate import upgrade
+from runplane.server.sweeper import Sweeper
 from runplane.v1 import run_service_pb2, run_service_pb2_grpc
 
 log = logging.getLogger("runplane.server")
@@ -50,11 +53,16 @@ class RunningServer:
     grpc_server: grpc.aio.Server
     health: health_aio.HealthServicer
     database: Database
+    background: list[asyncio.Task[None]]
+    """Tasks that live as long as the server: the sweeper."""
 
     async def stop(self, grace: float | None = None) -> None:
         """Turn NOT_SERVING, let in-flight calls finish within `grace`, release the database."""
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(self.config.shutdown_grace if grace is None else grace)
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await asyncio.to_thread(self.database.dispose)
 
 
@@ -62,9 +70,13 @@ async def start_server(config: ServerConfig) -> RunningServer:
     database = Database(config.database_url)
     await asyncio.to_thread(upgrade, database.engine)
     server = grpc.aio.server(options=_SERVER_OPTIONS)
-    runs = RunService(database)
+    doorbell = Doorbell()
+    runs = RunService(database, doorbell)
+    claims = ClaimService(database, doorbell)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
-    run_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(runs, limits), server)
+    servicer = RunServicer(runs, claims, limits)
+    run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, server)
+    sweeper = Sweeper(database, doorbell, config.max_attempts)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -82,6 +94,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         grpc_server=server,
         health=health_servicer,
         database=database,
+        background=[asyncio.create_task(sweeper.run_forever(), name="runplane-sweeper")],
     )
 
 

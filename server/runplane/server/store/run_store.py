@@ -50,6 +50,7 @@ _state = Base.metadata.tables[StoreStateRow.__tablename__]
 # Namespaces of PostgreSQL advisory locks (first key of the two-int form).
 _THREAD_LOCK = 1
 _REQUEST_LOCK = 2
+_SWEEPER_LOCK = 3
 
 
 def _lock_key(value: str) -> int:
@@ -176,6 +177,24 @@ class RunStore:
         """Serialize creates that carry the same idempotency key until commit."""
         self._advisory_lock(_REQUEST_LOCK, request_id)
 
+    def try_lock_thread(self, thread_id: str) -> bool:
+        """Like `lock_thread`, but give up at once if another transaction holds it."""
+        return self._try_advisory_lock(_THREAD_LOCK, thread_id)
+
+    def try_lock_sweeper(self) -> bool:
+        """Let one replica at a time sweep (PostgreSQL); held until commit."""
+        return self._try_advisory_lock(_SWEEPER_LOCK, "sweeper")
+
+    def _try_advisory_lock(self, namespace: int, value: str) -> bool:
+        if not self._dialect.is_postgres:
+            return True
+        return bool(
+            self._conn.execute(
+                text("SELECT pg_try_advisory_xact_lock(:namespace, :key)"),
+                {"namespace": namespace, "key": _lock_key(value)},
+            ).scalar_one()
+        )
+
     def _advisory_lock(self, namespace: int, value: str) -> None:
         if self._dialect.is_postgres:
             self._conn.execute(
@@ -213,6 +232,58 @@ class RunStore:
             ).order_by(_runs.c.create_revision)
         )
         return [_to_run(row) for row in rows]
+
+    def claimable(
+        self, now: int, assistant_ids: Sequence[str], limit: int, run_id: str | None = None
+    ) -> list[Run]:
+        """PENDING runs a worker may take now, oldest first.
+
+        A run is claimable when it is due (`start_after`), of a wanted assistant, and
+        first in its thread's line: no run of its thread is RUNNING and no older run
+        of its thread is PENDING. With `run_id`, the check is made for that run only.
+        """
+        blocker = _runs.alias("blocker")
+        query = _SELECT_RUN.where(
+            _runs.c.status == RunStatus.PENDING.value,
+            or_(_runs.c.start_after_us.is_(None), _runs.c.start_after_us <= now),
+            ~select(blocker.c.run_id)
+            .where(
+                blocker.c.thread_id == _runs.c.thread_id,
+                or_(
+                    blocker.c.status == RunStatus.RUNNING.value,
+                    and_(
+                        blocker.c.status == RunStatus.PENDING.value,
+                        blocker.c.create_revision < _runs.c.create_revision,
+                    ),
+                ),
+            )
+            .exists(),
+        )
+        if assistant_ids:
+            query = query.where(_runs.c.assistant_id.in_(assistant_ids))
+        if run_id is not None:
+            query = query.where(_runs.c.run_id == run_id)
+        query = query.order_by(_runs.c.create_revision).limit(limit)
+        return [_to_run(row) for row in self._conn.execute(query)]
+
+    def next_start_after(self, now: int) -> int | None:
+        """When the earliest PENDING run that is not yet due becomes due."""
+        return self._conn.execute(
+            select(func.min(_runs.c.start_after_us)).where(
+                _runs.c.status == RunStatus.PENDING.value, _runs.c.start_after_us > now
+            )
+        ).scalar_one_or_none()
+
+    def stuck(self, now: int, limit: int) -> list[Run]:
+        """RUNNING runs whose lease expired or whose timeout passed."""
+        query = _SELECT_RUN.where(
+            _runs.c.status == RunStatus.RUNNING.value,
+            or_(
+                _runs.c.lease_expires_at_us < now,
+                _runs.c.started_at_us + _runs.c.timeout_us < now,
+            ),
+        )
+        return [_to_run(row) for row in self._conn.execute(query.limit(limit))]
 
     def current_revision(self) -> int:
         return int(self._conn.execute(select(_state.c.revision)).scalar_one())
