@@ -16,6 +16,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -155,6 +156,25 @@ def _to_run(row: Sequence[Any]) -> Run:
 
 
 _SELECT_RUN = select(*_COLUMNS)
+# Hot statements are built once: SQLAlchemy then reuses their compiled form.
+_GET_RUN = _SELECT_RUN.where(_runs.c.run_id == bindparam("run_id"))
+_THREAD_OF = select(_runs.c.thread_id).where(_runs.c.run_id == bindparam("run_id"))
+_GET_BY_REQUEST = _SELECT_RUN.where(_runs.c.request_id == bindparam("request_id"))
+_INFLIGHT_ON_THREAD = _SELECT_RUN.where(
+    _runs.c.thread_id == bindparam("thread_id"),
+    _runs.c.status.in_([status.value for status in INFLIGHT]),
+).order_by(_runs.c.create_revision)
+_BUMP_REVISION = (
+    update(_state)
+    .where(_state.c.id == 1)
+    .values(revision=_state.c.revision + bindparam("count"))
+    .returning(_state.c.revision)
+)
+_INSERT_RUN = insert(_runs)
+_UPDATE_RUN = update(_runs).where(_runs.c.run_id == bindparam("key"))
+_DELETE_RUN = delete(_runs).where(_runs.c.run_id == bindparam("run_id"))
+_INSERT_EVENTS = insert(_events)
+_CURRENT_REVISION = select(_state.c.revision)
 
 
 class RunStore:
@@ -205,32 +225,25 @@ class RunStore:
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, run_id: str) -> Run | None:
-        row = self._conn.execute(_SELECT_RUN.where(_runs.c.run_id == run_id)).first()
+        row = self._conn.execute(_GET_RUN, {"run_id": run_id}).first()
         return None if row is None else _to_run(row)
 
     def get_locked(self, run_id: str) -> Run | None:
         """The run, read after locking its thread, so the caller may change it safely."""
         if self._dialect.is_postgres:
-            thread_id = self._conn.execute(
-                select(_runs.c.thread_id).where(_runs.c.run_id == run_id)
-            ).scalar_one_or_none()
+            thread_id = self._conn.execute(_THREAD_OF, {"run_id": run_id}).scalar_one_or_none()
             if thread_id is None:
                 return None
             self.lock_thread(thread_id)
         return self.get(run_id)
 
     def get_by_request_id(self, request_id: str) -> Run | None:
-        row = self._conn.execute(_SELECT_RUN.where(_runs.c.request_id == request_id)).first()
+        row = self._conn.execute(_GET_BY_REQUEST, {"request_id": request_id}).first()
         return None if row is None else _to_run(row)
 
     def inflight_on_thread(self, thread_id: str) -> list[Run]:
         """The thread's PENDING and RUNNING runs, oldest first."""
-        rows = self._conn.execute(
-            _SELECT_RUN.where(
-                _runs.c.thread_id == thread_id,
-                _runs.c.status.in_([status.value for status in INFLIGHT]),
-            ).order_by(_runs.c.create_revision)
-        )
+        rows = self._conn.execute(_INFLIGHT_ON_THREAD, {"thread_id": thread_id})
         return [_to_run(row) for row in rows]
 
     def claimable(
@@ -286,7 +299,7 @@ class RunStore:
         return [_to_run(row) for row in self._conn.execute(query.limit(limit))]
 
     def current_revision(self) -> int:
-        return int(self._conn.execute(select(_state.c.revision)).scalar_one())
+        return int(self._conn.execute(_CURRENT_REVISION).scalar_one())
 
     def list_page(
         self, run_filter: RunFilter, order: SortOrder, after: PageCursor | None, limit: int
@@ -351,12 +364,7 @@ class RunStore:
         """
         if not changes:
             return []
-        last = self._conn.execute(
-            update(_state)
-            .where(_state.c.id == 1)
-            .values(revision=_state.c.revision + len(changes))
-            .returning(_state.c.revision)
-        ).scalar_one()
+        last = self._conn.execute(_BUMP_REVISION, {"count": len(changes)}).scalar_one()
         first = last - len(changes) + 1
         committed_at = now_us()
         stored: list[Run] = []
@@ -370,7 +378,7 @@ class RunStore:
             elif change.type is ChangeType.UPDATED:
                 self._update(run)
             else:
-                self._conn.execute(delete(_runs).where(_runs.c.run_id == run.run_id))
+                self._conn.execute(_DELETE_RUN, {"run_id": run.run_id})
             stored.append(run)
             events.append(
                 {
@@ -382,14 +390,14 @@ class RunStore:
                     "previous": None if change.previous is None else change.previous.to_json(),
                 }
             )
-        self._conn.execute(insert(_events), events)
+        self._conn.execute(_INSERT_EVENTS, events)
         return stored
 
     def _insert(self, run: Run) -> None:
         values = _row_values(run)
         values["create_revision"] = run.revision
         try:
-            self._conn.execute(insert(_runs), values)
+            self._conn.execute(_INSERT_RUN, values)
         except IntegrityError as error:
             # Two creates racing with one client-chosen run_id: the loser's whole
             # transaction rolls back.
@@ -397,5 +405,5 @@ class RunStore:
 
     def _update(self, run: Run) -> None:
         values = _row_values(run)
-        del values["run_id"]
-        self._conn.execute(update(_runs).where(_runs.c.run_id == run.run_id).values(values))
+        values["key"] = values.pop("run_id")
+        self._conn.execute(_UPDATE_RUN, values)
