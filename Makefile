@@ -54,7 +54,7 @@ test-py: $(SETUP)
 	$(BIN)/pytest
 
 bench: $(SETUP)
-	$(BIN)/python -m tests.bench.run
+	@$(BIN)/python -m tests.bench.run
 
 clean:
 	rm -rf $(VENV) proto/node_modules tests/polyglot/node_modules runplane.db runplane.db-*

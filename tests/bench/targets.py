@@ -32,7 +32,6 @@ class Target:
 
     name: str
     start: Starter
-    is_reference: bool = False
 
 
 @contextlib.contextmanager
@@ -86,7 +85,7 @@ def runplane_postgres(admin_url: str) -> Starter:
     return start
 
 
-ECHO = Target("echo", _echo, is_reference=True)
+ECHO = Target("echo", _echo)
 RUNPLANE_SQLITE = Target("runplane-sqlite", _runplane_sqlite)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -14,10 +16,11 @@ from tests.support.servers import ServerThread
 from tests.support.stubs import failure, run_service
 from tests.support.watching import (
     Collector,
+    cancel,
     check_stream,
     live_events,
-    read_until,
     reached,
+    read_until,
     watch_from,
 )
 from tests.support.watching import message as to_message
@@ -32,7 +35,7 @@ INITIAL, CREATED, UPDATED, DELETED = (
 
 
 @pytest.fixture(scope="module")
-def stub(server_address: str) -> run_service_pb2_grpc.RunServiceStub:
+def stub(server_address: str) -> Iterator[run_service_pb2_grpc.RunServiceStub]:
     with run_service(server_address) as stub:
         yield stub
 
@@ -41,7 +44,7 @@ def current_revision(stub: run_service_pb2_grpc.RunServiceStub) -> int:
     return stub.ListRuns(pb.ListRunsRequest(page_size=1)).revision
 
 
-def struct(**values: object) -> struct_pb2.Struct:
+def struct(**values: Any) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.update(values)
     return message
@@ -175,7 +178,8 @@ def test_include_initial_sends_state_at_one_revision_then_a_marker_then_live_cha
     assert {e.run_id for e in initial.events} == {run.run_id for run in existing}
     assert {e.type for e in initial.events} == {INITIAL}
     assert {e.revision for e in initial.events} == {initial.revision}
-    assert end.is_bookmark and end.revision == initial.revision == marker.revision
+    assert end.is_bookmark
+    assert end.revision == initial.revision == marker.revision
     assert initial.revision >= existing[-1].revision
     assert [(e.type, e.run_id) for e in live_events(rest)] == [(CREATED, later.run_id)]
 
@@ -187,8 +191,8 @@ def test_include_initial_with_nothing_matching_sends_just_the_marker(
         pb.WatchRunsRequest(filter=pb.RunFilter(thread_id=str(uuid.uuid4())), include_initial=True),
         timeout=10,
     )
-    first = to_message(next(call))
-    call.cancel()
+    first = to_message(next(iter(call)))
+    cancel(call)
     assert first.is_bookmark
     assert first.revision >= current_revision(stub) - 1 > 0
 
@@ -207,7 +211,7 @@ def test_quiet_stream_gets_bookmarks_at_the_progress_interval(
     started = time.monotonic()
     bookmarks = read_until(call, lambda messages: len(messages) == 2)
     elapsed = time.monotonic() - started
-    call.cancel()
+    cancel(call)
     assert all(m.is_bookmark for m in bookmarks)
     assert bookmarks[0].revision >= revision
     assert 1.5 < elapsed < 4, elapsed
@@ -246,7 +250,7 @@ def test_watch_runs_rejects_bad_requests(
 ) -> None:
     call = stub.WatchRuns(pb.WatchRunsRequest(**request_fields), timeout=10)  # type: ignore[arg-type]
     with pytest.raises(grpc.RpcError) as raised:
-        next(call)
+        next(iter(call))
     found = failure(raised.value)
     assert found.code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in found.violations
@@ -289,7 +293,8 @@ def test_watch_run_sends_current_state_then_changes_and_ends_when_terminal(
         (UPDATED, updated.revision),
         (UPDATED, cancelled.revision),
     ]
-    assert events[0].type == INITIAL and events[0].run_id == run.run_id
+    assert events[0].type == INITIAL
+    assert events[0].run_id == run.run_id
     assert messages[-1].revision == cancelled.revision
 
 
@@ -353,7 +358,7 @@ def test_watch_run_of_an_unknown_run_is_not_found(
             timeout=10,
         )
         with pytest.raises(grpc.RpcError) as raised:
-            next(call)
+            next(iter(call))
         found = failure(raised.value)
         assert found.code == grpc.StatusCode.NOT_FOUND
         assert found.reason == "RUN_NOT_FOUND"
@@ -361,7 +366,7 @@ def test_watch_run_of_an_unknown_run_is_not_found(
 
 def test_watch_run_rejects_a_malformed_id(stub: run_service_pb2_grpc.RunServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        next(stub.WatchRun(pb.WatchRunRequest(run_id="x", start_revision=-2), timeout=10))
+        next(iter(stub.WatchRun(pb.WatchRunRequest(run_id="x", start_revision=-2), timeout=10)))
     found = failure(raised.value)
     assert found.code == grpc.StatusCode.INVALID_ARGUMENT
     assert set(found.violations) == {"run_id", "start_revision"}

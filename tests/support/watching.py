@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -55,7 +55,7 @@ def message(response: run_service_pb2.WatchRunsResponse) -> Message:
 
 
 def read_until(
-    responses: Iterator[run_service_pb2.WatchRunsResponse],
+    responses: Iterable[run_service_pb2.WatchRunsResponse],
     done: Callable[[list[Message]], bool],
 ) -> list[Message]:
     """Messages until `done(messages)`; the caller bounds the wait with the call's deadline."""
@@ -69,6 +69,11 @@ def read_until(
 
 def reached(revision: int) -> Callable[[list[Message]], bool]:
     return lambda messages: bool(messages) and messages[-1].revision >= revision
+
+
+def cancel(call: object) -> None:
+    """Cancel a streaming call (grpc-stubs leaves `cancel` untyped)."""
+    getattr(call, "cancel")()  # noqa: B009
 
 
 def watch_from(
@@ -87,7 +92,7 @@ def watch_from(
     try:
         return read_until(call, reached(until_revision))
     finally:
-        call.cancel()
+        cancel(call)
 
 
 def live_events(messages: Iterable[Message]) -> list[Event]:
@@ -153,7 +158,7 @@ def check_resumable(
 class Collector:
     """Reads a stream on a thread, keeping every message, until cancelled or it ends."""
 
-    def __init__(self, call: Iterator[run_service_pb2.WatchRunsResponse]) -> None:
+    def __init__(self, call: Iterable[run_service_pb2.WatchRunsResponse]) -> None:
         self.call = call
         self.messages: list[Message] = []
         self.error: grpc.RpcError | None = None
@@ -197,8 +202,6 @@ class Collector:
         return list(self.messages)
 
     def cancel(self) -> list[Message]:
-        cancel = getattr(self.call, "cancel", None)
-        if cancel is not None:
-            cancel()
+        cancel(self.call)
         self._thread.join(10)
         return list(self.messages)

@@ -174,7 +174,9 @@ class Run(_message.Message):
     cancel_reason: _builtins.str
     """Output only. Why the run was INTERRUPTED."""
     worker_id: _builtins.str
-    """Output only. Worker holding the current claim."""
+    """Output only. Worker holding the current claim; once the run has ended, the
+    worker of its last claim.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """Output only. Set once, when the run is created."""
@@ -201,11 +203,13 @@ class Run(_message.Message):
 
     @_builtins.property
     def lease_expires_at(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the current claim expires unless renewed."""
+        """Output only. When the current claim expires unless renewed by HeartbeatRun."""
 
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """Longest time the run may stay RUNNING before it becomes TIMEOUT."""
+        """Longest time the run may take, counted from its first claim (started_at),
+        before it becomes TIMEOUT.
+        """
 
     @_builtins.property
     def start_after(self) -> _timestamp_pb2.Timestamp:

@@ -7,7 +7,6 @@ process around it: logging, signals, the readiness line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -18,12 +17,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from runplane.server import logs, validation
+from runplane.server.claims import ClaimService
 from runplane.server.config import ServerConfig
+from runplane.server.doorbell import Doorbell
 from runplane.server.runs import RunService
 from runplane.server.servicer import RunServicer
 from runplane.server.store.database import Database, redact
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.notifications import listen_for_changes
+from runplane.server.sweeper import Sweeper
 from runplane.server.watch.compaction import Compactor
 from runplane.server.watch.hub import WatchHub
 from runplane.server.watch.streams import WatchService
@@ -58,7 +60,7 @@ class RunningServer:
     hub: WatchHub
     compactor: Compactor
     background: list[asyncio.Task[None]] = field(default_factory=list)
-    """Tasks that live as long as the server (the change listener)."""
+    """Tasks that live as long as the server: the sweeper, the change listener."""
 
     async def stop(self, grace: float | None = None) -> None:
         """Turn NOT_SERVING, end the watches (a last bookmark, then UNAVAILABLE), let
@@ -70,8 +72,7 @@ class RunningServer:
         await self.compactor.stop()
         for task in self.background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self.background, return_exceptions=True)
         await asyncio.to_thread(self.database.dispose)
 
 
@@ -80,7 +81,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     await asyncio.to_thread(upgrade, database.engine)
     hub = WatchHub(database, poll_interval=config.watch_poll_interval)
     await hub.start()
-    background = []
+    background: list[asyncio.Task[None]] = []
     if database.dialect.is_postgres:
         background.append(
             asyncio.create_task(listen_for_changes(database.url, hub.ring), name="runplane-listen")
@@ -88,12 +89,15 @@ async def start_server(config: ServerConfig) -> RunningServer:
     compactor = Compactor(database, config.event_retention, interval=config.compaction_interval)
     compactor.start()
     server = grpc.aio.server(options=_SERVER_OPTIONS)
-    runs = RunService(database)
+    doorbell = Doorbell()
+    runs = RunService(database, doorbell)
+    claims = ClaimService(database, doorbell)
     watches = WatchService(database, hub, max_buffered=config.watch_buffer)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
-    run_service_pb2_grpc.add_RunServiceServicer_to_server(
-        RunServicer(runs, watches, limits), server
-    )
+    servicer = RunServicer(runs, claims, watches, limits)
+    run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, server)
+    sweeper = Sweeper(database, doorbell, config.max_attempts)
+    background.append(asyncio.create_task(sweeper.run_forever(), name="runplane-sweeper"))
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

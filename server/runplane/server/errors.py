@@ -108,6 +108,17 @@ class StoreUnavailable(RunplaneError):
         super().__init__("the database is unavailable; retry later")
 
 
+class LeaseLost(RunplaneError):
+    reason = "LEASE_LOST"
+
+    def __init__(self, run_id: str, worker_id: str, why: str) -> None:
+        super().__init__(
+            f"worker {worker_id} no longer holds run {run_id}: {why}; stop working on it",
+            run_id=run_id,
+            worker_id=worker_id,
+        )
+
+
 class RevisionCompacted(RunplaneError):
     """A watch asked for history the event log no longer keeps; the caller relists."""
 

@@ -91,8 +91,8 @@ class Run:
     request_id: str | None = None
 
     def to_json(self) -> JSONObject:
-        """The snapshot kept in the event log."""
-        return dataclasses.asdict(self)
+        """The snapshot kept in the event log (shallow: it is serialized at once)."""
+        return {name: getattr(self, name) for name in _RUN_FIELDS}
 
     @classmethod
     def from_json(cls, data: JSONObject) -> Run:
@@ -100,6 +100,9 @@ class Run:
         values["status"] = RunStatus(values["status"])
         values["multitask_strategy"] = MultitaskStrategy(values["multitask_strategy"])
         return cls(**values)
+
+
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(Run))
 
 
 @dataclass(frozen=True, slots=True)

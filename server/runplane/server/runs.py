@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from runplane.server import pages
+from runplane.server.doorbell import Doorbell
 from runplane.server.errors import (
     RevisionMismatch,
     RunAlreadyExists,
@@ -89,7 +90,6 @@ def _interrupted(run: Run, reason: str, at: int) -> Change:
         cancel_reason=reason,
         ended_at=at,
         updated_at=at,
-        worker_id="",
         lease_expires_at=None,
     )
     return Change(ChangeType.UPDATED, ended, previous=run)
@@ -101,8 +101,9 @@ def _check_revision(run: Run, expected: int) -> None:
 
 
 class RunService:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, doorbell: Doorbell) -> None:
         self._db = database
+        self._doorbell = doorbell
 
     def _store(self, connection: Connection) -> RunStore:
         return RunStore(connection, self._db.dialect)
@@ -110,7 +111,9 @@ class RunService:
     # -- create ------------------------------------------------------------------------------
 
     async def create(self, new: NewRun) -> Run:
-        return await self._db.write(lambda conn: self._create(self._store(conn), new))
+        run = await self._db.write(lambda conn: self._create(self._store(conn), new))
+        self._doorbell.ring()
+        return run
 
     def _create(self, store: RunStore, new: NewRun) -> Run:
         if new.request_id is not None:
@@ -201,9 +204,11 @@ class RunService:
         return store.apply([Change(ChangeType.UPDATED, updated, previous=run)])[0]
 
     async def cancel(self, run_id: str, action: CancelAction, reason: str) -> Run:
-        return await self._db.write(
+        run = await self._db.write(
             lambda conn: self._cancel(self._store(conn), run_id, action, reason)
         )
+        self._doorbell.ring()  # the thread's next run may go now
+        return run
 
     def _cancel(self, store: RunStore, run_id: str, action: CancelAction, reason: str) -> Run:
         run = _existing(store, run_id)
@@ -217,6 +222,7 @@ class RunService:
         await self._db.write(
             lambda conn: self._delete(self._store(conn), run_id, expected_revision, force)
         )
+        self._doorbell.ring()
 
     def _delete(self, store: RunStore, run_id: str, expected_revision: int, force: bool) -> None:
         run = _existing(store, run_id)

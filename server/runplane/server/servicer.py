@@ -16,6 +16,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from runplane.server import convert, status, validation
+from runplane.server.claims import ClaimService
 from runplane.server.errors import RunplaneError
 from runplane.server.records import EventType, RunEvent
 from runplane.server.runs import RunService
@@ -120,8 +121,15 @@ class _EventMessages:
 
 
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
-    def __init__(self, runs: RunService, watches: WatchService, limits: validation.Limits) -> None:
+    def __init__(
+        self,
+        runs: RunService,
+        claims: ClaimService,
+        watches: WatchService,
+        limits: validation.Limits,
+    ) -> None:
         self._runs = runs
+        self._claims = claims
         self._watches = watches
         self._limits = limits
         self._event_messages = _EventMessages()
@@ -170,26 +178,28 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         await self._runs.delete(*validation.delete_run(request))
         return empty_pb2.Empty()
 
-    # The executor protocol and the watch streams are part of the contract but
-    # not served yet: callers get an explicit UNIMPLEMENTED.
-
+    @_rpc
     async def ClaimRun(
         self, request: run_service_pb2.ClaimRunRequest, context: Context
     ) -> run_service_pb2.ClaimRunResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ClaimRun is not served yet")
-        raise AssertionError("ServicerContext.abort returns by raising")
+        run = await self._claims.claim(validation.claim_run(request))
+        if run is None:
+            return run_service_pb2.ClaimRunResponse()
+        return run_service_pb2.ClaimRunResponse(run=convert.run_to_proto(run))
 
+    @_rpc
     async def HeartbeatRun(
         self, request: run_service_pb2.HeartbeatRunRequest, context: Context
     ) -> run_pb2.Run:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "HeartbeatRun is not served yet")
-        raise AssertionError("ServicerContext.abort returns by raising")
+        run = await self._claims.heartbeat(*validation.heartbeat_run(request))
+        return convert.run_to_proto(run)
 
+    @_rpc
     async def CompleteRun(
         self, request: run_service_pb2.CompleteRunRequest, context: Context
     ) -> run_pb2.Run:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CompleteRun is not served yet")
-        raise AssertionError("ServicerContext.abort returns by raising")
+        run = await self._claims.complete(validation.complete_run(request, self._limits))
+        return convert.run_to_proto(run)
 
     @_stream
     async def WatchRuns(

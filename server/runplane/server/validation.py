@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from runplane.server import convert, records
+from runplane.server.claims import ClaimRequest, Completion
 from runplane.server.errors import FieldViolation, InvalidInput
 from runplane.server.records import RunFilter, SortOrder
 from runplane.server.runs import ListQuery, NewRun, RunPatch
@@ -23,6 +24,11 @@ _UUID_EXAMPLE = "123e4567-e89b-42d3-a456-426614174000"
 MAX_ASSISTANT_ID = 256
 MAX_REQUEST_ID = 128
 MAX_REASON = 1024
+MAX_WORKER_ID = 256
+MAX_ERROR = 64 * 1024
+DEFAULT_LEASE_US = 30_000_000
+MAX_LEASE_US = 3600 * 1_000_000
+MAX_CLAIM_WAIT_S = 60.0
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 # Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
@@ -251,6 +257,76 @@ def delete_run(request: run_service_pb2.DeleteRunRequest) -> tuple[str, int, boo
     v.check()
     assert checked_id is not None
     return checked_id, request.expected_revision, request.force
+
+
+def _lease_us(
+    v: _Violations,
+    request: run_service_pb2.ClaimRunRequest | run_service_pb2.HeartbeatRunRequest,
+) -> int:
+    """The requested lease in microseconds: 30 s when unset, at most an hour."""
+    if not request.HasField("lease_duration"):
+        return DEFAULT_LEASE_US
+    lease = _positive_duration_us(v, "lease_duration", request.lease_duration)
+    if lease is not None and lease > MAX_LEASE_US:
+        v.add("lease_duration", "must be at most 1h; heartbeat to hold a run longer")
+    return lease or DEFAULT_LEASE_US
+
+
+def claim_run(request: run_service_pb2.ClaimRunRequest) -> ClaimRequest:
+    v = _Violations()
+    v.text("worker_id", request.worker_id, limit=MAX_WORKER_ID, required=True)
+    for index, assistant_id in enumerate(request.assistant_ids):
+        v.text(f"assistant_ids[{index}]", assistant_id, limit=MAX_ASSISTANT_ID, required=True)
+    lease = _lease_us(v, request)
+    wait_s = 0.0
+    if request.HasField("wait"):
+        if request.wait.seconds < 0 or request.wait.nanos < 0:
+            v.add("wait", "must not be negative")
+        wait_s = min(convert.duration_us(request.wait) / 1e6, MAX_CLAIM_WAIT_S)
+    v.check()
+    return ClaimRequest(
+        worker_id=request.worker_id,
+        assistant_ids=tuple(request.assistant_ids),
+        lease_us=lease,
+        wait_s=max(wait_s, 0.0),
+    )
+
+
+def heartbeat_run(request: run_service_pb2.HeartbeatRunRequest) -> tuple[str, str, int]:
+    v = _Violations()
+    checked_id = v.uuid("run_id", request.run_id, required=True)
+    v.text("worker_id", request.worker_id, limit=MAX_WORKER_ID, required=True)
+    lease = _lease_us(v, request)
+    v.check()
+    assert checked_id is not None
+    return checked_id, request.worker_id, lease
+
+
+_COMPLETION_STATUSES = {
+    run_pb2.RUN_STATUS_SUCCESS: records.RunStatus.SUCCESS,
+    run_pb2.RUN_STATUS_ERROR: records.RunStatus.ERROR,
+}
+
+
+def complete_run(request: run_service_pb2.CompleteRunRequest, limits: Limits) -> Completion:
+    v = _Violations()
+    checked_id = v.uuid("run_id", request.run_id, required=True)
+    v.text("worker_id", request.worker_id, limit=MAX_WORKER_ID, required=True)
+    status = _COMPLETION_STATUSES.get(request.status)
+    if status is None:
+        v.add("status", f"must be SUCCESS or ERROR, got {request.status}")
+    v.text("error", request.error, limit=MAX_ERROR)
+    metadata = v.struct("metadata", request.metadata, limits)
+    v.check()
+    assert checked_id is not None
+    assert status is not None
+    return Completion(
+        run_id=checked_id,
+        worker_id=request.worker_id,
+        status=status,
+        error=request.error,
+        metadata=metadata,
+    )
 
 
 def _start_revision(v: _Violations, value: int) -> None:

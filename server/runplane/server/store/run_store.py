@@ -16,6 +16,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -51,6 +52,7 @@ _state = Base.metadata.tables[StoreStateRow.__tablename__]
 # Namespaces of PostgreSQL advisory locks (first key of the two-int form).
 _THREAD_LOCK = 1
 _REQUEST_LOCK = 2
+_SWEEPER_LOCK = 3
 
 
 def _lock_key(value: str) -> int:
@@ -155,6 +157,25 @@ def _to_run(row: Sequence[Any]) -> Run:
 
 
 _SELECT_RUN = select(*_COLUMNS)
+# Hot statements are built once: SQLAlchemy then reuses their compiled form.
+_GET_RUN = _SELECT_RUN.where(_runs.c.run_id == bindparam("run_id"))
+_THREAD_OF = select(_runs.c.thread_id).where(_runs.c.run_id == bindparam("run_id"))
+_GET_BY_REQUEST = _SELECT_RUN.where(_runs.c.request_id == bindparam("request_id"))
+_INFLIGHT_ON_THREAD = _SELECT_RUN.where(
+    _runs.c.thread_id == bindparam("thread_id"),
+    _runs.c.status.in_([status.value for status in INFLIGHT]),
+).order_by(_runs.c.create_revision)
+_BUMP_REVISION = (
+    update(_state)
+    .where(_state.c.id == 1)
+    .values(revision=_state.c.revision + bindparam("count"))
+    .returning(_state.c.revision)
+)
+_INSERT_RUN = insert(_runs)
+_UPDATE_RUN = update(_runs).where(_runs.c.run_id == bindparam("key"))
+_DELETE_RUN = delete(_runs).where(_runs.c.run_id == bindparam("run_id"))
+_INSERT_EVENTS = insert(_events)
+_CURRENT_REVISION = select(_state.c.revision)
 
 
 class RunStore:
@@ -177,6 +198,24 @@ class RunStore:
         """Serialize creates that carry the same idempotency key until commit."""
         self._advisory_lock(_REQUEST_LOCK, request_id)
 
+    def try_lock_thread(self, thread_id: str) -> bool:
+        """Like `lock_thread`, but give up at once if another transaction holds it."""
+        return self._try_advisory_lock(_THREAD_LOCK, thread_id)
+
+    def try_lock_sweeper(self) -> bool:
+        """Let one replica at a time sweep (PostgreSQL); held until commit."""
+        return self._try_advisory_lock(_SWEEPER_LOCK, "sweeper")
+
+    def _try_advisory_lock(self, namespace: int, value: str) -> bool:
+        if not self._dialect.is_postgres:
+            return True
+        return bool(
+            self._conn.execute(
+                text("SELECT pg_try_advisory_xact_lock(:namespace, :key)"),
+                {"namespace": namespace, "key": _lock_key(value)},
+            ).scalar_one()
+        )
+
     def _advisory_lock(self, namespace: int, value: str) -> None:
         if self._dialect.is_postgres:
             self._conn.execute(
@@ -187,36 +226,81 @@ class RunStore:
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, run_id: str) -> Run | None:
-        row = self._conn.execute(_SELECT_RUN.where(_runs.c.run_id == run_id)).first()
+        row = self._conn.execute(_GET_RUN, {"run_id": run_id}).first()
         return None if row is None else _to_run(row)
 
     def get_locked(self, run_id: str) -> Run | None:
         """The run, read after locking its thread, so the caller may change it safely."""
         if self._dialect.is_postgres:
-            thread_id = self._conn.execute(
-                select(_runs.c.thread_id).where(_runs.c.run_id == run_id)
-            ).scalar_one_or_none()
+            thread_id = self._conn.execute(_THREAD_OF, {"run_id": run_id}).scalar_one_or_none()
             if thread_id is None:
                 return None
             self.lock_thread(thread_id)
         return self.get(run_id)
 
     def get_by_request_id(self, request_id: str) -> Run | None:
-        row = self._conn.execute(_SELECT_RUN.where(_runs.c.request_id == request_id)).first()
+        row = self._conn.execute(_GET_BY_REQUEST, {"request_id": request_id}).first()
         return None if row is None else _to_run(row)
 
     def inflight_on_thread(self, thread_id: str) -> list[Run]:
         """The thread's PENDING and RUNNING runs, oldest first."""
-        rows = self._conn.execute(
-            _SELECT_RUN.where(
-                _runs.c.thread_id == thread_id,
-                _runs.c.status.in_([status.value for status in INFLIGHT]),
-            ).order_by(_runs.c.create_revision)
-        )
+        rows = self._conn.execute(_INFLIGHT_ON_THREAD, {"thread_id": thread_id})
         return [_to_run(row) for row in rows]
 
+    def claimable(
+        self, now: int, assistant_ids: Sequence[str], limit: int, run_id: str | None = None
+    ) -> list[Run]:
+        """PENDING runs a worker may take now, oldest first.
+
+        A run is claimable when it is due (`start_after`), of a wanted assistant, and
+        first in its thread's line: no run of its thread is RUNNING and no older run
+        of its thread is PENDING. With `run_id`, the check is made for that run only.
+        """
+        blocker = _runs.alias("blocker")
+        query = _SELECT_RUN.where(
+            _runs.c.status == RunStatus.PENDING.value,
+            or_(_runs.c.start_after_us.is_(None), _runs.c.start_after_us <= now),
+            ~select(blocker.c.run_id)
+            .where(
+                blocker.c.thread_id == _runs.c.thread_id,
+                or_(
+                    blocker.c.status == RunStatus.RUNNING.value,
+                    and_(
+                        blocker.c.status == RunStatus.PENDING.value,
+                        blocker.c.create_revision < _runs.c.create_revision,
+                    ),
+                ),
+            )
+            .exists(),
+        )
+        if assistant_ids:
+            query = query.where(_runs.c.assistant_id.in_(assistant_ids))
+        if run_id is not None:
+            query = query.where(_runs.c.run_id == run_id)
+        query = query.order_by(_runs.c.create_revision).limit(limit)
+        return [_to_run(row) for row in self._conn.execute(query)]
+
+    def next_start_after(self, now: int) -> int | None:
+        """When the earliest PENDING run that is not yet due becomes due."""
+        return self._conn.execute(
+            select(func.min(_runs.c.start_after_us)).where(
+                _runs.c.status == RunStatus.PENDING.value, _runs.c.start_after_us > now
+            )
+        ).scalar_one_or_none()
+
+    def stuck(self, now: int, limit: int) -> list[Run]:
+        """RUNNING runs whose lease expired or whose timeout passed."""
+        query = _SELECT_RUN.where(
+            _runs.c.status == RunStatus.RUNNING.value,
+            or_(
+                _runs.c.lease_expires_at_us < now,
+                _runs.c.started_at_us + _runs.c.timeout_us < now,
+            ),
+        )
+        return [_to_run(row) for row in self._conn.execute(query.limit(limit))]
+
     def current_revision(self) -> int:
-        return int(self._conn.execute(select(_state.c.revision)).scalar_one())
+        return int(self._conn.execute(_CURRENT_REVISION).scalar_one())
 
     def list_page(
         self, run_filter: RunFilter, order: SortOrder, after: PageCursor | None, limit: int
@@ -281,12 +365,7 @@ class RunStore:
         """
         if not changes:
             return []
-        last = self._conn.execute(
-            update(_state)
-            .where(_state.c.id == 1)
-            .values(revision=_state.c.revision + len(changes))
-            .returning(_state.c.revision)
-        ).scalar_one()
+        last = self._conn.execute(_BUMP_REVISION, {"count": len(changes)}).scalar_one()
         first = last - len(changes) + 1
         committed_at = now_us()
         stored: list[Run] = []
@@ -300,7 +379,7 @@ class RunStore:
             elif change.type is ChangeType.UPDATED:
                 self._update(run)
             else:
-                self._conn.execute(delete(_runs).where(_runs.c.run_id == run.run_id))
+                self._conn.execute(_DELETE_RUN, {"run_id": run.run_id})
             stored.append(run)
             events.append(
                 {
@@ -312,7 +391,7 @@ class RunStore:
                     "previous": None if change.previous is None else change.previous.to_json(),
                 }
             )
-        self._conn.execute(insert(_events), events)
+        self._conn.execute(_INSERT_EVENTS, events)
         # Doorbells for the watch hubs: other replicas hear it at commit (PostgreSQL),
         # this process's hub right after the commit.
         notify_changes(self._conn, self._dialect, last)
@@ -323,7 +402,7 @@ class RunStore:
         values = _row_values(run)
         values["create_revision"] = run.revision
         try:
-            self._conn.execute(insert(_runs), values)
+            self._conn.execute(_INSERT_RUN, values)
         except IntegrityError as error:
             # Two creates racing with one client-chosen run_id: the loser's whole
             # transaction rolls back.
@@ -331,5 +410,5 @@ class RunStore:
 
     def _update(self, run: Run) -> None:
         values = _row_values(run)
-        del values["run_id"]
-        self._conn.execute(update(_runs).where(_runs.c.run_id == run.run_id).values(values))
+        values["key"] = values.pop("run_id")
+        self._conn.execute(_UPDATE_RUN, values)

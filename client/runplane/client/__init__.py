@@ -1,0 +1,91 @@
+"""Python client for runplane: runs of AI assistants on conversation threads.
+
+    from runplane.client import Client, MultitaskStrategy
+
+    with Client("127.0.0.1:50051") as client:
+        run = client.create_run("agent", multitask_strategy=MultitaskStrategy.REJECT)
+        for run in client.list_runs(thread_id=run.thread_id):
+            print(run.run_id, run.status)
+
+`AsyncClient` offers the same methods as coroutines. Calls return plain values
+(`Run`, `RunStatus`, dicts, datetimes) and raise `RunplaneError` subclasses.
+"""
+
+from runplane.client._async_client import AsyncClient
+from runplane.client._client import Client
+from runplane.client._errors import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    LeaseLost,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    RevisionCompacted,
+    RevisionMismatch,
+    RunInflight,
+    RunplaneError,
+    RunTerminal,
+    ThreadBusy,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+    from_grpc_error,
+)
+from runplane.client._models import (
+    CancelAction,
+    EventType,
+    MultitaskStrategy,
+    Run,
+    RunEvent,
+    RunPage,
+    RunStatus,
+)
+from runplane.client._pagers import AsyncRunPager, RunPager
+from runplane.client._retry import RetryPolicy
+
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "AsyncClient",
+    "AsyncRunPager",
+    "CancelAction",
+    "Cancelled",
+    "Client",
+    "DataLoss",
+    "DeadlineExceeded",
+    "EventType",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "LeaseLost",
+    "MultitaskStrategy",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "RevisionCompacted",
+    "RevisionMismatch",
+    "Run",
+    "RunEvent",
+    "RunInflight",
+    "RunPage",
+    "RunPager",
+    "RunStatus",
+    "RunTerminal",
+    "RunplaneError",
+    "ThreadBusy",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Unknown",
+    "from_grpc_error",
+]

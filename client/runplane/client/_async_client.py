@@ -1,0 +1,93 @@
+"""The asyncio client: `AsyncClient`, with the same methods as `Client`, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+import grpc
+
+from runplane.client import _requests
+from runplane.client._pagers import AsyncRunPager
+from runplane.client._requests import RunListing, UnaryCall, client_method
+from runplane.client._retry import DEFAULT_RETRY, RetryPolicy
+from runplane.v1 import run_service_pb2_grpc
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _unary(
+    definition: Callable[_P, UnaryCall[Any, _T]],
+) -> Callable[Concatenate[AsyncClient, _P], Coroutine[Any, Any, _T]]:
+    async def method(self: AsyncClient, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await self._call(definition(*args, **kwargs))
+
+    return client_method(definition, method)
+
+
+def _paged(
+    definition: Callable[_P, RunListing],
+) -> Callable[Concatenate[AsyncClient, _P], AsyncRunPager]:
+    def method(self: AsyncClient, /, *args: _P.args, **kwargs: _P.kwargs) -> AsyncRunPager:
+        return AsyncRunPager(definition(*args, **kwargs), self._call)
+
+    return client_method(definition, method)
+
+
+class AsyncClient:
+    """An asyncio runplane client over one `grpc.aio` channel.
+
+    Use it as an async context manager (or await `close()`). Methods are the
+    `Client` ones, as coroutines; `list_runs` returns a pager for `async for`.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        default_deadline: float = 10.0,
+        channel_options: Sequence[tuple[str, Any]] = (),
+        retry_policy: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        self._channel = grpc.aio.insecure_channel(address, options=list(channel_options))
+        self._stub = run_service_pb2_grpc.RunServiceStub(self._channel)
+        self._default_deadline = default_deadline
+        self._retry_policy = retry_policy
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(self, call: UnaryCall[Any, _T]) -> _T:
+        attempts = call.attempts(self._default_deadline, self._retry_policy)
+        send = getattr(self._stub, call.rpc)
+        while True:
+            try:
+                response = await send(call.request, timeout=attempts.remaining())
+            except grpc.RpcError as error:
+                await asyncio.sleep(attempts.backoff_or_raise(error))
+            else:
+                return call.convert(response)
+
+    create_run = _unary(_requests.create_run)
+    get_run = _unary(_requests.get_run)
+    list_runs = _paged(_requests.list_runs)
+    update_run = _unary(_requests.update_run)
+    cancel_run = _unary(_requests.cancel_run)
+    delete_run = _unary(_requests.delete_run)
+    claim_run = _unary(_requests.claim_run)
+    heartbeat_run = _unary(_requests.heartbeat_run)
+    complete_run = _unary(_requests.complete_run)

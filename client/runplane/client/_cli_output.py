@@ -1,0 +1,88 @@
+"""How the CLI shows runs: an aligned table for people, JSON for programs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from runplane.client._models import Run
+
+_ASSISTANT_WIDTH = 20
+
+# Two full UUIDs take 74 columns, so the rest stays narrow: the creation time is
+# shown as an age, which also reads faster than a timestamp.
+_COLUMNS: tuple[tuple[str, Callable[[Run, datetime], str]], ...] = (
+    ("RUN_ID", lambda run, _: run.run_id),
+    ("THREAD_ID", lambda run, _: run.thread_id),
+    ("ASSISTANT", lambda run, _: _clip(run.assistant_id, _ASSISTANT_WIDTH)),
+    ("STATUS", lambda run, _: run.status.value),
+    ("CREATED", lambda run, now: f"{_age(now - run.created_at)} ago"),
+    ("REVISION", lambda run, _: str(run.revision)),
+)
+
+
+def runs_table(runs: Iterable[Run], now: datetime) -> str:
+    """One row per run under a header, columns padded to their widest cell."""
+    rows = [[header for header, _ in _COLUMNS]]
+    rows += [[cell(run, now) for _, cell in _COLUMNS] for run in runs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    return "\n".join(
+        "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def run_details(run: Run) -> str:
+    """Every field that has a value, one `name: value` line each, values aligned."""
+    fields = {name: value for name, value in _plain(run).items() if value not in ("", None)}
+    width = max(len(name) for name in fields) + 1
+    return "\n".join(f"{name + ':':<{width}} {_text(value)}" for name, value in fields.items())
+
+
+def runs_json(runs: Run | Iterable[Run]) -> str:
+    """One JSON document: an object for one run, a list for several; ISO-8601 times."""
+    if isinstance(runs, Run):
+        return _dumps(_plain(runs))
+    return _dumps([_plain(run) for run in runs])
+
+
+def deletion_json(run_id: str) -> str:
+    return _dumps({"run_id": run_id, "deleted": True})
+
+
+def _plain(run: Run) -> dict[str, Any]:
+    return {field.name: _json_value(getattr(run, field.name)) for field in dataclasses.fields(run)}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _dumps(document: Any) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _age(elapsed: timedelta) -> str:
+    """Compact age like kubectl's: 42s, 7m, 5h, 3d."""
+    seconds = max(0, int(elapsed.total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

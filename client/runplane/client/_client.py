@@ -1,0 +1,92 @@
+"""The blocking client: `Client`, for scripts, CLIs and threaded services."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+import grpc
+
+from runplane.client import _requests
+from runplane.client._pagers import RunPager
+from runplane.client._requests import RunListing, UnaryCall, client_method
+from runplane.client._retry import DEFAULT_RETRY, RetryPolicy
+from runplane.v1 import run_service_pb2_grpc
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _unary(
+    definition: Callable[_P, UnaryCall[Any, _T]],
+) -> Callable[Concatenate[Client, _P], _T]:
+    def method(self: Client, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return self._call(definition(*args, **kwargs))
+
+    return client_method(definition, method)
+
+
+def _paged(definition: Callable[_P, RunListing]) -> Callable[Concatenate[Client, _P], RunPager]:
+    def method(self: Client, /, *args: _P.args, **kwargs: _P.kwargs) -> RunPager:
+        return RunPager(definition(*args, **kwargs), self._call)
+
+    return client_method(definition, method)
+
+
+class Client:
+    """A blocking runplane client over one gRPC channel.
+
+    Use it as a context manager (or call `close()`) to release the channel. Every
+    call is bounded by `default_deadline` seconds unless given its own `deadline`;
+    failures raise `RunplaneError` subclasses, never `grpc.RpcError`.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        default_deadline: float = 10.0,
+        channel_options: Sequence[tuple[str, Any]] = (),
+        retry_policy: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        self._channel = grpc.insecure_channel(address, options=list(channel_options))
+        self._stub = run_service_pb2_grpc.RunServiceStub(self._channel)
+        self._default_deadline = default_deadline
+        self._retry_policy = retry_policy
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, call: UnaryCall[Any, _T]) -> _T:
+        attempts = call.attempts(self._default_deadline, self._retry_policy)
+        send = getattr(self._stub, call.rpc)
+        while True:
+            try:
+                response = send(call.request, timeout=attempts.remaining())
+            except grpc.RpcError as error:
+                time.sleep(attempts.backoff_or_raise(error))
+            else:
+                return call.convert(response)
+
+    create_run = _unary(_requests.create_run)
+    get_run = _unary(_requests.get_run)
+    list_runs = _paged(_requests.list_runs)
+    update_run = _unary(_requests.update_run)
+    cancel_run = _unary(_requests.cancel_run)
+    delete_run = _unary(_requests.delete_run)
+    claim_run = _unary(_requests.claim_run)
+    heartbeat_run = _unary(_requests.heartbeat_run)
+    complete_run = _unary(_requests.complete_run)

@@ -1,0 +1,121 @@
+"""Plain Python values the client hands out and accepts.
+
+Callers never see protobuf messages: a `Run` is a frozen dataclass with
+timezone-aware UTC datetimes, `timedelta` durations and plain dicts. The enums
+are string enums whose values are the lowercase words people type, and they
+accept any casing (`RunStatus("PENDING") is RunStatus.PENDING`), so every
+method taking an enum takes the string as well.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Self
+
+
+class _WordEnum(enum.StrEnum):
+    """A string enum looked up case-insensitively, naming the allowed words on a miss."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Self:
+        if isinstance(value, str):
+            for member in cls:
+                if member.value == value.lower():
+                    return member
+        allowed = ", ".join(member.value for member in cls)
+        raise ValueError(f"{value!r} is not a valid {cls.__name__}; expected one of: {allowed}")
+
+
+class RunStatus(_WordEnum):
+    """Lifecycle of a run. PENDING and RUNNING are inflight; the rest are terminal."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    ERROR = "error"
+    SUCCESS = "success"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run is done: a terminal run never changes status again."""
+        return self not in (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+class MultitaskStrategy(_WordEnum):
+    """What creating a run does when its thread already has inflight runs."""
+
+    REJECT = "reject"
+    INTERRUPT = "interrupt"
+    ROLLBACK = "rollback"
+    ENQUEUE = "enqueue"
+
+
+class CancelAction(_WordEnum):
+    """How cancelling disposes of an inflight run: keep it INTERRUPTED, or delete it."""
+
+    INTERRUPT = "interrupt"
+    ROLLBACK = "rollback"
+
+
+class EventType(_WordEnum):
+    """Kind of change a `RunEvent` carries; INITIAL is current state, not a change."""
+
+    INITIAL = "initial"
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of an assistant on a conversation thread, as the server last recorded it.
+
+    `metadata` and `kwargs` travel as `google.protobuf.Struct`, whose numbers are
+    doubles: integral numbers come back as `int` (`{"n": 1}`, not `{"n": 1.0}`),
+    and integers beyond 2**53 lose precision on the way.
+    """
+
+    run_id: str
+    thread_id: str
+    assistant_id: str
+    created_at: datetime
+    updated_at: datetime
+    status: RunStatus
+    metadata: dict[str, Any]
+    kwargs: dict[str, Any]
+    multitask_strategy: MultitaskStrategy
+    revision: int
+    attempt: int
+    started_at: datetime | None
+    ended_at: datetime | None
+    lease_expires_at: datetime | None
+    start_after: datetime | None
+    error: str
+    cancel_reason: str
+    worker_id: str
+    timeout: timedelta | None
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One change to a run at a global revision; DELETED carries the run's last state."""
+
+    type: EventType
+    revision: int
+    run: Run
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of a listing, read at store revision `revision`.
+
+    `revision` is where a watch of the same filter can start (revision + 1) to
+    see every later change without a gap.
+    """
+
+    runs: list[Run]
+    next_page_token: str
+    revision: int

@@ -1,0 +1,305 @@
+"""Every RPC of the clients, defined once: its signature, its request, how to read its reply.
+
+Each function here takes the public arguments of one client method and returns
+a `UnaryCall` (or a `RunListing` for `list_runs`) describing what to send. The
+sync `Client` and the `AsyncClient` turn these functions into their methods
+with `client_method`, so both share one signature and one docstring per RPC
+and differ only in how they wait for the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from google.protobuf import empty_pb2, field_mask_pb2
+from google.protobuf.message import Message
+
+from runplane.client._convert import (
+    cancel_action_to_proto,
+    duration_to_proto,
+    multitask_strategy_to_proto,
+    run_from_proto,
+    run_page_from_proto,
+    run_status_to_proto,
+    struct_to_proto,
+    timestamp_to_proto,
+)
+from runplane.client._models import CancelAction, MultitaskStrategy, Run, RunPage, RunStatus
+from runplane.client._retry import NO_RETRY, Attempts, RetryPolicy
+from runplane.v1 import run_pb2, run_service_pb2
+
+_Response = TypeVar("_Response", bound=Message)
+_Result = TypeVar("_Result")
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class UnaryCall(Generic[_Response, _Result]):
+    """One unary RPC, ready to send through either client."""
+
+    rpc: str
+    """Name of the RunService method (and of its attribute on the generated stub)."""
+    request: Message
+    convert: Callable[[_Response], _Result]
+    deadline: float | None
+    """Seconds the caller allows, retries included; None means the client's default."""
+    idempotent: bool = False
+    """Safe to repeat after UNAVAILABLE: the retry policy applies."""
+    server_wait: float = 0.0
+    """Seconds the server may hold the call on purpose (a long poll), added to the default."""
+
+    def attempts(self, default_deadline: float, retry_policy: RetryPolicy) -> Attempts:
+        """Start timing this call: its deadline, and retries only if it is idempotent."""
+        if self.deadline is not None:
+            deadline = self.deadline
+        else:
+            deadline = default_deadline + self.server_wait
+        return (retry_policy if self.idempotent else NO_RETRY).start(deadline)
+
+
+@dataclass(frozen=True)
+class RunListing:
+    """A `list_runs` query; `page` gives the call that reads the page at a token."""
+
+    request: run_service_pb2.ListRunsRequest
+    deadline: float | None
+
+    def page(self, page_token: str) -> UnaryCall[run_service_pb2.ListRunsResponse, RunPage]:
+        request = run_service_pb2.ListRunsRequest()
+        request.CopyFrom(self.request)
+        request.page_token = page_token
+        return UnaryCall("ListRuns", request, run_page_from_proto, self.deadline, idempotent=True)
+
+
+def client_method(definition: Callable[..., Any], method: _Method) -> _Method:
+    """Dress a client's `method` as `definition`: name, docstring and signature (plus self).
+
+    The explicit `__signature__` keeps `help()` and `inspect.signature` right on
+    bound methods, which would otherwise drop the first real parameter.
+    """
+    functools.update_wrapper(method, definition, assigned=("__name__", "__qualname__", "__doc__"))
+    signature = inspect.signature(definition)
+    self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+    method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[self_parameter, *signature.parameters.values()],
+        return_annotation=inspect.Signature.empty,
+    )
+    return method
+
+
+def create_run(
+    assistant_id: str,
+    *,
+    thread_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    multitask_strategy: MultitaskStrategy | str | None = None,
+    run_id: str | None = None,
+    request_id: str | None = None,
+    timeout: timedelta | float | None = None,
+    start_after: datetime | None = None,
+    deadline: float | None = None,
+) -> UnaryCall[run_pb2.Run, Run]:
+    """Create a run of `assistant_id`, on `thread_id` or on a new thread.
+
+    `multitask_strategy` (default enqueue) decides what happens to the thread's
+    inflight runs: reject raises `ThreadBusy`, interrupt and rollback supersede
+    them. `timeout` is the run's own time limit once RUNNING (seconds or a
+    timedelta); `start_after` (timezone-aware) defers it. `deadline` bounds the call.
+
+    With a `request_id` the create is idempotent: a repeat returns the run first
+    created with it, so the client also retries it when the server is unavailable.
+    Without one it is never retried, since a lost reply may hide a created run.
+    """
+    request = run_service_pb2.CreateRunRequest(
+        assistant_id=assistant_id,
+        thread_id=thread_id or "",
+        run_id=run_id or "",
+        request_id=request_id or "",
+    )
+    if metadata is not None:
+        request.metadata.CopyFrom(struct_to_proto(metadata))
+    if kwargs is not None:
+        request.kwargs.CopyFrom(struct_to_proto(kwargs))
+    if multitask_strategy is not None:
+        request.multitask_strategy = multitask_strategy_to_proto(multitask_strategy)
+    if timeout is not None:
+        request.timeout.CopyFrom(duration_to_proto(timeout))
+    if start_after is not None:
+        request.start_after.CopyFrom(timestamp_to_proto(start_after))
+    return UnaryCall(
+        "CreateRun", request, run_from_proto, deadline, idempotent=request_id is not None
+    )
+
+
+def get_run(run_id: str, *, deadline: float | None = None) -> UnaryCall[run_pb2.Run, Run]:
+    """The run's current state; `NotFound` if it does not exist."""
+    request = run_service_pb2.GetRunRequest(run_id=run_id)
+    return UnaryCall("GetRun", request, run_from_proto, deadline, idempotent=True)
+
+
+def list_runs(
+    *,
+    thread_id: str | None = None,
+    assistant_id: str | None = None,
+    statuses: Iterable[RunStatus | str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    order_by: str = "created_at desc",
+    page_size: int = 0,
+    deadline: float | None = None,
+) -> RunListing:
+    """The runs matching every filter given, newest first unless `order_by="created_at asc"`.
+
+    Returns a pager: iterating it yields runs across all pages, fetching each page
+    when needed (the first one on first iteration); `pages()` yields whole pages.
+    `metadata` matches runs whose metadata contains every key given with an equal
+    value. `page_size` 0 lets the server choose (50); `deadline` applies per page.
+    """
+    run_filter = run_service_pb2.RunFilter(
+        thread_id=thread_id or "",
+        assistant_id=assistant_id or "",
+        statuses=[run_status_to_proto(status) for status in statuses or ()],
+    )
+    if metadata is not None:
+        run_filter.metadata.CopyFrom(struct_to_proto(metadata))
+    request = run_service_pb2.ListRunsRequest(
+        filter=run_filter, page_size=page_size, order_by=order_by
+    )
+    return RunListing(request, deadline)
+
+
+def update_run(
+    run_id: str,
+    *,
+    metadata: dict[str, Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    expected_revision: int = 0,
+    deadline: float | None = None,
+) -> UnaryCall[run_pb2.Run, Run]:
+    """Replace the run's metadata and/or kwargs (kwargs only while PENDING).
+
+    Only the arguments given are changed (at least one is required: ValueError
+    otherwise, before anything is sent). With `expected_revision` the update
+    applies only if the run is still at that revision, else `RevisionMismatch`.
+    """
+    run = run_pb2.Run(run_id=run_id)
+    paths = []
+    if metadata is not None:
+        run.metadata.CopyFrom(struct_to_proto(metadata))
+        paths.append("metadata")
+    if kwargs is not None:
+        run.kwargs.CopyFrom(struct_to_proto(kwargs))
+        paths.append("kwargs")
+    if not paths:
+        raise ValueError("update_run needs metadata or kwargs to change")
+    request = run_service_pb2.UpdateRunRequest(
+        run=run,
+        update_mask=field_mask_pb2.FieldMask(paths=paths),
+        expected_revision=expected_revision,
+    )
+    return UnaryCall("UpdateRun", request, run_from_proto, deadline)
+
+
+def cancel_run(
+    run_id: str,
+    *,
+    action: CancelAction | str = CancelAction.INTERRUPT,
+    reason: str = "",
+    deadline: float | None = None,
+) -> UnaryCall[run_pb2.Run, Run]:
+    """Stop an inflight run: interrupt keeps it INTERRUPTED, rollback deletes it.
+
+    Returns the run's last state; `RunTerminal` if it had already finished.
+    """
+    request = run_service_pb2.CancelRunRequest(
+        run_id=run_id, action=cancel_action_to_proto(action), reason=reason
+    )
+    return UnaryCall("CancelRun", request, run_from_proto, deadline)
+
+
+def delete_run(
+    run_id: str,
+    *,
+    expected_revision: int = 0,
+    force: bool = False,
+    deadline: float | None = None,
+) -> UnaryCall[empty_pb2.Empty, None]:
+    """Delete a run; an inflight one raises `RunInflight` unless `force`."""
+    request = run_service_pb2.DeleteRunRequest(
+        run_id=run_id, expected_revision=expected_revision, force=force
+    )
+    return UnaryCall("DeleteRun", request, _nothing, deadline)
+
+
+def claim_run(
+    worker_id: str,
+    *,
+    assistant_ids: Iterable[str] | None = None,
+    lease_duration: timedelta | float = 30.0,
+    wait: timedelta | float = 0.0,
+    deadline: float | None = None,
+) -> UnaryCall[run_service_pb2.ClaimRunResponse, Run | None]:
+    """Claim the oldest claimable PENDING run for `worker_id`, or None if there is none.
+
+    The server long-polls up to `wait` (at most 60 s) for one to become claimable;
+    the default deadline is extended by `wait`. Keep the claim with `heartbeat_run`
+    within `lease_duration`.
+    """
+    request = run_service_pb2.ClaimRunRequest(
+        worker_id=worker_id,
+        assistant_ids=list(assistant_ids or ()),
+        lease_duration=duration_to_proto(lease_duration),
+        wait=duration_to_proto(wait),
+    )
+    return UnaryCall(
+        "ClaimRun",
+        request,
+        _claimed_run,
+        deadline,
+        server_wait=request.wait.ToTimedelta().total_seconds(),
+    )
+
+
+def heartbeat_run(
+    run_id: str,
+    worker_id: str,
+    *,
+    lease_duration: timedelta | float = 30.0,
+    deadline: float | None = None,
+) -> UnaryCall[run_pb2.Run, Run]:
+    """Extend `worker_id`'s lease on a RUNNING run; `LeaseLost` means stop working on it."""
+    request = run_service_pb2.HeartbeatRunRequest(
+        run_id=run_id, worker_id=worker_id, lease_duration=duration_to_proto(lease_duration)
+    )
+    return UnaryCall("HeartbeatRun", request, run_from_proto, deadline)
+
+
+def complete_run(
+    run_id: str,
+    worker_id: str,
+    status: RunStatus | str,
+    *,
+    error: str = "",
+    metadata: dict[str, Any] | None = None,
+    deadline: float | None = None,
+) -> UnaryCall[run_pb2.Run, Run]:
+    """End a RUNNING run with success or error, merging `metadata` into the run's."""
+    request = run_service_pb2.CompleteRunRequest(
+        run_id=run_id, worker_id=worker_id, status=run_status_to_proto(status), error=error
+    )
+    if metadata is not None:
+        request.metadata.CopyFrom(struct_to_proto(metadata))
+    return UnaryCall("CompleteRun", request, run_from_proto, deadline)
+
+
+def _nothing(_: empty_pb2.Empty) -> None:
+    return None
+
+
+def _claimed_run(response: run_service_pb2.ClaimRunResponse) -> Run | None:
+    return run_from_proto(response.run) if response.HasField("run") else None

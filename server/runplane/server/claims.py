@@ -1,0 +1,136 @@
+"""The executor protocol: workers claim runs, hold leases, heartbeat and complete.
+
+At most one run per thread is RUNNING, and a thread's runs are claimed in
+creation order (`RunStore.claimable`). A claim is made under its thread's lock
+after re-checking the run, so two workers never receive the same run, on one
+SQLite process or across PostgreSQL replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from runplane.server.doorbell import Doorbell, wait_for_ring
+from runplane.server.errors import LeaseLost
+from runplane.server.records import (
+    Change,
+    ChangeType,
+    JSONObject,
+    Run,
+    RunStatus,
+    now_us,
+)
+from runplane.server.store.database import Database
+from runplane.server.store.run_store import RunStore
+
+# Candidates looked at per attempt: others may be locked by concurrent claims.
+_CANDIDATES = 8
+# Without a cross-replica wake-up, look again this often (PostgreSQL only).
+_REPLICA_POLL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    worker_id: str
+    assistant_ids: tuple[str, ...]
+    lease_us: int
+    wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    run_id: str
+    worker_id: str
+    status: RunStatus
+    error: str
+    metadata: JSONObject
+
+
+class ClaimService:
+    def __init__(self, database: Database, doorbell: Doorbell) -> None:
+        self._db = database
+        self._doorbell = doorbell
+
+    async def claim(self, request: ClaimRequest) -> Run | None:
+        """Claim the oldest claimable run, waiting up to `wait_s` for one to appear."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.wait_s
+        while True:
+            ring = self._doorbell.current()
+            claimed, next_due = await self._db.write(
+                lambda conn: self._claim_once(RunStore(conn, self._db.dialect), request)
+            )
+            remaining = deadline - loop.time()
+            if claimed is not None or remaining <= 0:
+                return claimed
+            if next_due is not None:
+                remaining = min(remaining, max(0.0, (next_due - now_us()) / 1e6))
+            if self._db.dialect.is_postgres:
+                remaining = min(remaining, _REPLICA_POLL_S)
+            await wait_for_ring(ring, remaining)
+
+    def _claim_once(self, store: RunStore, request: ClaimRequest) -> tuple[Run | None, int | None]:
+        now = now_us()
+        for candidate in store.claimable(now, request.assistant_ids, _CANDIDATES):
+            if not store.try_lock_thread(candidate.thread_id):
+                continue  # another transaction is changing this thread; try the next
+            # Re-check under the lock: the candidate list was read without it.
+            if not store.claimable(now, request.assistant_ids, 1, run_id=candidate.run_id):
+                continue
+            running = dataclasses.replace(
+                candidate,
+                status=RunStatus.RUNNING,
+                attempt=candidate.attempt + 1,
+                worker_id=request.worker_id,
+                lease_expires_at=now + request.lease_us,
+                started_at=candidate.started_at or now,
+                updated_at=now,
+            )
+            return store.apply([Change(ChangeType.UPDATED, running, previous=candidate)])[0], None
+        return None, store.next_start_after(now)
+
+    async def heartbeat(self, run_id: str, worker_id: str, lease_us: int) -> Run:
+        def extend(conn: Connection) -> Run:
+            store = RunStore(conn, self._db.dialect)
+            run = _held(store, run_id, worker_id)
+            now = now_us()
+            renewed = dataclasses.replace(run, lease_expires_at=now + lease_us, updated_at=now)
+            return store.apply([Change(ChangeType.UPDATED, renewed, previous=run)])[0]
+
+        return await self._db.write(extend)
+
+    async def complete(self, completion: Completion) -> Run:
+        def finish(conn: Connection) -> Run:
+            store = RunStore(conn, self._db.dialect)
+            run = _held(store, completion.run_id, completion.worker_id)
+            now = now_us()
+            ended = dataclasses.replace(
+                run,
+                status=completion.status,
+                error=completion.error,
+                metadata={**run.metadata, **completion.metadata},
+                ended_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+            )
+            return store.apply([Change(ChangeType.UPDATED, ended, previous=run)])[0]
+
+        run = await self._db.write(finish)
+        self._doorbell.ring()  # the thread's next run may go now
+        return run
+
+
+def _held(store: RunStore, run_id: str, worker_id: str) -> Run:
+    """The run, if `worker_id` still holds its claim; LeaseLost otherwise."""
+    run = store.get_locked(run_id)
+    if run is None:
+        raise LeaseLost(run_id, worker_id, "the run was deleted")
+    if run.status is not RunStatus.RUNNING:
+        raise LeaseLost(run_id, worker_id, f"the run is {run.status.value}")
+    if run.worker_id != worker_id:
+        raise LeaseLost(run_id, worker_id, "the run was claimed again by another worker")
+    return run

@@ -1,0 +1,102 @@
+"""Turns stuck RUNNING runs into TIMEOUT, back into PENDING, or into ERROR.
+
+- past its `timeout` (counted from `started_at`, the first claim): TIMEOUT;
+- lease expired: PENDING again, keeping its place in its thread's line (its
+  creation order), or ERROR once it has been claimed `max_attempts` times.
+
+Each sweep is one ordinary revisioned transaction; one replica sweeps at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+from sqlalchemy import Connection
+
+from runplane.server.doorbell import Doorbell
+from runplane.server.errors import StoreUnavailable
+from runplane.server.records import Change, ChangeType, Run, RunStatus, now_us
+from runplane.server.store.database import Database
+from runplane.server.store.run_store import RunStore
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 1.0
+_BATCH = 200
+
+
+def _settle(run: Run, now: int, max_attempts: int) -> Run:
+    """The state a stuck run moves to."""
+    started, limit = run.started_at, run.timeout
+    if started is not None and limit is not None and started + limit < now:
+        return dataclasses.replace(
+            run,
+            status=RunStatus.TIMEOUT,
+            error=f"ran longer than its timeout of {limit / 1e6:g}s",
+            ended_at=now,
+            updated_at=now,
+            lease_expires_at=None,
+        )
+    if run.attempt >= max_attempts:
+        return dataclasses.replace(
+            run,
+            status=RunStatus.ERROR,
+            error=(
+                f"lease of worker {run.worker_id} expired on attempt {run.attempt} "
+                f"of {max_attempts}; giving up"
+            ),
+            ended_at=now,
+            updated_at=now,
+            lease_expires_at=None,
+        )
+    return dataclasses.replace(
+        run, status=RunStatus.PENDING, worker_id="", lease_expires_at=None, updated_at=now
+    )
+
+
+class Sweeper:
+    def __init__(self, database: Database, doorbell: Doorbell, max_attempts: int) -> None:
+        self._db = database
+        self._doorbell = doorbell
+        self._max_attempts = max_attempts
+
+    async def sweep(self) -> list[Run]:
+        """One pass; returns the runs it changed."""
+
+        def settle_stuck(conn: Connection) -> list[Run]:
+            store = RunStore(conn, self._db.dialect)
+            if not store.try_lock_sweeper():
+                return []
+            now = now_us()
+            changes = [
+                Change(ChangeType.UPDATED, _settle(run, now, self._max_attempts), previous=run)
+                for run in store.stuck(now, _BATCH)
+                if store.try_lock_thread(run.thread_id)  # busy threads wait for the next pass
+            ]
+            return store.apply(changes)
+
+        settled = await self._db.write(settle_stuck)
+        if settled:
+            self._doorbell.ring()
+            for run in settled:
+                log.info(
+                    "swept stuck run",
+                    extra={
+                        "run_id": run.run_id,
+                        "status": run.status.value,
+                        "attempt": run.attempt,
+                    },
+                )
+        return settled
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except StoreUnavailable:
+                pass  # already logged by the store; try again next pass
+            except Exception:
+                log.exception("sweep failed")
+            await asyncio.sleep(SWEEP_INTERVAL_S)
