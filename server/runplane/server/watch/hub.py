@@ -88,7 +88,12 @@ class WatchHub:
 
     @property
     def live_count(self) -> int:
+        """Streams the tailer pushes to (the others are catching up from the log)."""
         return len(self._live)
+
+    def largest_queue(self) -> int:
+        """The most events any one stream has queued: bounded by its `max_buffered`."""
+        return max((watcher.buffered for watcher in self._watchers), default=0)
 
     @contextlib.contextmanager
     def attached(self, watcher: Watcher) -> Iterator[Watcher]:
