@@ -86,12 +86,14 @@ def test_watch_from_a_revision_replays_every_change_after_it(
 def test_watch_from_now_sees_only_later_changes(
     stub: run_service_pb2_grpc.RunServiceStub,
 ) -> None:
-    create(stub)
+    earlier = create(stub)
     stream = Collector(stub.WatchRuns(pb.WatchRunsRequest(), timeout=20))
-    time.sleep(0.3)  # the stream is attached
+    opening = stream.wait_until(lambda messages: len(messages) == 1)[0]
     later = create(stub)
     messages = stream.wait_for(later.revision)
     stream.cancel()
+    assert opening.is_bookmark
+    assert opening.revision >= earlier.revision
     assert [(e.type, e.revision) for e in live_events(messages)] == [(CREATED, later.revision)]
 
 
@@ -209,12 +211,13 @@ def test_quiet_stream_gets_bookmarks_at_the_progress_interval(
         timeout=10,
     )
     started = time.monotonic()
-    bookmarks = read_until(call, lambda messages: len(messages) == 2)
+    # The opening bookmark (where "now" was), then one per second.
+    bookmarks = read_until(call, lambda messages: len(messages) == 3)
     elapsed = time.monotonic() - started
     cancel(call)
     assert all(m.is_bookmark for m in bookmarks)
     assert bookmarks[0].revision >= revision
-    assert 1.5 < elapsed < 4, elapsed
+    assert 1.8 < elapsed < 4, elapsed
 
 
 def test_bookmark_after_filtered_out_changes_covers_them(

@@ -23,15 +23,22 @@ async def first_events(address: str, streams: int, deadline: float) -> list[int]
             stub.WatchRuns(run_service_pb2.WatchRunsRequest(), timeout=deadline)
             for _ in range(streams)
         ]
-        firsts = await asyncio.gather(*(call.read() for call in calls))
+        firsts = await asyncio.gather(*(_first_event(call) for call in calls))
         for call in calls:
             call.cancel()
-    return [
-        response.events[0].revision
-        if isinstance(response, run_service_pb2.WatchRunsResponse) and response.events
-        else 0
-        for response in firsts
-    ]
+    return firsts
+
+
+async def _first_event(
+    call: grpc.aio.UnaryStreamCall[
+        run_service_pb2.WatchRunsRequest, run_service_pb2.WatchRunsResponse
+    ],
+) -> int:
+    """The revision of the first event (after the opening bookmark), 0 if none came."""
+    async for response in call:
+        if response.events:
+            return response.events[0].revision
+    return 0
 
 
 def main() -> None:

@@ -106,6 +106,9 @@ class WatchService:
             position = watch.start_revision - 1
         else:
             position = self._hub.known
+            # Like etcd's "created" response: the client learns where "now" was, so it
+            # can resume from there should the stream drop before anything happens.
+            yield Delivery([], position)
         async for delivery in self._follow(
             Watcher(selects, position, self._max_buffered),
             watch.progress_interval,
