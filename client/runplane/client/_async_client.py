@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import grpc
 
 from runplane.client import _requests
+from runplane.client._models import Run, RunEvent
 from runplane.client._pagers import AsyncRunPager
 from runplane.client._requests import RunListing, UnaryCall, client_method
 from runplane.client._retry import DEFAULT_RETRY, RetryPolicy
+from runplane.client._watching import WatchCall, finished_run, unfinished
 from runplane.v1 import run_service_pb2_grpc
 
 _P = ParamSpec("_P")
@@ -33,6 +35,30 @@ def _paged(
 ) -> Callable[Concatenate[AsyncClient, _P], AsyncRunPager]:
     def method(self: AsyncClient, /, *args: _P.args, **kwargs: _P.kwargs) -> AsyncRunPager:
         return AsyncRunPager(definition(*args, **kwargs), self._call)
+
+    return client_method(definition, method)
+
+
+def _watched(
+    definition: Callable[_P, WatchCall],
+) -> Callable[Concatenate[AsyncClient, _P], AsyncIterator[RunEvent]]:
+    def method(
+        self: AsyncClient, /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> AsyncIterator[RunEvent]:
+        return self._watch(definition(*args, **kwargs))
+
+    return client_method(definition, method)
+
+
+def _waited(
+    definition: Callable[_P, WatchCall],
+) -> Callable[Concatenate[AsyncClient, _P], Coroutine[Any, Any, Run]]:
+    async def method(self: AsyncClient, /, *args: _P.args, **kwargs: _P.kwargs) -> Run:
+        watch = definition(*args, **kwargs)
+        async for event in self._watch(watch):
+            if (run := finished_run(event)) is not None:
+                return run
+        raise unfinished(watch)
 
     return client_method(definition, method)
 
@@ -82,6 +108,21 @@ class AsyncClient:
             else:
                 return call.convert(response)
 
+    async def _watch(self, watch: WatchCall) -> AsyncIterator[RunEvent]:
+        resumption = watch.start()
+        send = getattr(self._stub, watch.rpc)
+        while True:
+            call = send(resumption.request(), timeout=resumption.remaining())
+            try:
+                async for response in call:
+                    for event in resumption.receive(response):
+                        yield event
+                return
+            except grpc.RpcError as error:
+                await asyncio.sleep(resumption.pause_or_raise(error))
+            finally:
+                call.cancel()
+
     create_run = _unary(_requests.create_run)
     get_run = _unary(_requests.get_run)
     list_runs = _paged(_requests.list_runs)
@@ -91,3 +132,6 @@ class AsyncClient:
     claim_run = _unary(_requests.claim_run)
     heartbeat_run = _unary(_requests.heartbeat_run)
     complete_run = _unary(_requests.complete_run)
+    watch_runs = _watched(_requests.watch_runs)
+    watch_run = _watched(_requests.watch_run)
+    wait_run = _waited(_requests.wait_run)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from runplane.client._models import Run
+from runplane.client._models import Run, RunEvent
 
 _ASSISTANT_WIDTH = 20
 
@@ -47,6 +47,21 @@ def runs_json(runs: Run | Iterable[Run]) -> str:
     if isinstance(runs, Run):
         return _dumps(_plain(runs))
     return _dumps([_plain(run) for run in runs])
+
+
+def event_line(event: RunEvent) -> str:
+    """One aligned line per change, printed as it happens: fixed widths, no header to wait for."""
+    run = event.run
+    return (
+        f"{event.revision:>8}  {event.type.value:<8}  {run.run_id}  {run.status.value:<11}  "
+        f"{_clip(run.assistant_id, _ASSISTANT_WIDTH)}"
+    ).rstrip()
+
+
+def event_json(event: RunEvent) -> str:
+    """One compact JSON object per line (JSON Lines), so a pipe can read each change."""
+    document = {"type": event.type.value, "revision": event.revision, "run": _plain(event.run)}
+    return json.dumps(document, ensure_ascii=False)
 
 
 def deletion_json(run_id: str) -> str:

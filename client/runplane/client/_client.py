@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import grpc
 
 from runplane.client import _requests
+from runplane.client._models import Run, RunEvent
 from runplane.client._pagers import RunPager
 from runplane.client._requests import RunListing, UnaryCall, client_method
 from runplane.client._retry import DEFAULT_RETRY, RetryPolicy
+from runplane.client._watching import WatchCall, finished_run, unfinished
 from runplane.v1 import run_service_pb2_grpc
 
 _P = ParamSpec("_P")
@@ -31,6 +33,26 @@ def _unary(
 def _paged(definition: Callable[_P, RunListing]) -> Callable[Concatenate[Client, _P], RunPager]:
     def method(self: Client, /, *args: _P.args, **kwargs: _P.kwargs) -> RunPager:
         return RunPager(definition(*args, **kwargs), self._call)
+
+    return client_method(definition, method)
+
+
+def _watched(
+    definition: Callable[_P, WatchCall],
+) -> Callable[Concatenate[Client, _P], Iterator[RunEvent]]:
+    def method(self: Client, /, *args: _P.args, **kwargs: _P.kwargs) -> Iterator[RunEvent]:
+        return self._watch(definition(*args, **kwargs))
+
+    return client_method(definition, method)
+
+
+def _waited(definition: Callable[_P, WatchCall]) -> Callable[Concatenate[Client, _P], Run]:
+    def method(self: Client, /, *args: _P.args, **kwargs: _P.kwargs) -> Run:
+        watch = definition(*args, **kwargs)
+        for event in self._watch(watch):
+            if (run := finished_run(event)) is not None:
+                return run
+        raise unfinished(watch)
 
     return client_method(definition, method)
 
@@ -81,6 +103,20 @@ class Client:
             else:
                 return call.convert(response)
 
+    def _watch(self, watch: WatchCall) -> Iterator[RunEvent]:
+        resumption = watch.start()
+        send = getattr(self._stub, watch.rpc)
+        while True:
+            call = send(resumption.request(), timeout=resumption.remaining())
+            try:
+                for response in call:
+                    yield from resumption.receive(response)
+                return
+            except grpc.RpcError as error:
+                time.sleep(resumption.pause_or_raise(error))
+            finally:
+                call.cancel()
+
     create_run = _unary(_requests.create_run)
     get_run = _unary(_requests.get_run)
     list_runs = _paged(_requests.list_runs)
@@ -90,3 +126,6 @@ class Client:
     claim_run = _unary(_requests.claim_run)
     heartbeat_run = _unary(_requests.heartbeat_run)
     complete_run = _unary(_requests.complete_run)
+    watch_runs = _watched(_requests.watch_runs)
+    watch_run = _watched(_requests.watch_run)
+    wait_run = _waited(_requests.wait_run)

@@ -169,7 +169,7 @@ class RevisionCompacted(OutOfRange):
 
     @property
     def compact_revision(self) -> int:
-        """Oldest revision still in the event log."""
+        """The event log keeps only the revisions after this one."""
         return int(self.metadata.get("compact_revision", 0))
 
     @property

@@ -31,6 +31,7 @@ from runplane.client._convert import (
 )
 from runplane.client._models import CancelAction, MultitaskStrategy, Run, RunPage, RunStatus
 from runplane.client._retry import NO_RETRY, Attempts, RetryPolicy
+from runplane.client._watching import WatchCall
 from runplane.v1 import run_pb2, run_service_pb2
 
 _Response = TypeVar("_Response", bound=Message)
@@ -160,15 +161,10 @@ def list_runs(
     `metadata` matches runs whose metadata contains every key given with an equal
     value. `page_size` 0 lets the server choose (50); `deadline` applies per page.
     """
-    run_filter = run_service_pb2.RunFilter(
-        thread_id=thread_id or "",
-        assistant_id=assistant_id or "",
-        statuses=[run_status_to_proto(status) for status in statuses or ()],
-    )
-    if metadata is not None:
-        run_filter.metadata.CopyFrom(struct_to_proto(metadata))
     request = run_service_pb2.ListRunsRequest(
-        filter=run_filter, page_size=page_size, order_by=order_by
+        filter=_run_filter(thread_id, assistant_id, statuses, metadata),
+        page_size=page_size,
+        order_by=order_by,
     )
     return RunListing(request, deadline)
 
@@ -295,6 +291,85 @@ def complete_run(
     if metadata is not None:
         request.metadata.CopyFrom(struct_to_proto(metadata))
     return UnaryCall("CompleteRun", request, run_from_proto, deadline)
+
+
+def watch_runs(
+    *,
+    thread_id: str | None = None,
+    assistant_id: str | None = None,
+    statuses: Iterable[RunStatus | str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    start_revision: int = 0,
+    include_initial: bool = False,
+    progress_interval: timedelta | float | None = None,
+    reconnect: bool = True,
+    deadline: float | None = None,
+) -> WatchCall:
+    """Iterate the changes of runs matching the filters (as `list_runs`), as `RunEvent`s.
+
+    From now by default, or from `start_revision` (inclusive: a `RunPage.revision` + 1
+    continues a listing with no gap). With `include_initial`, first the matching runs
+    as INITIAL events, all read at one revision. A run is reported when it matches
+    before or after a change, so a watch of running runs sees the change that ends one.
+
+    The iterator never ends by itself: stop iterating to close it. If the connection
+    drops or the server restarts, it reconnects and resumes right after the last
+    revision it gave you: no gap, no duplicate (`reconnect=False` raises `Unavailable`
+    instead). If the server no longer has that history, it raises `RevisionCompacted`:
+    list again and watch from the listing's revision + 1. `deadline` bounds the whole
+    watch, reconnections included.
+    """
+    request = run_service_pb2.WatchRunsRequest(
+        filter=_run_filter(thread_id, assistant_id, statuses, metadata),
+        start_revision=start_revision,
+        include_initial=include_initial,
+    )
+    if progress_interval is not None:
+        request.progress_interval.CopyFrom(duration_to_proto(progress_interval))
+    return WatchCall("WatchRuns", request, deadline, reconnect=reconnect)
+
+
+def watch_run(
+    run_id: str,
+    *,
+    start_revision: int = 0,
+    reconnect: bool = True,
+    deadline: float | None = None,
+) -> WatchCall:
+    """Iterate one run's changes as `RunEvent`s: its current state first (INITIAL),
+    then each change; the iterator ends after the run turns terminal or is deleted.
+
+    With `start_revision`, its changes from that revision on instead of its state.
+    Resumes by itself after a dropped connection, as `watch_runs`; `NotFound` for an
+    unknown run.
+    """
+    request = run_service_pb2.WatchRunRequest(run_id=run_id, start_revision=start_revision)
+    return WatchCall("WatchRun", request, deadline, reconnect=reconnect)
+
+
+def wait_run(run_id: str, *, timeout: float | None = None) -> WatchCall:
+    """Block until the run is terminal and return it (SUCCESS, ERROR, TIMEOUT, INTERRUPTED).
+
+    Raises `NotFound` if the run does not exist or is deleted before it ends, and
+    `DeadlineExceeded` after `timeout` seconds (None: wait as long as it takes).
+    """
+    return watch_run(run_id, deadline=timeout)
+
+
+def _run_filter(
+    thread_id: str | None,
+    assistant_id: str | None,
+    statuses: Iterable[RunStatus | str] | None,
+    metadata: dict[str, Any] | None,
+) -> run_service_pb2.RunFilter:
+    run_filter = run_service_pb2.RunFilter(
+        thread_id=thread_id or "",
+        assistant_id=assistant_id or "",
+        statuses=[run_status_to_proto(status) for status in statuses or ()],
+    )
+    if metadata is not None:
+        run_filter.metadata.CopyFrom(struct_to_proto(metadata))
+    return run_filter
 
 
 def _nothing(_: empty_pb2.Empty) -> None:

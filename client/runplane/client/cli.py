@@ -2,6 +2,8 @@
 
     runplane runs create --assistant-id agent --strategy reject
     runplane --output json runs list --status pending running --limit 20
+    runplane runs watch --status running       # one line per change, live
+    runplane runs wait RUN_ID --timeout 10m    # blocks until the run ends
 
 Exit status: 0 on success, 1 when the server refuses the call, 2 for bad usage.
 Every subcommand, the server's `serve` and `db upgrade` included, is a function
@@ -22,6 +24,8 @@ from typing import Any
 
 from runplane.client._cli_output import (
     deletion_json,
+    event_json,
+    event_line,
     run_details,
     runs_json,
     runs_table,
@@ -125,6 +129,36 @@ def _add_runs_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     cancel.add_argument("--reason", default="", help="recorded as the run's cancel_reason")
     cancel.set_defaults(func=_cancel)
 
+    watch = actions.add_parser(
+        "watch", help="print each change of matching runs as it happens (Ctrl-C to stop)"
+    )
+    watch.add_argument("--thread-id")
+    watch.add_argument("--assistant-id")
+    watch.add_argument(
+        "--status",
+        dest="statuses",
+        type=RunStatus,
+        choices=list(RunStatus),
+        nargs="+",
+        action="extend",
+        metavar="STATUS",
+        help="runs in any of these statuses, before or after a change",
+    )
+    watch.add_argument("--metadata", type=_json_object, help="JSON object runs must contain")
+    watch.add_argument("--run-id", help="one run: its state, then its changes until it ends")
+    watch.add_argument(
+        "--start-revision", type=_positive_int, help="replay from this revision (inclusive)"
+    )
+    watch.add_argument(
+        "--initial", action="store_true", help="first print the matching runs as they are"
+    )
+    watch.set_defaults(func=_watch)
+
+    wait = actions.add_parser("wait", help="wait until a run is terminal, then show it")
+    wait.add_argument("run_id", metavar="RUN_ID")
+    wait.add_argument("--timeout", type=_duration, help="give up after this long, e.g. 5m")
+    wait.set_defaults(func=_wait)
+
     delete = actions.add_parser("delete", help="delete a run")
     delete.add_argument("run_id", metavar="RUN_ID")
     delete.add_argument("--force", action="store_true", help="even if it is inflight")
@@ -182,6 +216,38 @@ def _delete(args: argparse.Namespace) -> int:
         client.delete_run(args.run_id, force=args.force)
     print(deletion_json(args.run_id) if args.output == "json" else f"deleted run {args.run_id}")
     return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    show = event_json if args.output == "json" else event_line
+    with _client(args) as client:
+        if args.run_id:
+            events = client.watch_run(args.run_id, start_revision=args.start_revision or 0)
+        else:
+            events = client.watch_runs(
+                thread_id=args.thread_id,
+                assistant_id=args.assistant_id,
+                statuses=args.statuses,
+                metadata=args.metadata,
+                start_revision=args.start_revision or 0,
+                include_initial=args.initial,
+            )
+        try:
+            for event in events:
+                print(show(event), flush=True)
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    timeout = None if args.timeout is None else args.timeout.total_seconds()
+    with _client(args) as client:
+        try:
+            run = client.wait_run(args.run_id, timeout=timeout)
+        except KeyboardInterrupt:
+            return 130
+    return _print_run(args, run)
 
 
 def _client(args: argparse.Namespace) -> Client:
