@@ -8,6 +8,7 @@ for it (a tiny retention, a small per-watcher queue) and driven from this proces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import subprocess
@@ -30,6 +31,9 @@ from tests.support.servers import ServerThread
 from tests.support.stubs import failure, run_service
 from tests.support.watching import (
     Collector,
+    Message,
+    cancel,
+    check_ended_by_shutdown,
     check_resumable,
     check_stream,
     live_events,
@@ -83,6 +87,33 @@ def wait_for_watchers(hub: WatchHub, count: int, timeout: float = 10) -> None:
     while hub.watcher_count != count and time.monotonic() < deadline:
         time.sleep(0.02)
     assert hub.watcher_count == count
+
+
+@contextlib.contextmanager
+def stalled_stream(
+    address: str, stub: run_service_pb2_grpc.RunServiceStub, start: int, writes: int
+) -> Iterator[tuple[Iterator[pb.WatchRunsResponse], list[Message]]]:
+    """A stream from `start` whose reader stops after its first message while `writes`
+    large runs are created: its flow-control window fills and the server's send blocks.
+
+    Yields the stream's remaining responses and the messages read so far.
+    """
+    # No BDP probing and a small window: the stream's flow control fills quickly.
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4096)]
+    with grpc.insecure_channel(address, options=options) as channel:
+        slow = run_service_pb2_grpc.RunServiceStub(channel)
+        call = slow.WatchRuns(pb.WatchRunsRequest(start_revision=start), timeout=60)
+        responses = iter(call)
+        stub.CreateRun(pb.CreateRunRequest(assistant_id="agent"))
+        first = [message(next(responses))]  # the stream is up
+        metadata = struct_pb2.Struct()
+        metadata.update({"padding": "x" * 2000})
+        for _ in range(writes):
+            stub.CreateRun(pb.CreateRunRequest(assistant_id="agent", metadata=metadata))
+        try:
+            yield responses, first
+        finally:
+            cancel(call)
 
 
 class Writers:
@@ -177,18 +208,7 @@ def test_stalled_consumer_stays_bounded_then_catches_up_from_the_log(
     gRPC's flow-control window); once it reads again, it gets everything, in order.
     """
     start = current_revision(stub) + 1
-    # No BDP probing and a small window: the stream's flow control fills quickly.
-    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4096)]
-    with grpc.insecure_channel(server.address, options=options) as channel:
-        slow = run_service_pb2_grpc.RunServiceStub(channel)
-        call = slow.WatchRuns(pb.WatchRunsRequest(start_revision=start), timeout=60)
-        responses = iter(call)
-        stub.CreateRun(pb.CreateRunRequest(assistant_id="agent"))
-        first = [message(next(responses))]  # the stream is up
-        metadata = struct_pb2.Struct()
-        metadata.update({"padding": "x" * 2000})
-        for _ in range(400):
-            stub.CreateRun(pb.CreateRunRequest(assistant_id="agent", metadata=metadata))
+    with stalled_stream(server.address, stub, start, writes=400) as (responses, first):
         last = current_revision(stub)
 
         hub = server.running.hub
@@ -206,7 +226,6 @@ def test_stalled_consumer_stays_bounded_then_catches_up_from_the_log(
                 break
         check_stream(messages, start, last)
         assert hub.live_count == 1  # rejoined
-        call.cancel()  # type: ignore[no-untyped-call]
 
 
 def test_compaction_while_watching_spares_live_streams_and_stops_stalled_ones(
@@ -214,17 +233,7 @@ def test_compaction_while_watching_spares_live_streams_and_stops_stalled_ones(
 ) -> None:
     start = current_revision(stub) + 1
     live = Collector(stub.WatchRuns(pb.WatchRunsRequest(start_revision=start), timeout=60))
-    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4096)]
-    with grpc.insecure_channel(server.address, options=options) as channel:
-        slow = run_service_pb2_grpc.RunServiceStub(channel)
-        call = slow.WatchRuns(pb.WatchRunsRequest(start_revision=start), timeout=60)
-        responses = iter(call)
-        stub.CreateRun(pb.CreateRunRequest(assistant_id="agent"))
-        messages = [message(next(responses))]  # the stream is up
-        metadata = struct_pb2.Struct()
-        metadata.update({"padding": "x" * 2000})
-        for _ in range(300):
-            stub.CreateRun(pb.CreateRunRequest(assistant_id="agent", metadata=metadata))
+    with stalled_stream(server.address, stub, start, writes=300) as (responses, messages):
         last = current_revision(stub)
         live_messages = live.wait_for(last)
         time.sleep(1.1)  # everything is now older than the retention
@@ -332,8 +341,4 @@ def test_stop_ends_every_watch_with_a_last_bookmark_then_unavailable(
             server.stop(grace=5)
             assert time.monotonic() - started < 3
             for stream in streams:
-                messages = stream.finish()
-                assert messages[-1].is_bookmark
-                assert messages[-1].revision == run.revision
-                assert stream.error is not None
-                assert stream.error.code() == grpc.StatusCode.UNAVAILABLE
+                check_ended_by_shutdown(stream, run.revision)

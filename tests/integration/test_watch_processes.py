@@ -14,7 +14,7 @@ from runplane.v1 import run_service_pb2, run_service_pb2_grpc
 from tests.support.databases import database_url, fresh_postgres_database
 from tests.support.serve_process import ServeProcess, free_port
 from tests.support.stubs import run_service
-from tests.support.watching import Collector, check_stream
+from tests.support.watching import Collector, check_ended_by_shutdown, check_stream
 
 pb = run_service_pb2
 
@@ -140,9 +140,5 @@ def test_sigterm_ends_open_watches_with_unavailable_and_exits_0_within_grace(
         assert server.terminate() == 0
         assert time.monotonic() - started < 5
         for stream in streams:
-            messages = stream.finish()
-            assert messages[-1].is_bookmark
-            assert messages[-1].revision == run.revision
-            assert stream.error is not None
-            assert stream.error.code() == grpc.StatusCode.UNAVAILABLE
+            check_ended_by_shutdown(stream, run.revision)
     assert "msg=stopped" in "\n".join(server.logs)

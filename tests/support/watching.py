@@ -205,3 +205,12 @@ class Collector:
         cancel(self.call)
         self._thread.join(10)
         return list(self.messages)
+
+
+def check_ended_by_shutdown(stream: Collector, revision: int) -> None:
+    """The stream got a last bookmark at `revision`, then ended with UNAVAILABLE."""
+    messages = stream.finish()
+    assert messages[-1].is_bookmark
+    assert messages[-1].revision == revision
+    assert stream.error is not None
+    assert stream.error.code() == grpc.StatusCode.UNAVAILABLE

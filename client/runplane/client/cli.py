@@ -106,19 +106,7 @@ def _add_runs_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     get.set_defaults(func=_get)
 
     listing = actions.add_parser("list", help="list runs, newest first")
-    listing.add_argument("--thread-id")
-    listing.add_argument("--assistant-id")
-    listing.add_argument(
-        "--status",
-        dest="statuses",
-        type=RunStatus,
-        choices=list(RunStatus),
-        nargs="+",
-        action="extend",
-        metavar="STATUS",
-        help=f"any of: {', '.join(RunStatus)}",
-    )
-    listing.add_argument("--metadata", type=_json_object, help="JSON object runs must contain")
+    _add_filter_arguments(listing, status_help=f"any of: {', '.join(RunStatus)}")
     listing.add_argument("--order", choices=["asc", "desc"], default="desc")
     listing.add_argument("--limit", type=_positive_int, help="at most this many runs")
     listing.set_defaults(func=_list)
@@ -132,19 +120,7 @@ def _add_runs_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     watch = actions.add_parser(
         "watch", help="print each change of matching runs as it happens (Ctrl-C to stop)"
     )
-    watch.add_argument("--thread-id")
-    watch.add_argument("--assistant-id")
-    watch.add_argument(
-        "--status",
-        dest="statuses",
-        type=RunStatus,
-        choices=list(RunStatus),
-        nargs="+",
-        action="extend",
-        metavar="STATUS",
-        help="runs in any of these statuses, before or after a change",
-    )
-    watch.add_argument("--metadata", type=_json_object, help="JSON object runs must contain")
+    _add_filter_arguments(watch, status_help="runs in any of these, before or after a change")
     watch.add_argument("--run-id", help="one run: its state, then its changes until it ends")
     watch.add_argument(
         "--start-revision", type=_positive_int, help="replay from this revision (inclusive)"
@@ -163,6 +139,23 @@ def _add_runs_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     delete.add_argument("run_id", metavar="RUN_ID")
     delete.add_argument("--force", action="store_true", help="even if it is inflight")
     delete.set_defaults(func=_delete)
+
+
+def _add_filter_arguments(parser: argparse.ArgumentParser, status_help: str) -> None:
+    """The RunFilter fields, shared by `runs list` and `runs watch`."""
+    parser.add_argument("--thread-id")
+    parser.add_argument("--assistant-id")
+    parser.add_argument(
+        "--status",
+        dest="statuses",
+        type=RunStatus,
+        choices=list(RunStatus),
+        nargs="+",
+        action="extend",
+        metavar="STATUS",
+        help=status_help,
+    )
+    parser.add_argument("--metadata", type=_json_object, help="JSON object runs must contain")
 
 
 def _create(args: argparse.Namespace) -> int:
