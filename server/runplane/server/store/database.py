@@ -31,14 +31,17 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 
 from runplane.server.errors import RunplaneError, StoreUnavailable
+from runplane.server.records import Change
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 POSTGRES_THREADS = 16
 SQLITE_READ_THREADS = 2
-# Set by RunStore.apply: a failed transaction that wrote nothing may share a group.
-WRITES_STARTED = "runplane.writes_started"
+# connection.info key: the changes a transaction has written so far (RunStore.apply).
+CHANGES = "runplane.changes"
+
+CommitListener = Callable[[list[Change]], None]
 
 
 def _dumps(value: Any) -> str:
@@ -78,6 +81,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = normalize_url(url)
         self.dialect = Dialect(self.url.get_backend_name())
+        self._listeners: list[CommitListener] = []
         if self.dialect.is_postgres:
             self._write_engine = self._read_engine = create_engine(
                 self.url,
@@ -97,7 +101,7 @@ class Database:
             self._read_engine = self._sqlite_engine(
                 pool_size=SQLITE_READ_THREADS + 1, begin="BEGIN"
             )
-            self._writer = SQLiteWriter(self._write_engine)
+            self._writer = SQLiteWriter(self._write_engine, self._publish)
             self._point_connection: Connection | None = None
             self._read_pool = ThreadPoolExecutor(
                 SQLITE_READ_THREADS, thread_name_prefix="runplane-db-read"
@@ -136,6 +140,16 @@ class Database:
         """The engine that writes (migrations use it)."""
         return self._write_engine
 
+    def on_commit(self, listener: CommitListener) -> None:
+        """Call `listener` on the event loop with the changes of each committed write,
+        before the writer's caller is answered."""
+        self._listeners.append(listener)
+
+    def _publish(self, changes: list[Change]) -> None:
+        if changes:
+            for listener in self._listeners:
+                listener(changes)
+
     async def write(self, work: Callable[[Connection], T]) -> T:
         """Run `work` inside one write transaction; commit if it returns.
 
@@ -143,7 +157,18 @@ class Database:
         """
         if not self.dialect.is_postgres:
             return await self._writer.submit(work)
-        return await self._run(self._write_pool, self._write_engine, work, snapshot=False)
+
+        def transaction() -> tuple[T, list[Change]]:
+            with _translate_errors(), self._write_engine.connect() as connection:
+                connection.info[CHANGES] = []
+                with connection.begin():
+                    result = work(connection)
+                return result, connection.info.pop(CHANGES)
+
+        loop = asyncio.get_running_loop()
+        result, changes = await loop.run_in_executor(self._write_pool, transaction)
+        self._publish(changes)
+        return result
 
     async def read(self, work: Callable[[Connection], T], *, snapshot: bool = False) -> T:
         """Run `work`, a read.
@@ -155,7 +180,15 @@ class Database:
         if not snapshot and not self.dialect.is_postgres:
             with _translate_errors():
                 return work(self._point_reader())
-        return await self._run(self._read_pool, self._read_engine, work, snapshot=snapshot)
+
+        def transaction() -> T:
+            with _translate_errors(), self._read_engine.connect() as connection:
+                if snapshot and self.dialect.is_postgres:
+                    connection.execution_options(isolation_level="REPEATABLE READ")
+                with connection.begin():
+                    return work(connection)
+
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, transaction)
 
     def _point_reader(self) -> Connection:
         """The event loop's own SQLite connection, kept open: checking a connection out
@@ -164,23 +197,6 @@ class Database:
             self._point_connection = self._read_engine.connect()
             self._point_connection.execution_options(point_read=True)
         return self._point_connection
-
-    async def _run(
-        self,
-        pool: ThreadPoolExecutor,
-        engine: Engine,
-        work: Callable[[Connection], T],
-        *,
-        snapshot: bool,
-    ) -> T:
-        def transaction() -> T:
-            with _translate_errors(), engine.connect() as connection:
-                if snapshot and self.dialect.is_postgres:
-                    connection.execution_options(isolation_level="REPEATABLE READ")
-                with connection.begin():
-                    return work(connection)
-
-        return await asyncio.get_running_loop().run_in_executor(pool, transaction)
 
     def dispose(self) -> None:
         if self.dialect.is_postgres:
@@ -221,8 +237,9 @@ class SQLiteWriter:
 
     MAX_GROUP = 64
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, publish: CommitListener) -> None:
         self._engine = engine
+        self._publish = publish
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="runplane-db-write", daemon=True)
         self._thread.start()
@@ -249,25 +266,39 @@ class SQLiteWriter:
                     self._queue.put(None)  # finish this group, then stop
                     break
                 group.append(queued)
-            for member, outcome in zip(group, self._commit(group), strict=True):
-                member.loop.call_soon_threadsafe(_settle, member.future, outcome)
+            outcomes, changes = self._commit(group)
+            group[0].loop.call_soon_threadsafe(self._deliver, group, outcomes, changes)
 
-    def _commit(self, group: list[_Job[Any]]) -> list[Any]:
+    def _deliver(self, group: list[_Job[Any]], outcomes: list[Any], changes: list[Change]) -> None:
+        """On the event loop: tell the listeners, then answer the callers."""
+        self._publish(changes)
+        for member, outcome in zip(group, outcomes, strict=True):
+            _settle(member.future, outcome)
+
+    def _commit(self, group: list[_Job[Any]]) -> tuple[list[Any], list[Change]]:
         try:
-            with _translate_errors(), self._engine.connect() as connection, connection.begin():
-                return [self._attempt(connection, member) for member in group]
+            with _translate_errors(), self._engine.connect() as connection:
+                connection.info[CHANGES] = []
+                with connection.begin():
+                    outcomes = [self._attempt(connection, member) for member in group]
+                return outcomes, connection.info.pop(CHANGES)
         except Exception as error:
-            if len(group) > 1:
-                return [self._commit([member])[0] for member in group]
-            return [error.__cause__ if isinstance(error, _GroupFailed) else error]
+            if len(group) == 1:
+                return [error.__cause__ if isinstance(error, _GroupFailed) else error], []
+            outcomes, changes = [], []
+            for member in group:
+                (outcome,), written = self._commit([member])
+                outcomes.append(outcome)
+                changes.extend(written)
+            return outcomes, changes
 
     @staticmethod
     def _attempt(connection: Connection, member: _Job[Any]) -> Any:
-        connection.info[WRITES_STARTED] = False
+        written = len(connection.info[CHANGES])
         try:
             return member.work(connection)
         except RunplaneError as refusal:
-            if connection.info[WRITES_STARTED]:
+            if len(connection.info[CHANGES]) > written:
                 raise _GroupFailed from refusal
             return refusal
 

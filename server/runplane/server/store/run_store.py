@@ -41,7 +41,7 @@ from runplane.server.records import (
     SortOrder,
     now_us,
 )
-from runplane.server.store.database import WRITES_STARTED, Dialect
+from runplane.server.store.database import CHANGES, Dialect
 from runplane.server.store.schema import Base, RunEventRow, RunRow, StoreStateRow
 
 _runs = Base.metadata.tables[RunRow.__tablename__]
@@ -364,7 +364,9 @@ class RunStore:
         """
         if not changes:
             return []
-        self._conn.info[WRITES_STARTED] = True
+        # Recorded before any statement: a transaction that fails past here wrote something.
+        written = self._conn.info.setdefault(CHANGES, [])
+        written.extend(changes)
         last = self._conn.execute(_BUMP_REVISION, {"count": len(changes)}).scalar_one()
         first = last - len(changes) + 1
         committed_at = now_us()
