@@ -68,6 +68,13 @@ def _create_1_p99(results: list[Result], target: str) -> float | None:
     return _number(_unary_cell(results, target, "create", 1), "p99_ms")
 
 
+def _create_to_claim_p50(results: list[Result], target: str) -> float | None:
+    for result in results:
+        if result.get("scenario") == "create_to_claim" and result["target"] == target:
+            return _number(result, "p50_ms")
+    return None
+
+
 GOALS = (
     Goal("get_32_ratio_min", 0.6, True, _get_32_ratio, lambda t: t != REFERENCE),
     Goal(
@@ -78,6 +85,7 @@ GOALS = (
         lambda t: t == "runplane-sqlite",
     ),
     Goal("create_1_p99_max_ms", 10, False, _create_1_p99, lambda t: t != REFERENCE),
+    Goal("create_to_claim_p50_max_ms", 5, False, _create_to_claim_p50, lambda t: t != REFERENCE),
 )
 
 

@@ -82,4 +82,24 @@ def unary_calls(target: Target, server: RunningServer, options: BenchOptions) ->
     return results
 
 
-SCENARIOS: dict[str, Scenario] = {"unary": unary_calls}
+def executor_latency(target: Target, server: RunningServer, options: BenchOptions) -> list[Result]:
+    """Create-to-claim latency with a long-polling worker (runplane targets only)."""
+    if target.name == "echo":
+        return []
+    _log(f"  {target.name}: create-to-claim")
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.bench.executor", "--address", server.address],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise LoadFailedError(f"executor benchmark failed:\n{completed.stderr.strip()}")
+    cell: Result = json.loads(completed.stdout)
+    _log(f"    p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms")
+    return [{"target": target.name, **cell}]
+
+
+SCENARIOS: dict[str, Scenario] = {"unary": unary_calls, "executor": executor_latency}

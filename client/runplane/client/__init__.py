@@ -50,12 +50,14 @@ from runplane.client._models import (
 )
 from runplane.client._pagers import AsyncRunPager, RunPager
 from runplane.client._retry import RetryPolicy
+from runplane.client._worker import AsyncWorker, Worker
 
 __all__ = [
     "Aborted",
     "AlreadyExists",
     "AsyncClient",
     "AsyncRunPager",
+    "AsyncWorker",
     "CancelAction",
     "Cancelled",
     "Client",
@@ -87,5 +89,6 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "Unknown",
+    "Worker",
     "from_grpc_error",
 ]

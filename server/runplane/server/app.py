@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from runplane.server import logs, validation
+from runplane.server.cache import RunCache
 from runplane.server.claims import ClaimService
 from runplane.server.config import ServerConfig
 from runplane.server.doorbell import Doorbell
@@ -90,13 +91,17 @@ async def start_server(config: ServerConfig) -> RunningServer:
     compactor.start()
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     doorbell = Doorbell()
-    runs = RunService(database, doorbell)
+    database.on_commit(doorbell.ring_for)
+    cache = None if database.dialect.is_postgres else RunCache()
+    if cache is not None:
+        database.on_commit(cache.apply)
+    runs = RunService(database, cache)
     claims = ClaimService(database, doorbell)
     watches = WatchService(database, hub, max_buffered=config.watch_buffer)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
     servicer = RunServicer(runs, claims, watches, limits)
     run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, server)
-    sweeper = Sweeper(database, doorbell, config.max_attempts)
+    sweeper = Sweeper(database, config.max_attempts)
     background.append(asyncio.create_task(sweeper.run_forever(), name="runplane-sweeper"))
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

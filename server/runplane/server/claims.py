@@ -119,9 +119,7 @@ class ClaimService:
             )
             return store.apply([Change(ChangeType.UPDATED, ended, previous=run)])[0]
 
-        run = await self._db.write(finish)
-        self._doorbell.ring()  # the thread's next run may go now
-        return run
+        return await self._db.write(finish)
 
 
 def _held(store: RunStore, run_id: str, worker_id: str) -> Run:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from runplane.server.records import Change, RunStatus
+
 
 class Doorbell:
     """Waiters take the `current()` event before they look, then wait on it, so a
@@ -19,6 +21,12 @@ class Doorbell:
     def ring(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
+
+    def ring_for(self, changes: list[Change]) -> None:
+        """Ring after a commit that may free work: anything but a run that is now RUNNING
+        (a claim or a heartbeat frees nothing)."""
+        if any(change.run.status is not RunStatus.RUNNING for change in changes):
+            self.ring()
 
 
 async def wait_for_ring(ring: asyncio.Event, seconds: float) -> None:

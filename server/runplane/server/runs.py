@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from runplane.server import pages
-from runplane.server.doorbell import Doorbell
+from runplane.server.cache import RunCache
 from runplane.server.errors import (
     RevisionMismatch,
     RunAlreadyExists,
@@ -101,9 +101,9 @@ def _check_revision(run: Run, expected: int) -> None:
 
 
 class RunService:
-    def __init__(self, database: Database, doorbell: Doorbell) -> None:
+    def __init__(self, database: Database, cache: RunCache | None = None) -> None:
         self._db = database
-        self._doorbell = doorbell
+        self._cache = cache
 
     def _store(self, connection: Connection) -> RunStore:
         return RunStore(connection, self._db.dialect)
@@ -111,9 +111,7 @@ class RunService:
     # -- create ------------------------------------------------------------------------------
 
     async def create(self, new: NewRun) -> Run:
-        run = await self._db.write(lambda conn: self._create(self._store(conn), new))
-        self._doorbell.ring()
-        return run
+        return await self._db.write(lambda conn: self._create(self._store(conn), new))
 
     def _create(self, store: RunStore, new: NewRun) -> Run:
         if new.request_id is not None:
@@ -161,9 +159,13 @@ class RunService:
     # -- read --------------------------------------------------------------------------------
 
     async def get(self, run_id: str) -> Run:
-        run = await self._db.read(lambda conn: self._store(conn).get(run_id))
+        run = self._cache.get(run_id) if self._cache is not None else None
         if run is None:
-            raise RunNotFound(run_id)
+            run = await self._db.read(lambda conn: self._store(conn).get(run_id))
+            if run is None:
+                raise RunNotFound(run_id)
+            if self._cache is not None:
+                self._cache.remember(run)
         return run
 
     async def list(self, query: ListQuery) -> RunPage:
@@ -204,11 +206,9 @@ class RunService:
         return store.apply([Change(ChangeType.UPDATED, updated, previous=run)])[0]
 
     async def cancel(self, run_id: str, action: CancelAction, reason: str) -> Run:
-        run = await self._db.write(
+        return await self._db.write(
             lambda conn: self._cancel(self._store(conn), run_id, action, reason)
         )
-        self._doorbell.ring()  # the thread's next run may go now
-        return run
 
     def _cancel(self, store: RunStore, run_id: str, action: CancelAction, reason: str) -> Run:
         run = _existing(store, run_id)
@@ -222,7 +222,6 @@ class RunService:
         await self._db.write(
             lambda conn: self._delete(self._store(conn), run_id, expected_revision, force)
         )
-        self._doorbell.ring()
 
     def _delete(self, store: RunStore, run_id: str, expected_revision: int, force: bool) -> None:
         run = _existing(store, run_id)

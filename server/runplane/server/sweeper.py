@@ -15,7 +15,6 @@ import logging
 
 from sqlalchemy import Connection
 
-from runplane.server.doorbell import Doorbell
 from runplane.server.errors import StoreUnavailable
 from runplane.server.records import Change, ChangeType, Run, RunStatus, now_us
 from runplane.server.store.database import Database
@@ -57,9 +56,8 @@ def _settle(run: Run, now: int, max_attempts: int) -> Run:
 
 
 class Sweeper:
-    def __init__(self, database: Database, doorbell: Doorbell, max_attempts: int) -> None:
+    def __init__(self, database: Database, max_attempts: int) -> None:
         self._db = database
-        self._doorbell = doorbell
         self._max_attempts = max_attempts
 
     async def sweep(self) -> list[Run]:
@@ -78,17 +76,15 @@ class Sweeper:
             return store.apply(changes)
 
         settled = await self._db.write(settle_stuck)
-        if settled:
-            self._doorbell.ring()
-            for run in settled:
-                log.info(
-                    "swept stuck run",
-                    extra={
-                        "run_id": run.run_id,
-                        "status": run.status.value,
-                        "attempt": run.attempt,
-                    },
-                )
+        for run in settled:
+            log.info(
+                "swept stuck run",
+                extra={
+                    "run_id": run.run_id,
+                    "status": run.status.value,
+                    "attempt": run.attempt,
+                },
+            )
         return settled
 
     async def run_forever(self) -> None:

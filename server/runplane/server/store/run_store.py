@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Select,
     and_,
     bindparam,
     delete,
@@ -41,7 +42,7 @@ from runplane.server.records import (
     SortOrder,
     now_us,
 )
-from runplane.server.store.database import Dialect, note_committed_revision
+from runplane.server.store.database import CHANGES, Dialect
 from runplane.server.store.event_log import notify_changes
 from runplane.server.store.schema import Base, RunEventRow, RunRow, StoreStateRow
 
@@ -178,6 +179,39 @@ _INSERT_EVENTS = insert(_events)
 _CURRENT_REVISION = select(_state.c.revision)
 
 
+def _claimable_query(by_assistant: bool, one_run: bool) -> Select[Any]:
+    blocker = _runs.alias("blocker")
+    query = _SELECT_RUN.where(
+        _runs.c.status == RunStatus.PENDING.value,
+        or_(_runs.c.start_after_us.is_(None), _runs.c.start_after_us <= bindparam("now")),
+        ~select(blocker.c.run_id)
+        .where(
+            blocker.c.thread_id == _runs.c.thread_id,
+            or_(
+                blocker.c.status == RunStatus.RUNNING.value,
+                and_(
+                    blocker.c.status == RunStatus.PENDING.value,
+                    blocker.c.create_revision < _runs.c.create_revision,
+                ),
+            ),
+        )
+        .exists(),
+    )
+    if by_assistant:
+        query = query.where(_runs.c.assistant_id.in_(bindparam("assistant_ids", expanding=True)))
+    if one_run:
+        query = query.where(_runs.c.run_id == bindparam("run_id"))
+    return query.order_by(_runs.c.create_revision).limit(bindparam("limit"))
+
+
+# Built once per shape (any assistant or some; all runs or one) so compiling is cached.
+_CLAIMABLE = {
+    (by_assistant, one_run): _claimable_query(by_assistant, one_run)
+    for by_assistant in (False, True)
+    for one_run in (False, True)
+}
+
+
 class RunStore:
     """SQL over the connection of one transaction."""
 
@@ -256,29 +290,11 @@ class RunStore:
         first in its thread's line: no run of its thread is RUNNING and no older run
         of its thread is PENDING. With `run_id`, the check is made for that run only.
         """
-        blocker = _runs.alias("blocker")
-        query = _SELECT_RUN.where(
-            _runs.c.status == RunStatus.PENDING.value,
-            or_(_runs.c.start_after_us.is_(None), _runs.c.start_after_us <= now),
-            ~select(blocker.c.run_id)
-            .where(
-                blocker.c.thread_id == _runs.c.thread_id,
-                or_(
-                    blocker.c.status == RunStatus.RUNNING.value,
-                    and_(
-                        blocker.c.status == RunStatus.PENDING.value,
-                        blocker.c.create_revision < _runs.c.create_revision,
-                    ),
-                ),
-            )
-            .exists(),
-        )
-        if assistant_ids:
-            query = query.where(_runs.c.assistant_id.in_(assistant_ids))
+        query = _CLAIMABLE[bool(assistant_ids), run_id is not None]
+        params = {"now": now, "assistant_ids": list(assistant_ids), "limit": limit}
         if run_id is not None:
-            query = query.where(_runs.c.run_id == run_id)
-        query = query.order_by(_runs.c.create_revision).limit(limit)
-        return [_to_run(row) for row in self._conn.execute(query)]
+            params["run_id"] = run_id
+        return [_to_run(row) for row in self._conn.execute(query, params)]
 
     def next_start_after(self, now: int) -> int | None:
         """When the earliest PENDING run that is not yet due becomes due."""
@@ -365,6 +381,9 @@ class RunStore:
         """
         if not changes:
             return []
+        # Recorded before any statement: a transaction that fails past here wrote something.
+        written = self._conn.info.setdefault(CHANGES, [])
+        written.extend(changes)
         last = self._conn.execute(_BUMP_REVISION, {"count": len(changes)}).scalar_one()
         first = last - len(changes) + 1
         committed_at = now_us()
@@ -392,10 +411,9 @@ class RunStore:
                 }
             )
         self._conn.execute(_INSERT_EVENTS, events)
-        # Doorbells for the watch hubs: other replicas hear it at commit (PostgreSQL),
-        # this process's hub right after the commit.
+        # The other replicas' watch hubs hear of it at commit (PostgreSQL); this
+        # process's hears through Database.on_commit.
         notify_changes(self._conn, self._dialect, last)
-        note_committed_revision(self._conn, last)
         return stored
 
     def _insert(self, run: Run) -> None:

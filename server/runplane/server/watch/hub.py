@@ -53,13 +53,11 @@ class WatchHub:
     async def start(self) -> None:
         """Start at the log's current end and tail it from there."""
         self.head = self.known = (await self.read_state()).revision
-        loop = asyncio.get_running_loop()
-
-        def rung_by_commit(revision: int) -> None:  # on a database thread
-            if revision > self.head:
-                loop.call_soon_threadsafe(self.ring, revision)
-
-        self._db.on_commit(rung_by_commit)
+        # On the event loop, before the writer's caller is answered: a watch "from now"
+        # opened after a write returned starts after that write.
+        self._db.on_commit(
+            lambda changes: self.ring(max(change.run.revision for change in changes))
+        )
         self._tailer = asyncio.create_task(self._tail(), name="runplane-watch-tailer")
 
     def ring(self, revision: int = 0) -> None:

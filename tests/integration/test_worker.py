@@ -1,0 +1,143 @@
+"""The Worker helpers against a real server: claim, heartbeat, complete, cancel on loss."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from runplane.client import AsyncClient, AsyncWorker, Client, Run, RunStatus, Worker
+
+
+@pytest.fixture
+def assistant() -> str:
+    return f"worker-test-{uuid.uuid4()}"
+
+
+def test_async_worker_completes_runs_with_handler_results_and_errors(
+    server_address: str, assistant: str
+) -> None:
+    async def handler(run: Run) -> dict[str, Any] | None:
+        if run.kwargs.get("fail"):
+            raise ValueError("bad input: fail was set")
+        return {"answer": run.kwargs["n"] * 2}
+
+    async def scenario() -> list[Run]:
+        async with AsyncClient(server_address) as client:
+            thread_id = str(uuid.uuid4())
+            created = [
+                await client.create_run(assistant, thread_id=thread_id, kwargs=kwargs)
+                for kwargs in ({"n": 1}, {"n": 2, "fail": True}, {"n": 3})
+            ]
+            worker = AsyncWorker(client, handler, assistant_ids=[assistant], lease_duration=5)
+            running = asyncio.ensure_future(worker.run())
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                runs = [await client.get_run(run.run_id) for run in created]
+                if all(run.status.is_terminal for run in runs):
+                    break
+                await asyncio.sleep(0.05)
+            worker.stop()
+            await asyncio.wait_for(running, 5)
+            return runs
+
+    first, failed, third = asyncio.run(scenario())
+    assert (first.status, first.metadata) == (RunStatus.SUCCESS, {"answer": 2})
+    assert (failed.status, failed.error) == (RunStatus.ERROR, "bad input: fail was set")
+    assert (third.status, third.metadata) == (RunStatus.SUCCESS, {"answer": 6})
+    assert first.worker_id == third.worker_id
+
+
+def test_async_worker_cancels_handler_when_its_run_is_interrupted(
+    server_address: str, assistant: str
+) -> None:
+    started, cancelled = asyncio.Event(), []
+
+    async def handler(run: Run) -> dict[str, Any] | None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(time.monotonic())
+            raise
+        return None
+
+    async def scenario() -> tuple[Run | None, float, Run]:
+        async with AsyncClient(server_address) as client:
+            run = await client.create_run(assistant)
+            worker = AsyncWorker(client, handler, assistant_ids=[assistant], lease_duration=1.5)
+            working = asyncio.ensure_future(worker.run_once(wait=5))
+            await asyncio.wait_for(started.wait(), 10)
+            interrupted_at = time.monotonic()
+            await client.cancel_run(run.run_id, reason="user pressed stop")
+            outcome = await asyncio.wait_for(working, 10)
+            return outcome, interrupted_at, await client.get_run(run.run_id)
+
+    outcome, interrupted_at, final = asyncio.run(scenario())
+    assert outcome is None
+    assert len(cancelled) == 1
+    assert cancelled[0] - interrupted_at < 2  # within a heartbeat or so
+    assert (final.status, final.cancel_reason) == (RunStatus.INTERRUPTED, "user pressed stop")
+
+
+def test_stop_drains_the_run_in_hand(server_address: str, assistant: str) -> None:
+    started = asyncio.Event()
+
+    async def handler(run: Run) -> dict[str, Any] | None:
+        started.set()
+        await asyncio.sleep(0.5)
+        return {"done": True}
+
+    async def scenario() -> Run:
+        async with AsyncClient(server_address) as client:
+            run = await client.create_run(assistant)
+            worker = AsyncWorker(client, handler, assistant_ids=[assistant])
+            running = asyncio.ensure_future(worker.run())
+            await asyncio.wait_for(started.wait(), 10)
+            worker.stop()
+            await asyncio.wait_for(running, 10)
+            return await client.get_run(run.run_id)
+
+    final = asyncio.run(scenario())
+    assert (final.status, final.metadata) == (RunStatus.SUCCESS, {"done": True})
+
+
+def test_sync_worker_runs_plain_functions_and_signals_loss(
+    server_address: str, assistant: str
+) -> None:
+    seen: list[str] = []
+
+    def handler(run: Run, stop: threading.Event) -> dict[str, Any] | None:
+        seen.append(run.run_id)
+        if run.kwargs.get("long"):
+            stop.wait(30)
+            seen.append("stopped" if stop.is_set() else "timed out")
+        return {"by": "sync"}
+
+    with Client(server_address) as client:
+        quick = client.create_run(assistant)
+        worker = Worker(server_address, handler, assistant_ids=[assistant], lease_duration=1.5)
+        done = worker.run_once(wait=5)
+        assert done is not None
+        assert (done.run_id, done.status, done.metadata) == (
+            quick.run_id,
+            RunStatus.SUCCESS,
+            {"by": "sync"},
+        )
+
+        long = client.create_run(assistant, kwargs={"long": True})
+        outcome: list[Run | None] = []
+        thread = threading.Thread(target=lambda: outcome.append(worker.run_once(wait=5)))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while client.get_run(long.run_id).status is not RunStatus.RUNNING:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        client.cancel_run(long.run_id)
+        thread.join(15)
+    assert outcome == [None]
+    assert seen == [quick.run_id, long.run_id, "stopped"]
