@@ -28,6 +28,8 @@ class RunningServer:
 
     address: str
     pid: int
+    database_url: str | None = None
+    """For runplane targets: the database, so a scenario can start a replica on it."""
 
 
 class ServerFailedError(RuntimeError):
@@ -66,7 +68,9 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def running_server(argv: Sequence[str], cwd: Path, name: str) -> Iterator[RunningServer]:
+def running_server(
+    argv: Sequence[str], cwd: Path, name: str, database_url: str | None = None
+) -> Iterator[RunningServer]:
     """Starts ``argv``, yields it once it announced its address, and stops it on the way out.
 
     The child gets its own session so that a Ctrl-C meant for the benchmark does not reach
@@ -96,7 +100,7 @@ def running_server(argv: Sequence[str], cwd: Path, name: str) -> Iterator[Runnin
             raise ServerFailedError(
                 f"{name} {what} before announcing 'ready address=...'; last stderr lines:\n{tail}"
             )
-        yield RunningServer(watcher.address, process.pid)
+        yield RunningServer(watcher.address, process.pid, database_url)
     finally:
         _stop(process)
         watcher.join(timeout=STOP_TIMEOUT_S)

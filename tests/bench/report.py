@@ -75,6 +75,33 @@ def _create_to_claim_p50(results: list[Result], target: str) -> float | None:
     return None
 
 
+def _scenario_cell(
+    results: Iterable[Result], target: str, scenario: str, **match: object
+) -> Result:
+    for result in results:
+        if (
+            result.get("scenario") == scenario
+            and result["target"] == target
+            and all(result.get(key) == value for key, value in match.items())
+        ):
+            return result
+    return {}
+
+
+def _watch_1000_p99_vs_echo(results: list[Result], target: str) -> float | None:
+    mine = _number(_scenario_cell(results, target, "watch_latency", watchers=1000), "p99_ms")
+    echo = _number(_scenario_cell(results, REFERENCE, "watch_latency", watchers=1000), "p99_ms")
+    return round(mine / echo, 3) if mine is not None and echo else None
+
+
+def _watch_idle_rss(results: list[Result], target: str) -> float | None:
+    return _number(_scenario_cell(results, target, "watch_idle"), "rss_mb")
+
+
+def _watch_cross_replica_p50(results: list[Result], target: str) -> float | None:
+    return _number(_scenario_cell(results, target, "watch_cross_replica"), "p50_ms")
+
+
 GOALS = (
     Goal("get_32_ratio_min", 0.6, True, _get_32_ratio, lambda t: t != REFERENCE),
     Goal(
@@ -86,6 +113,21 @@ GOALS = (
     ),
     Goal("create_1_p99_max_ms", 10, False, _create_1_p99, lambda t: t != REFERENCE),
     Goal("create_to_claim_p50_max_ms", 5, False, _create_to_claim_p50, lambda t: t != REFERENCE),
+    Goal(
+        "watch_1000_p99_vs_echo_max",
+        1.5,
+        False,
+        _watch_1000_p99_vs_echo,
+        lambda t: t != REFERENCE,
+    ),
+    Goal("watch_idle_5000_rss_max_mb", 350, False, _watch_idle_rss, lambda t: t != REFERENCE),
+    Goal(
+        "watch_cross_replica_p50_max_ms",
+        20,
+        False,
+        _watch_cross_replica_p50,
+        lambda t: t == "runplane-postgres",
+    ),
 )
 
 

@@ -1,10 +1,11 @@
 """runplane's benchmark harness (``make bench``).
 
 Measures runplane against a bare grpc.aio echo server on the same machine, the same way:
-each target server is started fresh as a child process, every scenario in
-``tests.bench.scenarios.SCENARIOS`` drives it from a separate load process, and the server
-is stopped before the next target starts. Progress goes to stderr; stdout gets one JSON
-document: the machine, every result, runplane/echo ratios and the performance goals judged.
+each target server is started fresh as a child process, every scenario in ``SCENARIOS``
+(from ``tests.bench.scenarios`` and ``tests.bench.watch_scenarios``) drives it from a
+separate load process, and the server is stopped before the next target starts. Progress
+goes to stderr; stdout gets one JSON document: the machine, every result, runplane/echo
+ratios and the performance goals judged.
 
     python -m tests.bench.run [--seconds 5] [--targets echo,runplane-sqlite,...]
 
@@ -30,8 +31,12 @@ from types import FrameType
 import grpc
 
 from tests.bench.report import judge, ratios
-from tests.bench.scenarios import SCENARIOS, BenchOptions, Result
+from tests.bench.scenarios import SCENARIOS as BASE_SCENARIOS
+from tests.bench.scenarios import BenchOptions, Result, Scenario
 from tests.bench.targets import Target, available_targets
+from tests.bench.watch_scenarios import WATCH_SCENARIOS
+
+SCENARIOS: dict[str, Scenario] = {**BASE_SCENARIOS, **WATCH_SCENARIOS}
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -44,7 +44,7 @@ def _echo(workdir: Path) -> Iterator[RunningServer]:
 
 def _runplane(workdir: Path, database_url: str, name: str) -> AbstractContextManager[RunningServer]:
     argv = [str(RUNPLANE), "serve", "--address", "127.0.0.1:0", "--database-url", database_url]
-    return running_server(argv, workdir, name)
+    return running_server(argv, workdir, name, database_url)
 
 
 @contextlib.contextmanager

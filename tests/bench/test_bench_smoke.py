@@ -39,7 +39,7 @@ def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
@@ -48,9 +48,15 @@ def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
     assert set(document) >= {"machine", "results", "ratios", "targets", "failures"}
     assert document["machine"]["cpus"] >= 1
     assert document["failures"] == []
-    cells = {(r["rpc"], r["concurrency"]) for r in document["results"]}
+    unary = [r for r in document["results"] if r["scenario"] == "unary"]
+    cells = {(r["rpc"], r["concurrency"]) for r in unary}
     assert cells == {("create", 2), ("get", 2)}
-    for result in document["results"]:
+    watch = [r for r in document["results"] if r["scenario"] == "watch_latency"]
+    assert [r["watchers"] for r in watch] == [1, 100, 1000]
+    assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in watch)
+    (idle,) = [r for r in document["results"] if r["scenario"] == "watch_idle"]
+    assert idle["rss_mb"] > 0
+    for result in unary:
         assert set(result) >= RESULT_KEYS
         assert result["target"] == "echo"
         assert result["calls"] > 0

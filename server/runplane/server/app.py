@@ -7,6 +7,7 @@ process around it: logging, signals, the readiness line.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -133,6 +134,12 @@ async def serve(config: ServerConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     running = await start_server(config)
+    # What start-up allocated (modules, SQLAlchemy, protobuf descriptors) lives as long
+    # as the process: keep it out of the collector's full passes, which otherwise stall
+    # the event loop for tens of milliseconds under a watch fan-out (p99 95 -> 65 ms
+    # with 1000 watchers).
+    gc.collect()
+    gc.freeze()
     log.info("ready", extra={"address": running.address, "database": redact(config.database_url)})
     await stopping.wait()
     log.info("shutting down", extra={"grace_s": config.shutdown_grace})

@@ -144,9 +144,12 @@ class RunFilter:
             (self.thread_id is None or run.thread_id == self.thread_id)
             and (self.assistant_id is None or run.assistant_id == self.assistant_id)
             and (not self.statuses or run.status in self.statuses)
-            and all(
-                key in run.metadata and run.metadata[key] == value
-                for key, value in self.metadata.items()
+            and (
+                not self.metadata  # the common case, without a generator per call
+                or all(
+                    key in run.metadata and run.metadata[key] == value
+                    for key, value in self.metadata.items()
+                )
             )
         )
 

@@ -30,7 +30,6 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[["RunServicer", Request, Context], Awaitable[Response]]
-StreamHandler = Callable[["RunServicer", Request, Context], AsyncIterator[Response]]
 
 
 def _failure_status(error: Exception) -> grpc.Status:
@@ -56,22 +55,30 @@ def _rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
     return wrapper
 
 
-def _stream(handler: StreamHandler[Request, Response]) -> StreamHandler[Request, Response]:
-    """`_rpc` for server-streaming handlers: an error ends the stream with its status."""
+def _watch(
+    opener: Callable[[RunServicer, Request, Context], Awaitable[AsyncIterator[Delivery]]],
+) -> Callable[[RunServicer, Request, Context], AsyncIterator[run_service_pb2.WatchRunsResponse]]:
+    """A watch handler from a coroutine that opens the domain's stream of deliveries:
+    each delivery goes out as WatchRunsResponse messages; an error, raised at the
+    start or later, ends the stream with its status (as `_rpc` does for unary calls).
+    One generator between grpc and the watcher, since each layer costs every message.
+    """
 
-    @functools.wraps(handler)
-    async def wrapper(
+    @functools.wraps(opener)
+    async def handler(
         self: RunServicer, request: Request, context: Context
-    ) -> AsyncIterator[Response]:
+    ) -> AsyncIterator[run_service_pb2.WatchRunsResponse]:
         try:
-            async for response in handler(self, request, context):
-                yield response
+            deliveries = await opener(self, request, context)
+            async for delivery in deliveries:
+                for response in self._event_messages.responses(delivery):
+                    yield response
             return
         except Exception as error:
             rich = _failure_status(error)
         await context.abort(rich.code, rich.details, rich.trailing_metadata)
 
-    return wrapper
+    return handler
 
 
 MAX_MESSAGE_BYTES = 1 << 20
@@ -80,44 +87,74 @@ gRPC clients accept by default (one event is at most ~0.5 MiB: two 256 KiB struc
 
 
 class _EventMessages:
-    """Each logged event converted to protobuf once, for all the streams that send it."""
+    """Watch messages built once for all the streams that send them.
+
+    Live streams of one filter get the very same deliveries, so whole responses are
+    kept (by the revisions they carry) as well as each event's message: a change
+    seen by a thousand streams is converted once, and only serialized per stream.
+    """
 
     def __init__(self, capacity: int = 8192) -> None:
         self._capacity = capacity
-        self._by_revision: dict[int, tuple[run_pb2.RunEvent, int]] = {}
+        self._events: dict[int, tuple[run_pb2.RunEvent, int]] = {}
+        self._responses: dict[
+            tuple[tuple[int, ...], int], list[run_service_pb2.WatchRunsResponse]
+        ] = {}
 
-    def encoded(self, event: RunEvent) -> tuple[run_pb2.RunEvent, int]:
-        """The event's message and its size in bytes."""
-        if event.type is EventType.INITIAL:  # a state read for one stream: nothing to share
-            message = convert.event_to_proto(event)
-            return message, message.ByteSize()
-        found = self._by_revision.get(event.revision)
-        if found is None:
-            message = convert.event_to_proto(event)
-            found = (message, message.ByteSize())
-            if len(self._by_revision) >= self._capacity:
-                del self._by_revision[next(iter(self._by_revision))]  # the oldest
-            self._by_revision[event.revision] = found
-        return found
-
-    def responses(self, delivery: Delivery) -> Iterator[run_service_pb2.WatchRunsResponse]:
+    def responses(self, delivery: Delivery) -> list[run_service_pb2.WatchRunsResponse]:
         """The delivery as messages, cut between revisions when large (INITIAL events all
         share one revision and are never cut); each carries how far it got.
         """
+        if not delivery.events:
+            return [run_service_pb2.WatchRunsResponse(revision=delivery.revision)]
+        if delivery.events[0].type is EventType.INITIAL:  # read for one stream
+            return list(self._cut(delivery))
+        key = (tuple(event.revision for event in delivery.events), delivery.revision)
+        found = self._responses.get(key)
+        if found is None:
+            found = _remember(self._responses, key, list(self._cut(delivery)), self._capacity)
+        return found
+
+    def _encoded(self, event: RunEvent) -> tuple[run_pb2.RunEvent, int]:
+        """The event's message and its size in bytes."""
+        if event.type is EventType.INITIAL:
+            message = convert.event_to_proto(event)
+            return message, message.ByteSize()
+        found = self._events.get(event.revision)
+        if found is None:
+            message = convert.event_to_proto(event)
+            found = _remember(
+                self._events, event.revision, (message, message.ByteSize()), self._capacity
+            )
+        return found
+
+    def _cut(self, delivery: Delivery) -> Iterator[run_service_pb2.WatchRunsResponse]:
         batch: list[run_pb2.RunEvent] = []
         size = 0
         for event in delivery.events:
-            message, message_size = self.encoded(event)
+            message, message_size = self._encoded(event)
             if (
                 batch
                 and size + message_size > MAX_MESSAGE_BYTES
-                and event.type is not (EventType.INITIAL)
+                and (event.type is not EventType.INITIAL)
             ):
                 yield run_service_pb2.WatchRunsResponse(events=batch, revision=batch[-1].revision)
                 batch, size = [], 0
             batch.append(message)
             size += message_size
         yield run_service_pb2.WatchRunsResponse(events=batch, revision=delivery.revision)
+
+
+Key = TypeVar("Key")
+Value = TypeVar("Value")
+
+
+def _remember(cache: dict[Key, Value], key: Key, value: Value, capacity: int) -> Value:
+    """Keep `value`, dropping the oldest entry when full (the recent ones are the hot ones)."""
+    if len(cache) >= capacity:
+        del cache[next(iter(cache))]
+    cache[key] = value
+    return value
 
 
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
@@ -201,20 +238,14 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         run = await self._claims.complete(validation.complete_run(request, self._limits))
         return convert.run_to_proto(run)
 
-    @_stream
+    @_watch
     async def WatchRuns(
         self, request: run_service_pb2.WatchRunsRequest, context: Context
-    ) -> AsyncIterator[run_service_pb2.WatchRunsResponse]:
-        deliveries = self._watches.watch_runs(validation.watch_runs(request, self._limits))
-        async for delivery in deliveries:
-            for response in self._event_messages.responses(delivery):
-                yield response
+    ) -> AsyncIterator[Delivery]:
+        return await self._watches.watch_runs(validation.watch_runs(request, self._limits))
 
-    @_stream
+    @_watch
     async def WatchRun(
         self, request: run_service_pb2.WatchRunRequest, context: Context
-    ) -> AsyncIterator[run_service_pb2.WatchRunsResponse]:
-        deliveries = self._watches.watch_run(*validation.watch_run(request))
-        async for delivery in deliveries:
-            for response in self._event_messages.responses(delivery):
-                yield response
+    ) -> AsyncIterator[Delivery]:
+        return await self._watches.watch_run(*validation.watch_run(request))

@@ -105,6 +105,7 @@ class WatchHub:
             self._watchers.discard(watcher)
             self._live.discard(watcher)
             watcher.live = False
+            watcher.close()
 
     def join(self, watcher: Watcher) -> bool:
         """Make `watcher` live if it has caught up with what the hub published.

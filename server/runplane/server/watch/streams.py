@@ -18,8 +18,8 @@ events or is a bookmark; each revision is one event, so none is ever split.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -92,15 +92,17 @@ class WatchService:
     # -- WatchRuns ----------------------------------------------------------------------------
 
     async def watch_runs(self, watch: RunsWatch) -> AsyncIterator[Delivery]:
-        selects = filter_selector(watch.run_filter)
+        """The stream of a WatchRuns request. Errors of its start (bad history) are
+        raised here, before the first message."""
+        opening: list[Delivery] = []
         if watch.include_initial:
             revision, runs = await self._db.read(
                 lambda conn: self._initial_state(conn, watch.run_filter), snapshot=True
             )
             if runs:
                 # All at revision R: one message, since a revision is never split.
-                yield Delivery([_initial(run, revision) for run in runs], revision)
-            yield Delivery([], revision)  # the end of the initial state
+                opening.append(Delivery([_initial(run, revision) for run in runs], revision))
+            opening.append(Delivery([], revision))  # the end of the initial state
             position = revision
         elif watch.start_revision:
             position = watch.start_revision - 1
@@ -108,14 +110,9 @@ class WatchService:
             position = self._hub.known
             # Like etcd's "created" response: the client learns where "now" was, so it
             # can resume from there should the stream drop before anything happens.
-            yield Delivery([], position)
-        async for delivery in self._follow(
-            Watcher(selects, position, self._max_buffered),
-            watch.progress_interval,
-            run_id=None,
-            ends=None,
-        ):
-            yield delivery
+            opening.append(Delivery([], position))
+        watcher = Watcher(filter_selector(watch.run_filter), position, self._max_buffered)
+        return self._follow(watcher, watch.progress_interval, opening, run_id=None, ends=None)
 
     def _initial_state(self, conn: Connection, run_filter: RunFilter) -> tuple[int, list[Run]]:
         store = RunStore(conn, self._db.dialect)
@@ -125,6 +122,7 @@ class WatchService:
     # -- WatchRun -----------------------------------------------------------------------------
 
     async def watch_run(self, run_id: str, start_revision: int) -> AsyncIterator[Delivery]:
+        """The stream of a WatchRun request; NOT_FOUND and compaction are raised here."""
         if start_revision:
             start = await self._db.read(
                 lambda conn: self._run_history(conn, run_id, start_revision), snapshot=True
@@ -139,8 +137,8 @@ class WatchService:
                 and start.run.revision < start_revision
             ):
                 # It ended before the start: nothing will ever follow.
-                yield Delivery([], max(start.revision, start_revision - 1))
-                return
+                return _just(Delivery([], max(start.revision, start_revision - 1)))
+            opening = []
             position = start_revision - 1
         else:
             revision, run = await self._db.read(
@@ -149,17 +147,14 @@ class WatchService:
             if run is None:
                 raise RunNotFound(run_id)
             initial = _initial(run, revision)
-            yield Delivery([initial], revision)
             if ends_run_watch(initial):
-                return
+                return _just(Delivery([initial], revision))
+            opening = [Delivery([initial], revision)]
             position = revision
-        async for delivery in self._follow(
-            Watcher(run_selector(run_id), position, self._max_buffered),
-            DEFAULT_PROGRESS_INTERVAL,
-            run_id=run_id,
-            ends=ends_run_watch,
-        ):
-            yield delivery
+        watcher = Watcher(run_selector(run_id), position, self._max_buffered)
+        return self._follow(
+            watcher, DEFAULT_PROGRESS_INTERVAL, opening, run_id=run_id, ends=ends_run_watch
+        )
 
     def _current(self, conn: Connection, run_id: str) -> tuple[int, Run | None]:
         store = RunStore(conn, self._db.dialect)
@@ -180,15 +175,20 @@ class WatchService:
         self,
         watcher: Watcher,
         progress_interval: float,
+        opening: list[Delivery],
         *,
         run_id: str | None,
         ends: Callable[[RunEvent], bool] | None,
     ) -> AsyncIterator[Delivery]:
-        """Everything after the watcher's position, until the stream is cancelled, `ends`
-        selects an event (it is the last one sent), or the server shuts down.
+        """The `opening` deliveries, then everything after the watcher's position, until
+        the stream is cancelled, `ends` selects an event (it is the last one sent), or the
+        server shuts down.
         """
+        for first in opening:
+            yield first
         sent = watcher.position
-        next_bookmark = time.monotonic() + progress_interval
+        clock = asyncio.get_running_loop().time
+        next_bookmark = clock() + progress_interval
         with self._hub.attached(watcher):
             while True:
                 if watcher.ended is not None:
@@ -209,16 +209,16 @@ class WatchService:
                     if delivery.events:
                         yield delivery
                         sent = delivery.revision
-                        next_bookmark = time.monotonic() + progress_interval
+                        next_bookmark = clock() + progress_interval
                     continue
-                now = time.monotonic()
+                now = clock()
                 if now >= next_bookmark:
                     # Quiet: nothing is queued, so the watcher's position is all sent.
                     sent = max(sent, watcher.position)
                     yield Delivery([], sent)
                     next_bookmark = now + progress_interval
                     continue
-                await watcher.wait(next_bookmark - now)
+                await watcher.wait(next_bookmark)
 
     async def _catch_up(self, watcher: Watcher, run_id: str | None) -> Delivery | None:
         """Serve one page of the log to a watcher that is not live, or let it join.
@@ -248,6 +248,10 @@ class _RunHistory:
     compact_revision: int
     run: Run | None
     has_history: bool
+
+
+async def _just(delivery: Delivery) -> AsyncIterator[Delivery]:
+    yield delivery
 
 
 def _initial(run: Run, revision: int) -> RunEvent:

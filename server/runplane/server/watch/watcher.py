@@ -49,6 +49,7 @@ class Watcher:
         self._buffered = 0
         self._max_buffered = max_buffered
         self._wakeup = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
 
     def offer(self, events: Sequence[RunEvent], upto: int) -> bool:
         """Take the slice of the log after `position` up to `upto`; False when it does not
@@ -91,14 +92,24 @@ class Watcher:
             self.ended = reason
         self._wakeup.set()
 
-    async def wait(self, seconds: float) -> None:
-        """Until something is queued, the hub changed this watcher's state, or `seconds`."""
+    async def wait(self, until: float) -> None:
+        """Until something is queued, the hub changed this watcher's state, or the loop's
+        clock reaches `until` (the stream's next bookmark).
+
+        One timer per watcher, re-armed only once it has fired: a stream that sends
+        often moves its bookmark later without paying for a timer per message (the old
+        timer wakes it early once, and it waits again).
+        """
         if self._queue or self.ended is not None:
             return
-        try:
-            async with asyncio.timeout(seconds):
-                await self._wakeup.wait()
-        except TimeoutError:
-            pass
-        finally:
-            self._wakeup.clear()
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._timer.when() <= loop.time():
+            self._timer = loop.call_at(until, self._wakeup.set)
+        await self._wakeup.wait()
+        self._wakeup.clear()
+
+    def close(self) -> None:
+        """The stream is over: drop its timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
