@@ -6,16 +6,20 @@ Each test claims only its own assistant's runs, so tests sharing a server stay a
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
 
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
+from tests.support.databases import fresh_postgres_database
+from tests.support.serve_process import ServeProcess
 from tests.support.stubs import failure, run_service
 
 Stub = run_service_pb2_grpc.RunServiceStub
@@ -185,12 +189,8 @@ def test_empty_claim_returns_after_wait(stub: Stub, assistant: str) -> None:
     assert 0.4 < time.monotonic() - started < 5
 
 
-def test_claim_race_hands_each_run_to_exactly_one_worker(
-    server_address: str, assistant: str
-) -> None:
-    runs, workers = 60, 12
-    with run_service(server_address) as stub:
-        created = {create(stub, assistant).run_id for _ in range(runs)}
+async def _claim_all(addresses: list[str], assistant: str, workers: int) -> list[str]:
+    """`workers` workers, spread over `addresses`, claim until nothing is left."""
 
     async def worker(stub: run_service_pb2_grpc.RunServiceAsyncStub, name: str) -> list[str]:
         mine: list[str] = []
@@ -202,12 +202,24 @@ def test_claim_race_hands_each_run_to_exactly_one_worker(
                 return mine
             mine.append(response.run.run_id)
 
-    async def race() -> list[list[str]]:
-        async with grpc.aio.insecure_channel(server_address) as channel:
-            stub = run_service_pb2_grpc.RunServiceStub(channel)
-            return await asyncio.gather(*(worker(stub, f"w{i}") for i in range(workers)))
+    channels = [grpc.aio.insecure_channel(address) for address in addresses]
+    try:
+        stubs = [run_service_pb2_grpc.RunServiceStub(channel) for channel in channels]
+        claimed = await asyncio.gather(
+            *(worker(stubs[i % len(stubs)], f"w{i}") for i in range(workers))
+        )
+    finally:
+        for channel in channels:
+            await channel.close(None)
+    return [run_id for mine in claimed for run_id in mine]
 
-    claimed = [run_id for mine in asyncio.run(race()) for run_id in mine]
+
+def test_claim_race_hands_each_run_to_exactly_one_worker(
+    server_address: str, assistant: str
+) -> None:
+    with run_service(server_address) as stub:
+        created = {create(stub, assistant).run_id for _ in range(60)}
+    claimed = asyncio.run(_claim_all([server_address], assistant, workers=12))
     assert Counter(claimed).most_common(1)[0][1] == 1
     assert set(claimed) == created
 
@@ -351,3 +363,57 @@ def test_claim_rejects_bad_input(
     with pytest.raises(grpc.RpcError) as caught:
         stub.ClaimRun(request_message)
     assert failure(caught.value).code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(90)
+def test_long_poll_on_one_replica_wakes_for_a_run_created_on_another(tmp_path: Path) -> None:
+    with (
+        fresh_postgres_database() as url,
+        ServeProcess("127.0.0.1:0", url, tmp_path) as first,
+        ServeProcess("127.0.0.1:0", url, tmp_path) as second,
+        run_service(first.address) as worker_side,
+        run_service(second.address) as creator_side,
+    ):
+        assistant = f"replicas-{uuid.uuid4()}"
+        latencies = []
+        for _ in range(3):
+            outcome: list[run_pb2.Run | None] = []
+            waiting = threading.Thread(
+                target=lambda into=outcome: into.append(claim(worker_side, assistant, wait=20))
+            )
+            waiting.start()
+            time.sleep(0.5)  # the claim is parked on the first replica
+            created_at = time.monotonic()
+            run = create(creator_side, assistant)
+            waiting.join(25)
+            latencies.append(time.monotonic() - created_at)
+            claimed = outcome[0]
+            assert claimed is not None
+            assert claimed.run_id == run.run_id
+            complete(worker_side, claimed)
+        # Woken by the other replica's NOTIFY, not by the 5 s last-resort look.
+        assert min(latencies) < 2
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(90)
+def test_claim_race_across_two_replicas_hands_each_run_out_once(tmp_path: Path) -> None:
+    with (
+        fresh_postgres_database() as url,
+        ServeProcess("127.0.0.1:0", url, tmp_path) as first,
+        ServeProcess("127.0.0.1:0", url, tmp_path) as second,
+        run_service(first.address) as stub,
+    ):
+        assistant = f"replicas-{uuid.uuid4()}"
+        # Eight threads of five queued runs, and twenty runs on threads of their own.
+        threads = [str(uuid.uuid4()) for _ in range(8)]
+        created = {create(stub, assistant, thread_id=t).run_id for t in threads for _ in range(5)}
+        created |= {create(stub, assistant).run_id for _ in range(20)}
+        claimed = asyncio.run(_claim_all([first.address, second.address], assistant, 16))
+        # Nothing completes, so only each thread's first run may be claimed.
+        assert Counter(claimed).most_common(1)[0][1] == 1
+        assert len(claimed) == 8 + 20
+        running = [stub.GetRun(run_service_pb2.GetRunRequest(run_id=r)) for r in claimed]
+        assert len({run.thread_id for run in running}) == len(running)
+        assert set(claimed) <= created

@@ -83,15 +83,19 @@ async def start_server(config: ServerConfig) -> RunningServer:
     await asyncio.to_thread(upgrade, database.engine)
     hub = WatchHub(database, poll_interval=config.watch_poll_interval)
     await hub.start()
+    doorbell = Doorbell()
     background: list[asyncio.Task[None]] = []
     if database.dialect.is_postgres:
-        background.append(
-            asyncio.create_task(listen_for_changes(database.url, hub.ring), name="runplane-listen")
-        )
+
+        def changed_on_some_replica(revision: int) -> None:
+            hub.ring(revision)
+            doorbell.ring()  # the change may have freed a run that a long poll here awaits
+
+        listener = listen_for_changes(database.url, changed_on_some_replica)
+        background.append(asyncio.create_task(listener, name="runplane-listen"))
     compactor = Compactor(database, config.event_retention, interval=config.compaction_interval)
     compactor.start()
     server = grpc.aio.server(options=_SERVER_OPTIONS)
-    doorbell = Doorbell()
     database.on_commit(doorbell.ring_for)
     cache = None if database.dialect.is_postgres else RunCache()
     if cache is not None:

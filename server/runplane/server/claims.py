@@ -29,8 +29,9 @@ from runplane.server.store.run_store import RunStore
 
 # Candidates looked at per attempt: others may be locked by concurrent claims.
 _CANDIDATES = 8
-# Without a cross-replica wake-up, look again this often (PostgreSQL only).
-_REPLICA_POLL_S = 1.0
+# PostgreSQL replicas ring each other's doorbells through LISTEN/NOTIFY (see app.py),
+# and the listener rings after every reconnect; this look is only a last resort.
+_REPLICA_POLL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
