@@ -10,9 +10,10 @@
 For each run it claims, a worker starts the handler, heartbeats every third of the
 lease while the handler works, and completes the run with SUCCESS (the handler's
 returned dict merged into the run's metadata) or ERROR (the exception's message).
-When the run is lost (interrupted, rolled back, timed out or re-claimed, which
-the next heartbeat answers with LeaseLost) the handler is cancelled and nothing
-is reported. `stop()` stops claiming; runs in hand are finished first.
+It also watches its run, so the moment the run is lost (interrupted, rolled back,
+timed out or re-claimed) the handler is cancelled and nothing is reported; a
+heartbeat answered with LeaseLost does the same should the watch fail. `stop()`
+stops claiming; runs in hand are finished first.
 
 `Worker` is the same for plain functions: it runs `handler(run, stop)` in a
 thread, where `stop` is a `threading.Event` set when the run is lost.
@@ -32,8 +33,8 @@ from datetime import timedelta
 from typing import Any
 
 from runplane.client._async_client import AsyncClient
-from runplane.client._errors import LeaseLost, RunplaneError
-from runplane.client._models import Run, RunStatus
+from runplane.client._errors import LeaseLost, NotFound, RunplaneError
+from runplane.client._models import EventType, Run, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,14 @@ class AsyncWorker:
     async def work(self, run: Run) -> Run | None:
         """Work a run this worker claimed: the run as it ended, or None if it was lost."""
         handling = asyncio.ensure_future(self._handler(run))
-        holding = asyncio.ensure_future(self._hold_lease(run))
-        await asyncio.wait({handling, holding}, return_when=asyncio.FIRST_COMPLETED)
-        holding.cancel()
+        guards = {
+            asyncio.ensure_future(self._hold_lease(run)),
+            asyncio.ensure_future(self._watch_for_loss(run)),
+        }
+        await asyncio.wait({handling, *guards}, return_when=asyncio.FIRST_COMPLETED)
+        for guard in guards:
+            guard.cancel()
+        await asyncio.gather(*guards, return_exceptions=True)
         if not handling.done():
             log.info("run %s was lost; cancelling its handler", run.run_id)
             handling.cancel()
@@ -140,6 +146,19 @@ class AsyncWorker:
             )
         except LeaseLost:
             return None
+
+    async def _watch_for_loss(self, run: Run) -> None:
+        """Return as soon as the run is no longer RUNNING under this worker."""
+        try:
+            async for event in self._client.watch_run(run.run_id, start_revision=run.revision + 1):
+                lost = event.type is EventType.DELETED or event.run.status is not RunStatus.RUNNING
+                if lost or event.run.worker_id != self.worker_id:
+                    return
+        except NotFound:
+            return  # deleted before the watch began
+        except RunplaneError as error:
+            log.warning("cannot watch run %s (%s); relying on heartbeats", run.run_id, error)
+            await asyncio.Event().wait()
 
     async def _hold_lease(self, run: Run) -> None:
         """Heartbeat every third of the lease; return when the run is lost."""
