@@ -102,7 +102,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         database.on_commit(cache.apply)
     runs = RunService(database, cache)
     claims = ClaimService(database, doorbell)
-    watches = WatchService(database, hub, max_buffered=config.watch_buffer)
+    watches = WatchService(database, hub, runs.get, max_buffered=config.watch_buffer)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
     servicer = RunServicer(runs, claims, watches, limits)
     run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, server)

@@ -62,9 +62,16 @@ class ClaimService:
         deadline = loop.time() + request.wait_s
         while True:
             ring = self._doorbell.current()
-            claimed, next_due = await self._db.write(
-                lambda conn: self._claim_once(RunStore(conn, self._db.dialect), request)
+            # Look before taking the write lock: most wake-ups of a crowd of waiting
+            # workers find nothing left, and a read costs none of the writer's time.
+            ready, next_due = await self._db.read(
+                lambda conn: self._peek(RunStore(conn, self._db.dialect), request)
             )
+            claimed = None
+            if ready:
+                claimed, next_due = await self._db.write(
+                    lambda conn: self._claim_once(RunStore(conn, self._db.dialect), request)
+                )
             remaining = deadline - loop.time()
             if claimed is not None or remaining <= 0:
                 return claimed
@@ -73,6 +80,14 @@ class ClaimService:
             if self._db.dialect.is_postgres:
                 remaining = min(remaining, _REPLICA_POLL_S)
             await wait_for_ring(ring, remaining)
+
+    @staticmethod
+    def _peek(store: RunStore, request: ClaimRequest) -> tuple[bool, int | None]:
+        """Whether a run is claimable now; if not, when the next one becomes due."""
+        now = now_us()
+        if store.claimable(now, request.assistant_ids, 1):
+            return True, None
+        return False, store.next_start_after(now)
 
     def _claim_once(self, store: RunStore, request: ClaimRequest) -> tuple[Run | None, int | None]:
         now = now_us()

@@ -6,6 +6,9 @@ each slice to the live watchers. The log is the only source, so the wake-ups are
 mere doorbells and can be lost or repeated without harm:
 
 - this process's commits ring it right after they commit (`Database.on_commit`);
+  when they continue exactly where the hub stands (always so on SQLite, where this
+  process is the only writer), their changes are published at once, without
+  reading them back from the log;
 - other replicas' commits ring it through PostgreSQL LISTEN/NOTIFY, and each
   (re)connection of the listener rings it too, for what was missed meanwhile;
 - and the tailer looks anyway every `poll_interval`, should a doorbell fail.
@@ -22,6 +25,7 @@ import logging
 from collections.abc import Iterator
 
 from runplane.server.errors import RevisionCompacted, ServerShuttingDown
+from runplane.server.records import Change, EventType, RunEvent
 from runplane.server.store.database import Database
 from runplane.server.store.event_log import EventLogStore, LogPage, LogState
 from runplane.server.watch.watcher import Watcher
@@ -55,10 +59,18 @@ class WatchHub:
         self.head = self.known = (await self.read_state()).revision
         # On the event loop, before the writer's caller is answered: a watch "from now"
         # opened after a write returned starts after that write.
-        self._db.on_commit(
-            lambda changes: self.ring(max(change.run.revision for change in changes))
-        )
+        self._db.on_commit(self._committed)
         self._tailer = asyncio.create_task(self._tail(), name="runplane-watch-tailer")
+
+    def _committed(self, changes: list[Change]) -> None:
+        """This process's commit, in revision order: published directly if it follows
+        the head; otherwise (another replica's changes came between) the tailer reads."""
+        first, last = changes[0].run.revision, changes[-1].run.revision
+        if first == self.head + 1 and not self.closing:
+            self._publish(
+                [RunEvent(EventType(c.type), c.run.revision, c.run, c.previous) for c in changes]
+            )
+        self.ring(last)
 
     def ring(self, revision: int = 0) -> None:
         """Tell the tailer the log grew to `revision` (0: may have grown)."""
@@ -157,19 +169,24 @@ class WatchHub:
             if page.state.compact_revision > self.head:
                 self._lost_history(page.state)
                 continue
-            if not page.events:
-                return
-            upto = page.events[-1].revision
-            for watcher in list(self._live):
-                if not watcher.offer(page.events, upto):
-                    # Full: it stops getting pushes and catches up from the log.
-                    self._live.discard(watcher)
-                    watcher.live = False
-                    watcher.wake()
-            self.head = upto
-            self.known = max(self.known, upto)
+            # A commit published directly while the page was read is not sent twice.
+            fresh = [event for event in page.events if event.revision > self.head]
+            if fresh:
+                self._publish(fresh)
             if len(page.events) < PAGE_SIZE:
                 return
+
+    def _publish(self, events: list[RunEvent]) -> None:
+        """Offer `events`, the revisions right after the head, to the live watchers."""
+        upto = events[-1].revision
+        for watcher in list(self._live):
+            if not watcher.offer(events, upto):
+                # Full: it stops getting pushes and catches up from the log.
+                self._live.discard(watcher)
+                watcher.live = False
+                watcher.wake()
+        self.head = upto
+        self.known = max(self.known, upto)
 
     def _lost_history(self, state: LogState) -> None:
         """The tailer stalled for longer than the retention: its live watchers would get a

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -83,10 +83,17 @@ def ends_run_watch(event: RunEvent) -> bool:
 
 class WatchService:
     def __init__(
-        self, database: Database, hub: WatchHub, *, max_buffered: int = DEFAULT_MAX_BUFFERED
+        self,
+        database: Database,
+        hub: WatchHub,
+        current_run: Callable[[str], Awaitable[Run]],
+        *,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
     ) -> None:
+        """`current_run` is GetRun's read (cache or point read; RunNotFound if absent)."""
         self._db = database
         self._hub = hub
+        self._current_run = current_run
         self._max_buffered = max_buffered
 
     # -- WatchRuns ----------------------------------------------------------------------------
@@ -141,11 +148,12 @@ class WatchService:
             opening = []
             position = start_revision - 1
         else:
-            revision, run = await self._db.read(
-                lambda conn: self._current(conn, run_id), snapshot=True
-            )
-            if run is None:
-                raise RunNotFound(run_id)
+            # Everything up to the head was committed before the read below, so the run
+            # as read holds as of max(head, its own last change): the stream goes on from
+            # there with no gap and no change twice. (Revisions follow commit order.)
+            head = self._hub.head
+            run = await self._current_run(run_id)
+            revision = max(head, run.revision)
             initial = _initial(run, revision)
             if ends_run_watch(initial):
                 return _just(Delivery([initial], revision))
@@ -155,10 +163,6 @@ class WatchService:
         return self._follow(
             watcher, DEFAULT_PROGRESS_INTERVAL, opening, run_id=run_id, ends=ends_run_watch
         )
-
-    def _current(self, conn: Connection, run_id: str) -> tuple[int, Run | None]:
-        store = RunStore(conn, self._db.dialect)
-        return store.current_revision(), store.get(run_id)
 
     def _run_history(self, conn: Connection, run_id: str, since: int) -> _RunHistory:
         state = EventLogStore(conn, self._db.dialect).state()
