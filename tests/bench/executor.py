@@ -1,11 +1,16 @@
 """Executor benchmarks, run in their own process against a running server:
 
-    python -m tests.bench.executor --address HOST:PORT --runs N
+    python -m tests.bench.executor --address HOST:PORT --mode create-to-claim --runs N
+    python -m tests.bench.executor --address HOST:PORT --mode end-to-end --clients C
 
 create-to-claim: a worker long-polls ClaimRun while runs are created one at a time,
 paced so the worker is always waiting; the latency of a run is from sending its
 CreateRun to the worker's ClaimRun returning it. It measures how fast a waiting
-worker wakes, not how long a queue is. Prints one JSON object.
+worker wakes, not how long a queue is.
+
+end-to-end: C clients each create a run and wait for it with the client's wait_run
+(a WatchRun stream), over and over, while long-polling workers claim and complete;
+throughput is finished runs per second. Each mode prints one JSON object.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import uuid
 import grpc
 from google.protobuf import duration_pb2
 
+from runplane.client import AsyncClient, RunStatus
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 
 PACE_S = 0.02
@@ -84,12 +90,76 @@ async def create_to_claim(address: str, runs: int) -> dict[str, object]:
     }
 
 
+async def end_to_end(address: str, clients: int, seconds: float, workers: int) -> dict[str, object]:
+    """Clients create a run on a new thread and wait for it (wait_run) while long-polling
+    workers claim and complete: each latency covers create, claim, complete and the watch."""
+    assistant = f"bench-e2e-{uuid.uuid4()}"
+    latencies: list[float] = []
+    stopping = asyncio.Event()
+
+    async def worker(stub: run_service_pb2_grpc.RunServiceAsyncStub, name: str) -> None:
+        claim = run_service_pb2.ClaimRunRequest(
+            worker_id=name, assistant_ids=[assistant], wait=_seconds(1)
+        )
+        while not stopping.is_set():
+            response = await stub.ClaimRun(claim, timeout=10)
+            if response.HasField("run"):
+                await stub.CompleteRun(
+                    run_service_pb2.CompleteRunRequest(
+                        run_id=response.run.run_id,
+                        worker_id=name,
+                        status=run_pb2.RUN_STATUS_SUCCESS,
+                    ),
+                    timeout=10,
+                )
+
+    async def client_loop(client: AsyncClient, until: float) -> None:
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            run = await client.create_run(assistant)
+            ended = await client.wait_run(run.run_id, timeout=30)
+            assert ended.status is RunStatus.SUCCESS
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    async with (
+        grpc.aio.insecure_channel(address) as worker_channel,
+        AsyncClient(address) as client,
+    ):
+        stub = run_service_pb2_grpc.RunServiceStub(worker_channel)
+        working = [asyncio.ensure_future(worker(stub, f"bench-worker-{i}")) for i in range(workers)]
+        await asyncio.sleep(0.2)
+        began = time.perf_counter()
+        await asyncio.gather(*(client_loop(client, began + seconds) for _ in range(clients)))
+        elapsed = time.perf_counter() - began
+        stopping.set()
+        await asyncio.gather(*working)
+    return {
+        "scenario": "end_to_end",
+        "clients": clients,
+        "workers": workers,
+        "runs": len(latencies),
+        "throughput_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(statistics.median(latencies), 3),
+        "p99_ms": round(_percentile(latencies, 0.99), 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", required=True)
-    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument(
+        "--mode", choices=["create-to-claim", "end-to-end"], default="create-to-claim"
+    )
+    parser.add_argument("--runs", type=int, default=300, help="create-to-claim: runs created")
+    parser.add_argument("--clients", type=int, default=1, help="end-to-end: concurrent clients")
+    parser.add_argument("--workers", type=int, default=4, help="end-to-end: long-polling workers")
+    parser.add_argument("--seconds", type=float, default=5.0, help="end-to-end: duration")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(create_to_claim(args.address, args.runs))))
+    if args.mode == "create-to-claim":
+        result = asyncio.run(create_to_claim(args.address, args.runs))
+    else:
+        result = asyncio.run(end_to_end(args.address, args.clients, args.seconds, args.workers))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,17 @@ def _watch_cross_replica_p50(results: list[Result], target: str) -> float | None
     return _number(_scenario_cell(results, target, "watch_cross_replica"), "p50_ms")
 
 
+def _end_to_end_16(results: list[Result], target: str) -> float | None:
+    for result in results:
+        if (
+            result.get("scenario") == "end_to_end"
+            and result["target"] == target
+            and result.get("clients") == 16
+        ):
+            return _number(result, "throughput_per_s")
+    return None
+
+
 GOALS = (
     Goal("get_32_ratio_min", 0.6, True, _get_32_ratio, lambda t: t != REFERENCE),
     Goal(
@@ -113,6 +124,7 @@ GOALS = (
     ),
     Goal("create_1_p99_max_ms", 10, False, _create_1_p99, lambda t: t != REFERENCE),
     Goal("create_to_claim_p50_max_ms", 5, False, _create_to_claim_p50, lambda t: t != REFERENCE),
+    Goal("end_to_end_16_min_per_s", 300, True, _end_to_end_16, lambda t: t != REFERENCE),
     Goal(
         "watch_1000_p99_vs_echo_max",
         1.5,

@@ -82,13 +82,9 @@ def unary_calls(target: Target, server: RunningServer, options: BenchOptions) ->
     return results
 
 
-def executor_latency(target: Target, server: RunningServer, options: BenchOptions) -> list[Result]:
-    """Create-to-claim latency with a long-polling worker (runplane targets only)."""
-    if target.name == "echo":
-        return []
-    _log(f"  {target.name}: create-to-claim")
+def _executor_cell(server: RunningServer, *args: str) -> Result:
     completed = subprocess.run(
-        [sys.executable, "-m", "tests.bench.executor", "--address", server.address],
+        [sys.executable, "-m", "tests.bench.executor", "--address", server.address, *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -98,8 +94,27 @@ def executor_latency(target: Target, server: RunningServer, options: BenchOption
     if completed.returncode != 0:
         raise LoadFailedError(f"executor benchmark failed:\n{completed.stderr.strip()}")
     cell: Result = json.loads(completed.stdout)
-    _log(f"    p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms")
-    return [{"target": target.name, **cell}]
+    rate = cell.get("throughput_per_s", "-")
+    _log(f"    {rate}/s  p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms")
+    return cell
+
+
+def executor_latency(target: Target, server: RunningServer, options: BenchOptions) -> list[Result]:
+    """Create-to-claim latency with a long-polling worker, then create -> claim ->
+    complete -> wait_run end to end at 1 and 16 clients (runplane targets only)."""
+    if target.name == "echo":
+        return []
+    _log(f"  {target.name}: create-to-claim")
+    results = [{"target": target.name, **_executor_cell(server, "--mode", "create-to-claim")}]
+    for clients in (1, 16):
+        _log(f"  {target.name}: end to end, {clients} clients, 8 workers")
+        cell = _executor_cell(
+            server,
+            *("--mode", "end-to-end", "--clients", str(clients), "--workers", "8"),
+            *("--seconds", str(options.seconds)),
+        )
+        results.append({"target": target.name, **cell})
+    return results
 
 
 SCENARIOS: dict[str, Scenario] = {"unary": unary_calls, "executor": executor_latency}

@@ -92,11 +92,8 @@ class ClaimService:
     def _claim_once(self, store: RunStore, request: ClaimRequest) -> tuple[Run | None, int | None]:
         now = now_us()
         for candidate in store.claimable(now, request.assistant_ids, _CANDIDATES):
-            if not store.try_lock_thread(candidate.thread_id):
-                continue  # another transaction is changing this thread; try the next
-            # Re-check under the lock: the candidate list was read without it.
-            if not store.claimable(now, request.assistant_ids, 1, run_id=candidate.run_id):
-                continue
+            if not store.lock_candidate(candidate, now, request.assistant_ids):
+                continue  # another transaction is changing its thread, or took it
             running = dataclasses.replace(
                 candidate,
                 status=RunStatus.RUNNING,

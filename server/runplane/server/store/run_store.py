@@ -236,6 +236,17 @@ class RunStore:
         """Like `lock_thread`, but give up at once if another transaction holds it."""
         return self._try_advisory_lock(_THREAD_LOCK, thread_id)
 
+    def lock_candidate(self, run: Run, now: int, assistant_ids: Sequence[str]) -> bool:
+        """Lock the thread of a run `claimable` listed, if free, and make sure the run is
+        still claimable under the lock (PostgreSQL: the list was read without it). On
+        SQLite the write transaction already holds the only write lock: nothing to do.
+        """
+        if not self._dialect.is_postgres:
+            return True
+        return self.try_lock_thread(run.thread_id) and bool(
+            self.claimable(now, assistant_ids, 1, run_id=run.run_id)
+        )
+
     def try_lock_sweeper(self) -> bool:
         """Let one replica at a time sweep (PostgreSQL); held until commit."""
         return self._try_advisory_lock(_SWEEPER_LOCK, "sweeper")
