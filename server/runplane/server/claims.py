@@ -27,8 +27,6 @@ from runplane.server.records import (
 from runplane.server.store.database import Database
 from runplane.server.store.run_store import RunStore
 
-# Candidates looked at per attempt: others may be locked by concurrent claims.
-_CANDIDATES = 8
 # PostgreSQL replicas ring each other's doorbells through LISTEN/NOTIFY (see app.py),
 # and the listener rings after every reconnect; this look is only a last resort.
 _REPLICA_POLL_S = 5.0
@@ -91,7 +89,7 @@ class ClaimService:
 
     def _claim_once(self, store: RunStore, request: ClaimRequest) -> tuple[Run | None, int | None]:
         now = now_us()
-        for candidate in store.claimable(now, request.assistant_ids, _CANDIDATES):
+        for candidate in store.claim_candidates(now, request.assistant_ids):
             if not store.lock_candidate(candidate, now, request.assistant_ids):
                 continue  # another transaction is changing its thread, or took it
             running = dataclasses.replace(

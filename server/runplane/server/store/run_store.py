@@ -51,6 +51,7 @@ _events = Base.metadata.tables[RunEventRow.__tablename__]
 _state = Base.metadata.tables[StoreStateRow.__tablename__]
 
 # Namespaces of PostgreSQL advisory locks (first key of the two-int form).
+_POSTGRES_CLAIM_CANDIDATES = 8
 _THREAD_LOCK = 1
 _REQUEST_LOCK = 2
 _SWEEPER_LOCK = 3
@@ -236,6 +237,12 @@ class RunStore:
         """Like `lock_thread`, but give up at once if another transaction holds it."""
         return self._try_advisory_lock(_THREAD_LOCK, thread_id)
 
+    def claim_candidates(self, now: int, assistant_ids: Sequence[str]) -> list[Run]:
+        """The claimable runs worth trying to lock, oldest first: on PostgreSQL a few,
+        as concurrent claims may hold some; on SQLite the first, as none can."""
+        limit = _POSTGRES_CLAIM_CANDIDATES if self._dialect.is_postgres else 1
+        return self.claimable(now, assistant_ids, limit)
+
     def lock_candidate(self, run: Run, now: int, assistant_ids: Sequence[str]) -> bool:
         """Lock the thread of a run `claimable` listed, if free, and make sure the run is
         still claimable under the lock (PostgreSQL: the list was read without it). On
@@ -407,7 +414,7 @@ class RunStore:
             if change.type is ChangeType.CREATED:
                 self._insert(run)
             elif change.type is ChangeType.UPDATED:
-                self._update(run)
+                self._update(run, change.previous)
             else:
                 self._conn.execute(_DELETE_RUN, {"run_id": run.run_id})
             stored.append(run)
@@ -437,7 +444,14 @@ class RunStore:
             # transaction rolls back.
             raise RunAlreadyExists(run.run_id) from error
 
-    def _update(self, run: Run) -> None:
+    def _update(self, run: Run, previous: Run | None) -> None:
+        """Write the columns that changed (all of them if the old state is unknown):
+        a claim or a heartbeat then serializes no JSON."""
         values = _row_values(run)
-        values["key"] = values.pop("run_id")
+        if previous is not None:
+            before = _row_values(previous)
+            values = {name: value for name, value in values.items() if value != before[name]}
+            values["revision"] = run.revision
+        values["key"] = run.run_id
+        values.pop("run_id", None)
         self._conn.execute(_UPDATE_RUN, values)
