@@ -52,6 +52,8 @@ class RunRow(Base):
         Index("ix_runs_created", "created_at_us", "run_id"),
         Index("ix_runs_assistant_created", "assistant_id", "created_at_us"),
         Index("ix_runs_status_queue", "status", "create_revision"),
+        Index("ix_runs_assistant_status_queue", "assistant_id", "status", "create_revision"),
+        Index("ix_runs_status_start_after", "status", "start_after_us"),
     )
 
 
