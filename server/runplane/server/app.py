@@ -144,6 +144,11 @@ async def serve(config: ServerConfig) -> None:
     # with 1000 watchers).
     gc.collect()
     gc.freeze()
+    # A watch fan-out allocates a burst of short-lived objects per change; at CPython's
+    # default young threshold (700) they promote runs cached by GetRun into full passes
+    # that stall the loop. Rarer, larger young collections: with 1000 watchers after
+    # make bench's unary load, p99 84 -> 60 ms (echo broadcast 47 ms), unary unchanged.
+    gc.set_threshold(50_000, 50, 10)
     log.info("ready", extra={"address": running.address, "database": redact(config.database_url)})
     await stopping.wait()
     log.info("shutting down", extra={"grace_s": config.shutdown_grace})
