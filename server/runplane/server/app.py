@@ -88,8 +88,11 @@ async def start_server(config: ServerConfig) -> RunningServer:
     if database.dialect.is_postgres:
 
         def changed_on_some_replica(revision: int) -> None:
+            # Our own commits rang already (on_commit); another replica's change may
+            # have freed a run that a long poll here awaits. 0: after a reconnect.
+            if revision == 0 or revision > hub.known:
+                doorbell.ring()
             hub.ring(revision)
-            doorbell.ring()  # the change may have freed a run that a long poll here awaits
 
         listener = listen_for_changes(database.url, changed_on_some_replica)
         background.append(asyncio.create_task(listener, name="runplane-listen"))

@@ -4,13 +4,15 @@ Each whole transaction runs as one call over a synchronous SQLAlchemy engine:
 sqlite3 costs a fraction of aiosqlite's CPU per statement, and one hop per
 transaction is cheaper than one await per statement.
 
-SQLite takes one writer at a time, so one thread owns the write connection and
-commits queued transactions in groups (`SQLiteWriter`). A point read is a
-single indexed lookup of tens of microseconds; on SQLite it runs on the event
-loop, since the hop to a worker thread costs more and WAL readers never wait
-for the writer. Reads that need a snapshot go to a small read pool.
-PostgreSQL gets one pool whose size equals its thread count, so no call waits
-for, or reconnects, a connection.
+Writes go to one thread that commits queued transactions in groups
+(`GroupWriter`). SQLite takes one writer at a time anyway; on PostgreSQL every
+write holds the revision counter's row lock until its commit has flushed, so
+writes are serialized there too, and a group shares one flush (CreateRun at 32
+in flight: 323 -> 703/s). A point read is a single indexed lookup: on SQLite it
+runs on the event loop, since the hop to a worker thread costs more and WAL
+readers never wait for the writer. Other reads go to a read pool; PostgreSQL's
+is as large as its thread count, so no read waits for, or reconnects, a
+connection.
 """
 
 from __future__ import annotations
@@ -90,9 +92,7 @@ class Database:
                 pool_pre_ping=False,
                 json_serializer=_dumps,
             )
-            self._write_pool = self._read_pool = ThreadPoolExecutor(
-                POSTGRES_THREADS, thread_name_prefix="runplane-db"
-            )
+            self._read_pool = ThreadPoolExecutor(POSTGRES_THREADS, thread_name_prefix="runplane-db")
         else:
             if self.url.database:
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -101,11 +101,11 @@ class Database:
             self._read_engine = self._sqlite_engine(
                 pool_size=SQLITE_READ_THREADS + 1, begin="BEGIN"
             )
-            self._writer = SQLiteWriter(self._write_engine, self._publish)
             self._point_connection: Connection | None = None
             self._read_pool = ThreadPoolExecutor(
                 SQLITE_READ_THREADS, thread_name_prefix="runplane-db-read"
             )
+        self._writer = GroupWriter(self._write_engine, self._publish)
 
     def _sqlite_engine(self, *, pool_size: int, begin: str) -> Engine:
         engine = create_engine(
@@ -155,20 +155,7 @@ class Database:
 
         `work` must raise RunplaneError only before it writes (see RunStore.apply).
         """
-        if not self.dialect.is_postgres:
-            return await self._writer.submit(work)
-
-        def transaction() -> tuple[T, list[Change]]:
-            with _translate_errors(), self._write_engine.connect() as connection:
-                connection.info[CHANGES] = []
-                with connection.begin():
-                    result = work(connection)
-                return result, connection.info.pop(CHANGES)
-
-        loop = asyncio.get_running_loop()
-        result, changes = await loop.run_in_executor(self._write_pool, transaction)
-        self._publish(changes)
-        return result
+        return await self._writer.submit(work)
 
     async def read(self, work: Callable[[Connection], T], *, snapshot: bool = False) -> T:
         """Run `work`, a read.
@@ -199,12 +186,9 @@ class Database:
         return self._point_connection
 
     def dispose(self) -> None:
-        if self.dialect.is_postgres:
-            self._write_pool.shutdown(wait=True)
-        else:
-            self._writer.close()
-            if self._point_connection is not None:
-                self._point_connection.close()
+        self._writer.close()
+        if not self.dialect.is_postgres and self._point_connection is not None:
+            self._point_connection.close()
         self._read_pool.shutdown(wait=True)
         self._write_engine.dispose()
         self._read_engine.dispose()
@@ -226,10 +210,12 @@ def _settle(future: asyncio.Future[T], outcome: T | BaseException) -> None:
         future.set_result(outcome)
 
 
-class SQLiteWriter:
-    """The one thread that writes to SQLite, committing queued transactions in groups.
+class GroupWriter:
+    """The one thread that writes, committing queued transactions in groups.
 
-    Under load, up to MAX_GROUP transactions share one BEGIN IMMEDIATE ... COMMIT.
+    Under load, up to MAX_GROUP transactions share one transaction and its commit
+    (on PostgreSQL, advisory locks are re-entrant within the session, so members of
+    a group never wait for each other).
     A transaction that fails with a RunplaneError before writing (a rule said no)
     simply contributes nothing to its group. Any other failure, or a failure after
     writing, rolls the group back and runs each of its transactions alone.
