@@ -417,3 +417,56 @@ def test_claim_race_across_two_replicas_hands_each_run_out_once(tmp_path: Path) 
         running = [stub.GetRun(run_service_pb2.GetRunRequest(run_id=r)) for r in claimed]
         assert len({run.thread_id for run in running}) == len(running)
         assert set(claimed) <= created
+
+
+def test_a_ring_reaches_the_worker_whose_assistant_it_is(
+    server_address: str, assistant: str
+) -> None:
+    """Waiters for other assistants, parked first, do not swallow the wake-up."""
+
+    async def scenario() -> tuple[list[bool], float]:
+        async with grpc.aio.insecure_channel(server_address) as channel:
+            stub = run_service_pb2_grpc.RunServiceStub(channel)
+
+            def claim_for(assistant_id: str) -> asyncio.Future[run_service_pb2.ClaimRunResponse]:
+                request = run_service_pb2.ClaimRunRequest(
+                    worker_id=f"w-{assistant_id}", assistant_ids=[assistant_id], wait=seconds(3)
+                )
+                return asyncio.ensure_future(stub.ClaimRun(request))
+
+            others = [claim_for(f"{assistant}-other-{i}") for i in range(5)]
+            await asyncio.sleep(0.2)
+            mine = claim_for(assistant)
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            await stub.CreateRun(run_service_pb2.CreateRunRequest(assistant_id=assistant))
+            response = await mine
+            waited = time.monotonic() - started
+            empty = [not (await other).HasField("run") for other in others]
+            assert response.HasField("run")
+            return empty, waited
+
+    empty, waited = asyncio.run(scenario())
+    assert empty == [True] * 5
+    assert waited < 2  # woken by the ring, not by the end of its 3 s wait
+
+
+def test_a_cancelled_long_poll_does_not_swallow_a_ring(server_address: str, assistant: str) -> None:
+    async def scenario() -> float:
+        async with grpc.aio.insecure_channel(server_address) as channel:
+            stub = run_service_pb2_grpc.RunServiceStub(channel)
+            request = run_service_pb2.ClaimRunRequest(
+                worker_id="w", assistant_ids=[assistant], wait=seconds(5)
+            )
+            leaving = stub.ClaimRun(request)  # first in line
+            await asyncio.sleep(0.2)
+            staying = asyncio.ensure_future(stub.ClaimRun(request))
+            await asyncio.sleep(0.2)
+            leaving.cancel()
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            await stub.CreateRun(run_service_pb2.CreateRunRequest(assistant_id=assistant))
+            assert (await staying).HasField("run")
+            return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 2

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
-from runplane.server.doorbell import Doorbell, wait_for_ring
+from runplane.server.doorbell import Doorbell, Round
 from runplane.server.errors import LeaseLost
 from runplane.server.records import (
     Change,
@@ -58,26 +58,57 @@ class ClaimService:
         """Claim the oldest claimable run, waiting up to `wait_s` for one to appear."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.wait_s
+        held: Round | None = None  # the round that woke this claim, until it has looked
         while True:
-            ring = self._doorbell.current()
-            # Look before taking the write lock: most wake-ups of a crowd of waiting
-            # workers find nothing left, and a read costs none of the writer's time.
-            ready, next_due = await self._db.read(
-                lambda conn: self._peek(RunStore(conn, self._db.dialect), request)
-            )
-            claimed = None
-            if ready:
-                claimed, next_due = await self._db.write(
-                    lambda conn: self._claim_once(RunStore(conn, self._db.dialect), request)
-                )
-            remaining = deadline - loop.time()
-            if claimed is not None or remaining <= 0:
+            waiter = self._doorbell.park(request.assistant_ids)
+            try:
+                claimed, next_due = await self._attempt(request)
+            except BaseException:
+                self._hand_on(self._doorbell.leave(waiter), held)
+                raise
+            if claimed is not None:
+                self._doorbell.leave(waiter)
+                self._doorbell.ring()  # there may be more: let the next waiter look
                 return claimed
+            if held is not None:
+                self._doorbell.pass_on(held, request.assistant_ids)
+            held = None
+            if waiter.woken.done():
+                held = waiter.woken.result()  # rung while looking: look again
+                continue
+            remaining = deadline - loop.time()
             if next_due is not None:
                 remaining = min(remaining, max(0.0, (next_due - now_us()) / 1e6))
             if self._db.dialect.is_postgres:
                 remaining = min(remaining, _REPLICA_POLL_S)
-            await wait_for_ring(ring, remaining)
+            if deadline - loop.time() <= 0:
+                self._doorbell.leave(waiter)
+                return None
+            try:
+                await asyncio.wait({waiter.woken}, timeout=remaining)
+            except BaseException:
+                self._hand_on(self._doorbell.leave(waiter))
+                raise
+            held = self._doorbell.leave(waiter)
+
+    def _hand_on(self, *rounds: Round | None) -> None:
+        """A claim that gives up (cancelled, failed) passes on what woke it, unused."""
+        for round_ in rounds:
+            if round_ is not None:
+                self._doorbell.pass_on(round_, None)
+
+    async def _attempt(self, request: ClaimRequest) -> tuple[Run | None, int | None]:
+        """One look, and a claim if the look found something."""
+        # Look before taking the write lock: a run seen by several waiters is claimed
+        # by one, and a read costs none of the writer's time.
+        ready, next_due = await self._db.read(
+            lambda conn: self._peek(RunStore(conn, self._db.dialect), request)
+        )
+        if not ready:
+            return None, next_due
+        return await self._db.write(
+            lambda conn: self._claim_once(RunStore(conn, self._db.dialect), request)
+        )
 
     @staticmethod
     def _peek(store: RunStore, request: ClaimRequest) -> tuple[bool, int | None]:

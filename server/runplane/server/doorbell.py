@@ -1,26 +1,57 @@
-"""A wake-up for long-polling claims: rung whenever a run may have become claimable."""
+"""Where long-polling claims wait for a run to become claimable.
+
+A ring wakes one waiter, not all: a crowd of workers woken at once would all look,
+and most would race for the same run. The waiter that is woken looks; if it
+claims a run, it rings again (there may be more), and if it finds nothing, it
+passes the same round on to the next waiter whose assistant filter has not been
+tried in that round (those with the same filter would find nothing too). So one
+new run costs one or two looks however many workers wait, and a run of an
+assistant that only some workers take still reaches one of them.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from dataclasses import dataclass, field
 
 from runplane.server.records import Change, RunStatus
 
+Filter = tuple[str, ...]
+
+
+@dataclass(eq=False)
+class Round:
+    """One ring's search for a waiter that can use it."""
+
+    tried: set[Filter] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class Waiter:
+    filter: Filter
+    woken: asyncio.Future[Round]
+
 
 class Doorbell:
-    """Waiters take the `current()` event before they look, then wait on it, so a
-    ring that comes between their look and their wait is never missed."""
-
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._waiting: list[Waiter] = []
 
-    def current(self) -> asyncio.Event:
-        return self._event
+    def park(self, assistant_filter: Filter) -> Waiter:
+        """Join the line before looking, so a ring during the look is not missed."""
+        waiter = Waiter(assistant_filter, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiter)
+        return waiter
+
+    def leave(self, waiter: Waiter) -> Round | None:
+        """Leave the line; the round the waiter was woken with, if it was."""
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+            return None
+        return waiter.woken.result()
 
     def ring(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+        """Something may have become claimable: wake the longest-waiting claim."""
+        self._wake(Round())
 
     def ring_for(self, changes: list[Change]) -> None:
         """Ring after a commit that may free work: anything but a run that is now RUNNING
@@ -28,9 +59,16 @@ class Doorbell:
         if any(change.run.status is not RunStatus.RUNNING for change in changes):
             self.ring()
 
+    def pass_on(self, round_: Round, tried: Filter | None) -> None:
+        """A waiter looked and found nothing for `tried` in this round (or, None, left
+        without looking): let a waiter with another filter look."""
+        if tried is not None:
+            round_.tried.add(tried)
+        self._wake(round_)
 
-async def wait_for_ring(ring: asyncio.Event, seconds: float) -> None:
-    """Return when `ring` is set or after `seconds`, whichever is first."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await ring.wait()
+    def _wake(self, round_: Round) -> None:
+        for waiter in self._waiting:
+            if waiter.filter not in round_.tried:
+                self._waiting.remove(waiter)
+                waiter.woken.set_result(round_)
+                return
