@@ -30,7 +30,7 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from runplane.client._async_client import AsyncClient
 from runplane.client._errors import LeaseLost, NotFound, RunplaneError
@@ -174,30 +174,24 @@ class AsyncWorker:
                 log.warning("heartbeat of run %s failed: %s", run.run_id, error)
 
 
+class WorkerOptions(TypedDict, total=False):
+    """`AsyncWorker`'s keyword options, which `Worker` takes as they are."""
+
+    assistant_ids: Iterable[str]
+    worker_id: str | None
+    lease_duration: timedelta | float
+    concurrency: int
+    claim_wait: timedelta | float
+
+
 class Worker:
     """`AsyncWorker` for a plain function, run in a thread as `handler(run, stop)`."""
 
-    def __init__(
-        self,
-        address: str,
-        handler: Handler,
-        *,
-        assistant_ids: Iterable[str] = (),
-        worker_id: str | None = None,
-        lease_duration: timedelta | float = 30.0,
-        concurrency: int = 1,
-        claim_wait: timedelta | float = 30.0,
-    ) -> None:
+    def __init__(self, address: str, handler: Handler, **options: Unpack[WorkerOptions]) -> None:
         self._address = address
         self._handler = handler
-        self._options: dict[str, Any] = {
-            "assistant_ids": tuple(assistant_ids),
-            "worker_id": worker_id or default_worker_id(),
-            "lease_duration": lease_duration,
-            "concurrency": concurrency,
-            "claim_wait": claim_wait,
-        }
-        self.worker_id: str = self._options["worker_id"]
+        self.worker_id: str = options.get("worker_id") or default_worker_id()
+        self._options: WorkerOptions = {**options, "worker_id": self.worker_id}
         self._stopping = threading.Event()
         self._current: AsyncWorker | None = None
 
