@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from typing import Any
 
 from runplane.server import config
 
 
-def _env(flag: str, default: Any) -> Any:
-    """The flag's RUNPLANE_<FLAG> twin, or its default."""
-    return os.environ.get("RUNPLANE_" + flag.upper().replace("-", "_"), default)
+def _flag(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    default: str,
+    parse: Callable[[str], Any] = str,
+    **options: Any,
+) -> None:
+    """Add `flag` and its RUNPLANE_<FLAG> environment twin. The flag wins over the
+    variable, the variable over `default`; all three are parsed by `parse`."""
+    variable = "RUNPLANE_" + flag.removeprefix("--").upper().replace("-", "_")
+    parser.add_argument(
+        flag, type=parse, default=parse(os.environ.get(variable, default)), **options
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -36,37 +47,42 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         description="Serve RunService, health and reflection. Every flag can also be set "
         "through RUNPLANE_<FLAG>, e.g. RUNPLANE_DATABASE_URL.",
     )
-    serve.add_argument("--address", default=_env("address", defaults.address))
+    _flag(serve, "--address", defaults.address)
     _add_database_url(serve)
-    serve.add_argument(
+    _flag(
+        serve,
         "--event-retention",
-        type=_duration,
-        default=_duration(_env("event_retention", "24h")),
+        "24h",
+        _duration,
         help="how long the event log keeps changes for watchers to resume (default 24h)",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--max-attempts",
-        type=_positive_int,
-        default=_positive_int(_env("max_attempts", str(defaults.max_attempts))),
+        str(defaults.max_attempts),
+        _positive_int,
         help="claims of a run before an expired lease makes it ERROR (default 3)",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--max-struct-bytes",
-        type=_positive_int,
-        default=_positive_int(_env("max_struct_bytes", str(defaults.max_struct_bytes))),
+        str(defaults.max_struct_bytes),
+        _positive_int,
         help="largest metadata or kwargs accepted, in bytes (default 262144)",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--shutdown-grace",
-        type=_duration,
-        default=_duration(_env("shutdown_grace", "10s")),
+        "10s",
+        _duration,
         help="time in-flight calls get to finish on SIGTERM (default 10s)",
     )
-    serve.add_argument(
+    _flag(
+        serve,
         "--log-level",
+        "info",
+        str.lower,
         choices=["debug", "info", "warning", "error"],
-        type=str.lower,
-        default=_env("log_level", "info"),
     )
     serve.set_defaults(func=_serve)
 
@@ -78,9 +94,10 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _add_database_url(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    _flag(
+        parser,
         "--database-url",
-        default=_env("database_url", config.DEFAULT_DATABASE_URL),
+        config.DEFAULT_DATABASE_URL,
         help="SQLAlchemy URL: sqlite:///runplane.db (default) or postgresql://user@host/db",
     )
 
