@@ -76,16 +76,16 @@ class ClaimService:
             if waiter.woken.done():
                 held = waiter.woken.result()  # rung while looking: look again
                 continue
-            remaining = deadline - loop.time()
-            if next_due is not None:
-                remaining = min(remaining, max(0.0, (next_due - now_us()) / 1e6))
-            if self._db.dialect.is_postgres:
-                remaining = min(remaining, _REPLICA_POLL_S)
-            if deadline - loop.time() <= 0:
+            pause = deadline - loop.time()
+            if pause <= 0:
                 self._doorbell.leave(waiter)
                 return None
+            if next_due is not None:
+                pause = min(pause, max(0.0, (next_due - now_us()) / 1e6))
+            if self._db.dialect.is_postgres:
+                pause = min(pause, _REPLICA_POLL_S)
             try:
-                await asyncio.wait({waiter.woken}, timeout=remaining)
+                await asyncio.wait({waiter.woken}, timeout=pause)
             except BaseException:
                 self._hand_on(self._doorbell.leave(waiter))
                 raise
