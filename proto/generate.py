@@ -11,6 +11,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+import google.api
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,12 +27,15 @@ def generate(out_root: Path) -> None:
             stale.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     well_known = resources.files("grpc_tools") / "_proto"
+    # google/api/field_behavior.proto ships with googleapis-common-protos.
+    googleapis = Path(google.api.__path__[0]).parent.parent
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE).glob("*.proto"))
     plugin_dir = Path(sys.executable).parent
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
+        f"-I{googleapis}",
         f"--plugin=protoc-gen-mypy={plugin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={plugin_dir / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out_root}",

@@ -24,7 +24,7 @@ const DEADLINE_MS = 10000;
 function loadRunService() {
   // google/protobuf/*.proto imports resolve to the copies bundled in protobufjs.
   const definition = protoLoader.loadSync(SERVICE_PROTO, {
-    includeDirs: [PROTO_ROOT],
+    includeDirs: [PROTO_ROOT, path.join(PROTO_ROOT, 'third_party')],
     keepCase: true, // field names exactly as in the contract (run_id, not runId)
     enums: String, // enum values as their names, e.g. RUN_STATUS_PENDING
     longs: String, // int64 revision without precision loss

@@ -22,28 +22,94 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15runplane/v1/run.proto\x12\x0brunplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x05\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61ssistant_id\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06status\x18\x06 \x01(\x0e\x32\x16.runplane.v1.RunStatus\x12)\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06kwargs\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12:\n\x12multitask_strategy\x18\t \x01(\x0e\x32\x1e.runplane.v1.MultitaskStrategy\x12\x10\n\x08revision\x18\n \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12\x15\n\rcancel_reason\x18\x0f \x01(\t\x12\x11\n\tworker_id\x18\x10 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07timeout\x18\x12 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bstart_after\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x08RunEvent\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.runplane.v1.EventType\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x1d\n\x03run\x18\x03 \x01(\x0b\x32\x10.runplane.v1.Run*\xb9\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x14\n\x10RUN_STATUS_ERROR\x10\x03\x12\x16\n\x12RUN_STATUS_SUCCESS\x10\x04\x12\x16\n\x12RUN_STATUS_TIMEOUT\x10\x05\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x06*\xb9\x01\n\x11MultitaskStrategy\x12\"\n\x1eMULTITASK_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19MULTITASK_STRATEGY_REJECT\x10\x01\x12 \n\x1cMULTITASK_STRATEGY_INTERRUPT\x10\x02\x12\x1f\n\x1bMULTITASK_STRATEGY_ROLLBACK\x10\x03\x12\x1e\n\x1aMULTITASK_STRATEGY_ENQUEUE\x10\x04*f\n\x0c\x43\x61ncelAction\x12\x1d\n\x19\x43\x41NCEL_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41NCEL_ACTION_INTERRUPT\x10\x01\x12\x1a\n\x16\x43\x41NCEL_ACTION_ROLLBACK\x10\x02*\x87\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_TYPE_INITIAL\x10\x01\x12\x16\n\x12\x45VENT_TYPE_CREATED\x10\x02\x12\x16\n\x12\x45VENT_TYPE_UPDATED\x10\x03\x12\x16\n\x12\x45VENT_TYPE_DELETED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15runplane/v1/run.proto\x12\x0brunplane.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x0bRetryPolicy\x12\x1a\n\x0cmax_attempts\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x38\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12!\n\x13\x62\x61\x63koff_coefficient\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x38\n\x0fmaximum_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\"\xbb\x08\n\x03Run\x12\x14\n\x06run_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x17\n\tthread_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x1a\n\x0c\x61ssistant_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x05\x12\x34\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12,\n\x06status\x18\x06 \x01(\x0e\x32\x16.runplane.v1.RunStatusB\x04\xe2\x41\x01\x03\x12/\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12-\n\x06kwargs\x18\x08 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12@\n\x12multitask_strategy\x18\t \x01(\x0e\x32\x1e.runplane.v1.MultitaskStrategyB\x04\xe2\x41\x01\x05\x12\x16\n\x08revision\x18\n \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07\x61ttempt\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x34\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nded_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\x0e \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rcancel_reason\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tworker_id\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12:\n\x10lease_expires_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x30\n\x07timeout\x18\x12 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x05\x12\x35\n\x0bstart_after\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\tnamespace\x18\x14 \x01(\tB\x04\xe2\x41\x01\x05\x12\x18\n\ncreated_by\x18\x15 \x01(\tB\x04\xe2\x41\x01\x03\x12?\n\rtrace_context\x18\x16 \x03(\x0b\x32\".runplane.v1.Run.TraceContextEntryB\x04\xe2\x41\x01\x03\x12-\n\x06result\x18\x17 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03\x12\x34\n\x0cretry_policy\x18\x18 \x01(\x0b\x32\x18.runplane.v1.RetryPolicyB\x04\xe2\x41\x01\x05\x12\x16\n\x08priority\x18\x19 \x01(\x05\x42\x04\xe2\x41\x01\x05\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x08RunEvent\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.runplane.v1.EventType\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x1d\n\x03run\x18\x03 \x01(\x0b\x32\x10.runplane.v1.Run*\xb9\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x14\n\x10RUN_STATUS_ERROR\x10\x03\x12\x16\n\x12RUN_STATUS_SUCCESS\x10\x04\x12\x16\n\x12RUN_STATUS_TIMEOUT\x10\x05\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x06*\xb9\x01\n\x11MultitaskStrategy\x12\"\n\x1eMULTITASK_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19MULTITASK_STRATEGY_REJECT\x10\x01\x12 \n\x1cMULTITASK_STRATEGY_INTERRUPT\x10\x02\x12\x1f\n\x1bMULTITASK_STRATEGY_ROLLBACK\x10\x03\x12\x1e\n\x1aMULTITASK_STRATEGY_ENQUEUE\x10\x04*f\n\x0c\x43\x61ncelAction\x12\x1d\n\x19\x43\x41NCEL_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41NCEL_ACTION_INTERRUPT\x10\x01\x12\x1a\n\x16\x43\x41NCEL_ACTION_ROLLBACK\x10\x02*\x87\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_TYPE_INITIAL\x10\x01\x12\x16\n\x12\x45VENT_TYPE_CREATED\x10\x02\x12\x16\n\x12\x45VENT_TYPE_UPDATED\x10\x03\x12\x16\n\x12\x45VENT_TYPE_DELETED\x10\x04\x42t\n\x0f\x64\x65v.runplane.v1B\x08RunProtoP\x01Z*runplane.dev/gen/go/runplane/v1;runplanev1\xaa\x02\x0bRunplane.V1\xca\x02\x0bRunplane\\V1\xea\x02\x0cRunplane::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runplane.v1.run_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=911
-  _globals['_RUNSTATUS']._serialized_end=1096
-  _globals['_MULTITASKSTRATEGY']._serialized_start=1099
-  _globals['_MULTITASKSTRATEGY']._serialized_end=1284
-  _globals['_CANCELACTION']._serialized_start=1286
-  _globals['_CANCELACTION']._serialized_end=1388
-  _globals['_EVENTTYPE']._serialized_start=1391
-  _globals['_EVENTTYPE']._serialized_end=1526
-  _globals['_RUN']._serialized_start=134
-  _globals['_RUN']._serialized_end=809
-  _globals['_RUNEVENT']._serialized_start=811
-  _globals['_RUNEVENT']._serialized_end=908
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.runplane.v1B\010RunProtoP\001Z*runplane.dev/gen/go/runplane/v1;runplanev1\252\002\013Runplane.V1\312\002\013Runplane\\V1\352\002\014Runplane::V1'
+  _globals['_RETRYPOLICY'].fields_by_name['max_attempts']._loaded_options = None
+  _globals['_RETRYPOLICY'].fields_by_name['max_attempts']._serialized_options = b'\342A\001\001'
+  _globals['_RETRYPOLICY'].fields_by_name['initial_backoff']._loaded_options = None
+  _globals['_RETRYPOLICY'].fields_by_name['initial_backoff']._serialized_options = b'\342A\001\001'
+  _globals['_RETRYPOLICY'].fields_by_name['backoff_coefficient']._loaded_options = None
+  _globals['_RETRYPOLICY'].fields_by_name['backoff_coefficient']._serialized_options = b'\342A\001\001'
+  _globals['_RETRYPOLICY'].fields_by_name['maximum_backoff']._loaded_options = None
+  _globals['_RETRYPOLICY'].fields_by_name['maximum_backoff']._serialized_options = b'\342A\001\001'
+  _globals['_RUN_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_RUN_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_RUN'].fields_by_name['run_id']._loaded_options = None
+  _globals['_RUN'].fields_by_name['run_id']._serialized_options = b'\342A\001\010'
+  _globals['_RUN'].fields_by_name['thread_id']._loaded_options = None
+  _globals['_RUN'].fields_by_name['thread_id']._serialized_options = b'\342A\001\005'
+  _globals['_RUN'].fields_by_name['assistant_id']._loaded_options = None
+  _globals['_RUN'].fields_by_name['assistant_id']._serialized_options = b'\342A\001\005'
+  _globals['_RUN'].fields_by_name['created_at']._loaded_options = None
+  _globals['_RUN'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['updated_at']._loaded_options = None
+  _globals['_RUN'].fields_by_name['updated_at']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['status']._loaded_options = None
+  _globals['_RUN'].fields_by_name['status']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['metadata']._loaded_options = None
+  _globals['_RUN'].fields_by_name['metadata']._serialized_options = b'\342A\001\001'
+  _globals['_RUN'].fields_by_name['kwargs']._loaded_options = None
+  _globals['_RUN'].fields_by_name['kwargs']._serialized_options = b'\342A\001\001'
+  _globals['_RUN'].fields_by_name['multitask_strategy']._loaded_options = None
+  _globals['_RUN'].fields_by_name['multitask_strategy']._serialized_options = b'\342A\001\005'
+  _globals['_RUN'].fields_by_name['revision']._loaded_options = None
+  _globals['_RUN'].fields_by_name['revision']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['attempt']._loaded_options = None
+  _globals['_RUN'].fields_by_name['attempt']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['started_at']._loaded_options = None
+  _globals['_RUN'].fields_by_name['started_at']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['ended_at']._loaded_options = None
+  _globals['_RUN'].fields_by_name['ended_at']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['error']._loaded_options = None
+  _globals['_RUN'].fields_by_name['error']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['cancel_reason']._loaded_options = None
+  _globals['_RUN'].fields_by_name['cancel_reason']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['worker_id']._loaded_options = None
+  _globals['_RUN'].fields_by_name['worker_id']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['lease_expires_at']._loaded_options = None
+  _globals['_RUN'].fields_by_name['lease_expires_at']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['timeout']._loaded_options = None
+  _globals['_RUN'].fields_by_name['timeout']._serialized_options = b'\342A\001\005'
+  _globals['_RUN'].fields_by_name['start_after']._loaded_options = None
+  _globals['_RUN'].fields_by_name['start_after']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['namespace']._loaded_options = None
+  _globals['_RUN'].fields_by_name['namespace']._serialized_options = b'\342A\001\005'
+  _globals['_RUN'].fields_by_name['created_by']._loaded_options = None
+  _globals['_RUN'].fields_by_name['created_by']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['trace_context']._loaded_options = None
+  _globals['_RUN'].fields_by_name['trace_context']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['result']._loaded_options = None
+  _globals['_RUN'].fields_by_name['result']._serialized_options = b'\342A\001\003'
+  _globals['_RUN'].fields_by_name['retry_policy']._loaded_options = None
+  _globals['_RUN'].fields_by_name['retry_policy']._serialized_options = b'\342A\001\005'
+  _globals['_RUN'].fields_by_name['priority']._loaded_options = None
+  _globals['_RUN'].fields_by_name['priority']._serialized_options = b'\342A\001\005'
+  _globals['_RUNSTATUS']._serialized_start=1547
+  _globals['_RUNSTATUS']._serialized_end=1732
+  _globals['_MULTITASKSTRATEGY']._serialized_start=1735
+  _globals['_MULTITASKSTRATEGY']._serialized_end=1920
+  _globals['_CANCELACTION']._serialized_start=1922
+  _globals['_CANCELACTION']._serialized_end=2024
+  _globals['_EVENTTYPE']._serialized_start=2027
+  _globals['_EVENTTYPE']._serialized_end=2162
+  _globals['_RETRYPOLICY']._serialized_start=167
+  _globals['_RETRYPOLICY']._serialized_end=359
+  _globals['_RUN']._serialized_start=362
+  _globals['_RUN']._serialized_end=1445
+  _globals['_RUN_TRACECONTEXTENTRY']._serialized_start=1394
+  _globals['_RUN_TRACECONTEXTENTRY']._serialized_end=1445
+  _globals['_RUNEVENT']._serialized_start=1447
+  _globals['_RUNEVENT']._serialized_end=1544
 # @@protoc_insertion_point(module_scope)

@@ -3,11 +3,13 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -27,12 +29,21 @@ class _RunStatus:
 class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RUN_STATUS_UNSPECIFIED: _RunStatus.ValueType  # 0
+    """Never stored; as a filter value it is invalid."""
     RUN_STATUS_PENDING: _RunStatus.ValueType  # 1
+    """Waiting to be claimed by a worker."""
     RUN_STATUS_RUNNING: _RunStatus.ValueType  # 2
+    """Claimed by a worker that holds a lease on it."""
     RUN_STATUS_ERROR: _RunStatus.ValueType  # 3
+    """Ended by its worker with an error, by a lease that expired too often, or
+    after its retry policy ran out of attempts.
+    """
     RUN_STATUS_SUCCESS: _RunStatus.ValueType  # 4
+    """Ended by its worker successfully."""
     RUN_STATUS_TIMEOUT: _RunStatus.ValueType  # 5
+    """Ran longer than its timeout."""
     RUN_STATUS_INTERRUPTED: _RunStatus.ValueType  # 6
+    """Cancelled, or superseded by a run created with INTERRUPT."""
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
     """Lifecycle of a run. PENDING and RUNNING are inflight; every other status is
@@ -40,12 +51,21 @@ class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
     """
 
 RUN_STATUS_UNSPECIFIED: RunStatus.ValueType  # 0
+"""Never stored; as a filter value it is invalid."""
 RUN_STATUS_PENDING: RunStatus.ValueType  # 1
+"""Waiting to be claimed by a worker."""
 RUN_STATUS_RUNNING: RunStatus.ValueType  # 2
+"""Claimed by a worker that holds a lease on it."""
 RUN_STATUS_ERROR: RunStatus.ValueType  # 3
+"""Ended by its worker with an error, by a lease that expired too often, or
+after its retry policy ran out of attempts.
+"""
 RUN_STATUS_SUCCESS: RunStatus.ValueType  # 4
+"""Ended by its worker successfully."""
 RUN_STATUS_TIMEOUT: RunStatus.ValueType  # 5
+"""Ran longer than its timeout."""
 RUN_STATUS_INTERRUPTED: RunStatus.ValueType  # 6
+"""Cancelled, or superseded by a run created with INTERRUPT."""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 class _MultitaskStrategy:
@@ -94,7 +114,7 @@ class _CancelActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CancelAc
     """Delete the run."""
 
 class CancelAction(_CancelAction, metaclass=_CancelActionEnumTypeWrapper):
-    """How CancelRun disposes of an inflight run."""
+    """How CancelRun and CancelRuns dispose of an inflight run."""
 
 CANCEL_ACTION_UNSPECIFIED: CancelAction.ValueType  # 0
 """Treated as INTERRUPT."""
@@ -111,10 +131,13 @@ class _EventType:
 class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
+    """Never sent."""
     EVENT_TYPE_INITIAL: _EventType.ValueType  # 1
     """Current state sent at the start of a watch, not a change."""
     EVENT_TYPE_CREATED: _EventType.ValueType  # 2
+    """The run was created."""
     EVENT_TYPE_UPDATED: _EventType.ValueType  # 3
+    """The run changed: status, metadata, kwargs, claim, retry or lease."""
     EVENT_TYPE_DELETED: _EventType.ValueType  # 4
     """The run was deleted; the event carries its last state."""
 
@@ -122,19 +145,88 @@ class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """Kind of change carried by a RunEvent."""
 
 EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
+"""Never sent."""
 EVENT_TYPE_INITIAL: EventType.ValueType  # 1
 """Current state sent at the start of a watch, not a change."""
 EVENT_TYPE_CREATED: EventType.ValueType  # 2
+"""The run was created."""
 EVENT_TYPE_UPDATED: EventType.ValueType  # 3
+"""The run changed: status, metadata, kwargs, claim, retry or lease."""
 EVENT_TYPE_DELETED: EventType.ValueType  # 4
 """The run was deleted; the event carries its last state."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    """When and how often a run that failed is tried again.
+
+    A run is retried when its worker completes it with ERROR and `retryable`,
+    or when its lease expires. Attempt n (the n-th claim) is followed by a wait
+    of min(initial_backoff * backoff_coefficient^(n-1), maximum_backoff) before
+    the run is claimable again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    INITIAL_BACKOFF_FIELD_NUMBER: _builtins.int
+    BACKOFF_COEFFICIENT_FIELD_NUMBER: _builtins.int
+    MAXIMUM_BACKOFF_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """Claims in all, the first one included: 1 means never retry. 0 means the
+    server's --max-attempts (3 unless configured).
+    """
+    backoff_coefficient: _builtins.float
+    """Factor by which each wait grows, at least 1. 0 means 2."""
+    @_builtins.property
+    def initial_backoff(self) -> _duration_pb2.Duration:
+        """Wait after the first failed attempt. Unset means 1 s."""
+
+    @_builtins.property
+    def maximum_backoff(self) -> _duration_pb2.Duration:
+        """Longest wait between attempts. Unset means 100 times initial_backoff."""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: _builtins.int = ...,
+        initial_backoff: _duration_pb2.Duration | None = ...,
+        backoff_coefficient: _builtins.float = ...,
+        maximum_backoff: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "maximum_backoff", b"maximum_backoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_coefficient", b"backoff_coefficient", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "maximum_backoff", b"maximum_backoff"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 
 @_typing.final
 class Run(_message.Message):
     """One run of an assistant on a conversation thread."""
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     THREAD_ID_FIELD_NUMBER: _builtins.int
@@ -155,35 +247,53 @@ class Run(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     START_AFTER_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Canonical lowercase UUID. Server-generated unless supplied at create."""
     thread_id: _builtins.str
-    """Canonical lowercase UUID of the conversation thread."""
+    """Canonical lowercase UUID of the conversation thread. A thread is scoped
+    by its namespace: the same thread_id in two namespaces is two threads.
+    """
     assistant_id: _builtins.str
     """Assistant that executes the run, 1 to 256 characters."""
     status: Global___RunStatus.ValueType
-    """Output only. Never UNSPECIFIED."""
+    """Never UNSPECIFIED."""
     multitask_strategy: Global___MultitaskStrategy.ValueType
     """Strategy the run was created with. Never UNSPECIFIED once stored."""
     revision: _builtins.int
-    """Output only. Global revision of this run's last change."""
+    """Global revision of this run's last change."""
     attempt: _builtins.int
-    """Output only. How many times the run was claimed by a worker."""
+    """How many times the run was claimed by a worker."""
     error: _builtins.str
-    """Output only. Message for ERROR and TIMEOUT."""
-    cancel_reason: _builtins.str
-    """Output only. Why the run was INTERRUPTED."""
-    worker_id: _builtins.str
-    """Output only. Worker holding the current claim; once the run has ended, the
-    worker of its last claim.
+    """Message for ERROR and TIMEOUT; while a run waits for a retry, the error of
+    the attempt that failed.
     """
+    cancel_reason: _builtins.str
+    """Why the run was INTERRUPTED."""
+    worker_id: _builtins.str
+    """Worker holding the current claim; once the run has ended, the worker of
+    its last claim.
+    """
+    namespace: _builtins.str
+    """Tenant the run belongs to, a DNS label; "default" unless set at create."""
+    created_by: _builtins.str
+    """Principal that created the run ("anonymous" when the server runs without
+    authentication).
+    """
+    priority: _builtins.int
+    """0 to 9; higher priorities are claimed first (FIFO within a thread)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
-        """Output only. Set once, when the run is created."""
+        """Set once, when the run is created."""
 
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
-        """Output only. Time of the last change."""
+        """Time of the last change."""
 
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
@@ -195,15 +305,18 @@ class Run(_message.Message):
 
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
-        """Output only. Time of the first claim."""
+        """Time of the first claim."""
 
     @_builtins.property
     def ended_at(self) -> _timestamp_pb2.Timestamp:
-        """Output only. Time the run reached a terminal status."""
+        """Time the run reached a terminal status."""
 
     @_builtins.property
     def lease_expires_at(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the current claim expires unless renewed by HeartbeatRun."""
+        """When the current claim expires unless renewed by HeartbeatRun. GetRun
+        returns the current value; a watch event carries the value at its revision
+        (heartbeats are not changes).
+        """
 
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
@@ -213,7 +326,23 @@ class Run(_message.Message):
 
     @_builtins.property
     def start_after(self) -> _timestamp_pb2.Timestamp:
-        """The run is not claimable before this time."""
+        """The run is not claimable before this time. Set at create, and moved
+        forward by each retry to the end of its backoff.
+        """
+
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The creator's W3C trace context (keys "traceparent" and, if any,
+        "tracestate"), so that the work on the run joins the creator's trace.
+        """
+
+    @_builtins.property
+    def result(self) -> _struct_pb2.Struct:
+        """What the run produced, as reported by CompleteRun."""
+
+    @_builtins.property
+    def retry_policy(self) -> Global___RetryPolicy:
+        """How failures are retried; unset when the run has no retry policy."""
 
     def __init__(
         self,
@@ -237,10 +366,16 @@ class Run(_message.Message):
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
         start_after: _timestamp_pb2.Timestamp | None = ...,
+        namespace: _builtins.str = ...,
+        created_by: _builtins.str = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        result: _struct_pb2.Struct | None = ...,
+        retry_policy: Global___RetryPolicy | None = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "kwargs", b"kwargs", "lease_expires_at", b"lease_expires_at", "metadata", b"metadata", "start_after", b"start_after", "started_at", b"started_at", "timeout", b"timeout", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "kwargs", b"kwargs", "lease_expires_at", b"lease_expires_at", "metadata", b"metadata", "result", b"result", "retry_policy", b"retry_policy", "start_after", b"start_after", "started_at", b"started_at", "timeout", b"timeout", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "attempt", b"attempt", "cancel_reason", b"cancel_reason", "created_at", b"created_at", "ended_at", b"ended_at", "error", b"error", "kwargs", b"kwargs", "lease_expires_at", b"lease_expires_at", "metadata", b"metadata", "multitask_strategy", b"multitask_strategy", "revision", b"revision", "run_id", b"run_id", "start_after", b"start_after", "started_at", b"started_at", "status", b"status", "thread_id", b"thread_id", "timeout", b"timeout", "updated_at", b"updated_at", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "attempt", b"attempt", "cancel_reason", b"cancel_reason", "created_at", b"created_at", "created_by", b"created_by", "ended_at", b"ended_at", "error", b"error", "kwargs", b"kwargs", "lease_expires_at", b"lease_expires_at", "metadata", b"metadata", "multitask_strategy", b"multitask_strategy", "namespace", b"namespace", "priority", b"priority", "result", b"result", "retry_policy", b"retry_policy", "revision", b"revision", "run_id", b"run_id", "start_after", b"start_after", "started_at", b"started_at", "status", b"status", "thread_id", b"thread_id", "timeout", b"timeout", "trace_context", b"trace_context", "updated_at", b"updated_at", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,6 +391,7 @@ class RunEvent(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
     type: Global___EventType.ValueType
+    """What happened to the run."""
     revision: _builtins.int
     """Revision of the change; for INITIAL events, the revision the state was read at."""
     @_builtins.property

@@ -25,6 +25,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class CreateRunRequest(_message.Message):
+    """The run to create and what to do with the thread's inflight runs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     THREAD_ID_FIELD_NUMBER: _builtins.int
@@ -36,29 +38,48 @@ class CreateRunRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     START_AFTER_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.str
     """Empty means a new thread: the server generates its id."""
     assistant_id: _builtins.str
-    """Required, 1 to 256 characters."""
+    """Assistant that executes the run, 1 to 256 characters."""
     multitask_strategy: _run_pb2.MultitaskStrategy.ValueType
     """UNSPECIFIED means ENQUEUE."""
     run_id: _builtins.str
-    """Optional client-chosen run id (canonical UUID); ALREADY_EXISTS if taken."""
+    """Client-chosen run id (canonical UUID); ALREADY_EXISTS if taken."""
     request_id: _builtins.str
-    """Optional idempotency key, up to 128 characters: a repeat returns the run
-    first created with it.
+    """Idempotency key, up to 128 characters: a repeat in the same namespace
+    returns the run first created with it.
     """
+    namespace: _builtins.str
+    """Tenant of the run, a DNS label. Empty means the caller's default,
+    "default" unless the client says otherwise.
+    """
+    priority: _builtins.int
+    """0 to 9, higher is claimed first. Unset means 5."""
     @_builtins.property
-    def metadata(self) -> _struct_pb2.Struct: ...
+    def metadata(self) -> _struct_pb2.Struct:
+        """Free-form, filterable key/value data."""
+
     @_builtins.property
-    def kwargs(self) -> _struct_pb2.Struct: ...
+    def kwargs(self) -> _struct_pb2.Struct:
+        """Free-form run arguments, opaque to the server."""
+
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """Optional: longest RUNNING time before the run becomes TIMEOUT."""
+        """Longest RUNNING time before the run becomes TIMEOUT."""
 
     @_builtins.property
     def start_after(self) -> _timestamp_pb2.Timestamp:
-        """Optional: the run is not claimable before this time."""
+        """The run is not claimable before this time."""
+
+    @_builtins.property
+    def retry_policy(self) -> _run_pb2.RetryPolicy:
+        """How failures are retried. Unset: an ERROR is final, and an expired lease
+        is retried at once up to the server's --max-attempts.
+        """
 
     def __init__(
         self,
@@ -72,21 +93,29 @@ class CreateRunRequest(_message.Message):
         request_id: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
         start_after: _timestamp_pb2.Timestamp | None = ...,
+        namespace: _builtins.str = ...,
+        retry_policy: _run_pb2.RetryPolicy | None = ...,
+        priority: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kwargs", b"kwargs", "metadata", b"metadata", "start_after", b"start_after", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "kwargs", b"kwargs", "metadata", b"metadata", "priority", b"priority", "retry_policy", b"retry_policy", "start_after", b"start_after", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "kwargs", b"kwargs", "metadata", b"metadata", "multitask_strategy", b"multitask_strategy", "request_id", b"request_id", "run_id", b"run_id", "start_after", b"start_after", "thread_id", b"thread_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "assistant_id", b"assistant_id", "kwargs", b"kwargs", "metadata", b"metadata", "multitask_strategy", b"multitask_strategy", "namespace", b"namespace", "priority", b"priority", "request_id", b"request_id", "retry_policy", b"retry_policy", "run_id", b"run_id", "start_after", b"start_after", "thread_id", b"thread_id", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
 
 Global___CreateRunRequest: _TypeAlias = CreateRunRequest  # noqa: Y015
 
 @_typing.final
 class GetRunRequest(_message.Message):
+    """Names the run to return."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run's id."""
     def __init__(
         self,
         *,
@@ -110,8 +139,15 @@ class RunFilter(_message.Message):
     ASSISTANT_ID_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.str
+    """Only runs of this thread."""
     assistant_id: _builtins.str
+    """Only runs of this assistant."""
+    namespace: _builtins.str
+    """Only runs of this namespace. Empty means every namespace the caller may
+    read.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_run_pb2.RunStatus.ValueType]:
         """Any of these statuses."""
@@ -127,10 +163,11 @@ class RunFilter(_message.Message):
         assistant_id: _builtins.str = ...,
         statuses: _abc.Iterable[_run_pb2.RunStatus.ValueType] | None = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "metadata", b"metadata", "statuses", b"statuses", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "metadata", b"metadata", "namespace", b"namespace", "statuses", b"statuses", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -138,6 +175,8 @@ Global___RunFilter: _TypeAlias = RunFilter  # noqa: Y015
 
 @_typing.final
 class ListRunsRequest(_message.Message):
+    """One page of a listing."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FILTER_FIELD_NUMBER: _builtins.int
@@ -145,13 +184,17 @@ class ListRunsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """0 means 50; capped at 1000; negative is INVALID_ARGUMENT."""
+    """0 means 50; capped at 1000; negative is INVALID_ARGUMENT. A page may hold
+    fewer runs than this when they would not fit in one response.
+    """
     page_token: _builtins.str
     """Token from a previous response, with the same filter and order_by."""
     order_by: _builtins.str
     """"created_at desc" (default) or "created_at asc"."""
     @_builtins.property
-    def filter(self) -> Global___RunFilter: ...
+    def filter(self) -> Global___RunFilter:
+        """Which runs to list."""
+
     def __init__(
         self,
         *,
@@ -170,6 +213,8 @@ Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
 
 @_typing.final
 class ListRunsResponse(_message.Message):
+    """A page of runs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNS_FIELD_NUMBER: _builtins.int
@@ -180,7 +225,9 @@ class ListRunsResponse(_message.Message):
     revision: _builtins.int
     """Store revision the page was read at."""
     @_builtins.property
-    def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]: ...
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]:
+        """The runs of this page, in the requested order."""
+
     def __init__(
         self,
         *,
@@ -198,6 +245,8 @@ Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
 
 @_typing.final
 class UpdateRunRequest(_message.Message):
+    """A change to a run's metadata or kwargs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
@@ -232,12 +281,15 @@ Global___UpdateRunRequest: _TypeAlias = UpdateRunRequest  # noqa: Y015
 
 @_typing.final
 class CancelRunRequest(_message.Message):
+    """Stops one inflight run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run's id."""
     action: _run_pb2.CancelAction.ValueType
     """UNSPECIFIED means INTERRUPT."""
     reason: _builtins.str
@@ -258,17 +310,82 @@ class CancelRunRequest(_message.Message):
 Global___CancelRunRequest: _TypeAlias = CancelRunRequest  # noqa: Y015
 
 @_typing.final
+class CancelRunsRequest(_message.Message):
+    """Stops every inflight run matching a filter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    action: _run_pb2.CancelAction.ValueType
+    """UNSPECIFIED means INTERRUPT."""
+    reason: _builtins.str
+    """Recorded as each interrupted run's cancel_reason."""
+    @_builtins.property
+    def filter(self) -> Global___RunFilter:
+        """Which runs to cancel; at least one of thread_id, assistant_id and
+        metadata must be set. Only inflight runs are cancelled.
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: Global___RunFilter | None = ...,
+        action: _run_pb2.CancelAction.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "filter", b"filter", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunsRequest: _TypeAlias = CancelRunsRequest  # noqa: Y015
+
+@_typing.final
+class CancelRunsResponse(_message.Message):
+    """What CancelRuns did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """were cancelled."""
+    revision: _builtins.int
+    """Revision of the transaction's last change; the store revision when
+    nothing matched.
+    """
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunsResponse: _TypeAlias = CancelRunsResponse  # noqa: Y015
+
+@_typing.final
 class DeleteRunRequest(_message.Message):
+    """Deletes one run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run's id."""
     expected_revision: _builtins.int
     """0 means unconditional."""
     force: _builtins.bool
-    """Delete even an inflight run."""
+    """Delete even an inflight run (admin role)."""
     def __init__(
         self,
         *,
@@ -286,20 +403,28 @@ Global___DeleteRunRequest: _TypeAlias = DeleteRunRequest  # noqa: Y015
 
 @_typing.final
 class ClaimRunRequest(_message.Message):
+    """A worker asking for a run to work on."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     ASSISTANT_IDS_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    """Who claims: reported back to HeartbeatRun and CompleteRun."""
+    namespace: _builtins.str
+    """Claim only in this namespace. Empty means every namespace where the
+    caller holds the worker role.
+    """
     @_builtins.property
     def assistant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Claim only runs of these assistants; empty means any."""
 
     @_builtins.property
     def lease_duration(self) -> _duration_pb2.Duration:
-        """How long the claim lasts unless renewed by HeartbeatRun."""
+        """How long the claim lasts unless renewed by HeartbeatRun. Unset means 30 s."""
 
     @_builtins.property
     def wait(self) -> _duration_pb2.Duration:
@@ -312,10 +437,11 @@ class ClaimRunRequest(_message.Message):
         assistant_ids: _abc.Iterable[_builtins.str] | None = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
         wait: _duration_pb2.Duration | None = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_ids", b"assistant_ids", "lease_duration", b"lease_duration", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_ids", b"assistant_ids", "lease_duration", b"lease_duration", "namespace", b"namespace", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,6 +449,8 @@ Global___ClaimRunRequest: _TypeAlias = ClaimRunRequest  # noqa: Y015
 
 @_typing.final
 class ClaimRunResponse(_message.Message):
+    """The claimed run, if any."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
@@ -345,15 +473,21 @@ Global___ClaimRunResponse: _TypeAlias = ClaimRunResponse  # noqa: Y015
 
 @_typing.final
 class HeartbeatRunRequest(_message.Message):
+    """Renews a lease."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run's id."""
     worker_id: _builtins.str
+    """The worker that claimed it."""
     @_builtins.property
-    def lease_duration(self) -> _duration_pb2.Duration: ...
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """New lease, counted from now. Unset means 30 s."""
+
     def __init__(
         self,
         *,
@@ -371,6 +505,8 @@ Global___HeartbeatRunRequest: _TypeAlias = HeartbeatRunRequest  # noqa: Y015
 
 @_typing.final
 class CompleteRunRequest(_message.Message):
+    """How a worker ended its run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
@@ -378,15 +514,25 @@ class CompleteRunRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    RETRYABLE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run's id."""
     worker_id: _builtins.str
+    """The worker that claimed it."""
     status: _run_pb2.RunStatus.ValueType
     """SUCCESS or ERROR."""
     error: _builtins.str
     """Message for ERROR."""
+    retryable: _builtins.bool
+    """With ERROR: try the run again if its retry policy has attempts left."""
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """Merged into the run's metadata."""
+
+    @_builtins.property
+    def result(self) -> _struct_pb2.Struct:
+        """What the run produced; with ERROR, partial output."""
 
     def __init__(
         self,
@@ -396,10 +542,12 @@ class CompleteRunRequest(_message.Message):
         status: _run_pb2.RunStatus.ValueType = ...,
         error: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        result: _struct_pb2.Struct | None = ...,
+        retryable: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "metadata", b"metadata", "run_id", b"run_id", "status", b"status", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "metadata", b"metadata", "result", b"result", "retryable", b"retryable", "run_id", b"run_id", "status", b"status", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -407,6 +555,8 @@ Global___CompleteRunRequest: _TypeAlias = CompleteRunRequest  # noqa: Y015
 
 @_typing.final
 class WatchRunsRequest(_message.Message):
+    """Opens a watch of the runs matching a filter."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FILTER_FIELD_NUMBER: _builtins.int
@@ -418,7 +568,9 @@ class WatchRunsRequest(_message.Message):
     include_initial: _builtins.bool
     """Send the matching runs as INITIAL events first."""
     @_builtins.property
-    def filter(self) -> Global___RunFilter: ...
+    def filter(self) -> Global___RunFilter:
+        """Which runs to watch, matched before and after each change."""
+
     @_builtins.property
     def progress_interval(self) -> _duration_pb2.Duration:
         """Bookmark period on a quiet stream: default 10 s, clamped to 1..300 s."""
@@ -441,11 +593,14 @@ Global___WatchRunsRequest: _TypeAlias = WatchRunsRequest  # noqa: Y015
 
 @_typing.final
 class WatchRunRequest(_message.Message):
+    """Opens a watch of one run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     START_REVISION_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run's id."""
     start_revision: _builtins.int
     """Inclusive; 0 means the current state first, then each change."""
     def __init__(
@@ -473,8 +628,11 @@ class WatchRunsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
+    """Every matching event up to this revision has been sent."""
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.RunEvent]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.RunEvent]:
+        """Events in revision order."""
+
     def __init__(
         self,
         *,
@@ -488,3 +646,135 @@ class WatchRunsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRunsResponse: _TypeAlias = WatchRunsResponse  # noqa: Y015
+
+@_typing.final
+class GetStatsRequest(_message.Message):
+    """Asks for the operator's overview."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Only this namespace. Empty means every namespace the caller may read."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsRequest: _TypeAlias = GetStatsRequest  # noqa: Y015
+
+@_typing.final
+class QueueStats(_message.Message):
+    """Claimable work waiting for one assistant in one namespace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    ASSISTANT_ID_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    OLDEST_AGE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The queue's namespace."""
+    assistant_id: _builtins.str
+    """The queue's assistant."""
+    depth: _builtins.int
+    """PENDING runs that are due (start_after passed or unset)."""
+    @_builtins.property
+    def oldest_age(self) -> _duration_pb2.Duration:
+        """How long the oldest of them has been due."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        assistant_id: _builtins.str = ...,
+        depth: _builtins.int = ...,
+        oldest_age: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_age", b"oldest_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "depth", b"depth", "namespace", b"namespace", "oldest_age", b"oldest_age"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueStats: _TypeAlias = QueueStats  # noqa: Y015
+
+@_typing.final
+class RunCount(_message.Message):
+    """How many inflight runs one namespace holds in one status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The runs' namespace."""
+    status: _run_pb2.RunStatus.ValueType
+    """PENDING or RUNNING."""
+    count: _builtins.int
+    """How many runs."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        status: _run_pb2.RunStatus.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "namespace", b"namespace", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCount: _TypeAlias = RunCount  # noqa: Y015
+
+@_typing.final
+class GetStatsResponse(_message.Message):
+    """The operator's overview, read from the database (so the same on every
+    replica) except for open_watches.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUES_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    OPEN_WATCHES_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    COMPACT_REVISION_FIELD_NUMBER: _builtins.int
+    open_watches: _builtins.int
+    """Watch streams open on the replica that answered."""
+    revision: _builtins.int
+    """Store revision the figures were read at."""
+    compact_revision: _builtins.int
+    """Every event up to this revision was compacted out of the event log."""
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueStats]:
+        """Due PENDING runs by namespace and assistant."""
+
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunCount]:
+        """Inflight runs by namespace and status."""
+
+    def __init__(
+        self,
+        *,
+        queues: _abc.Iterable[Global___QueueStats] | None = ...,
+        runs: _abc.Iterable[Global___RunCount] | None = ...,
+        open_watches: _builtins.int = ...,
+        revision: _builtins.int = ...,
+        compact_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_revision", b"compact_revision", "open_watches", b"open_watches", "queues", b"queues", "revision", b"revision", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015

@@ -30,6 +30,12 @@ if _version_not_supported:
 class RunServiceStub:
     """Records runs of assistants on threads, applies the multitask strategy when
     runs collide on a thread, hands runs to workers and streams every change.
+
+    With authentication on, every call needs a credential (a bearer token in
+    the `authorization` metadata, or a client certificate) and a role in the
+    run's namespace: reader for the reads and watches, writer for the changes,
+    worker for the executor calls, admin for everything. A run in a namespace
+    where the caller holds no role is reported as NOT_FOUND.
     """
 
     def __init__(self, channel):
@@ -63,6 +69,11 @@ class RunServiceStub:
                 request_serializer=runplane_dot_v1_dot_run__service__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=runplane_dot_v1_dot_run__pb2.Run.FromString,
                 _registered_method=True)
+        self.CancelRuns = channel.unary_unary(
+                '/runplane.v1.RunService/CancelRuns',
+                request_serializer=runplane_dot_v1_dot_run__service__pb2.CancelRunsRequest.SerializeToString,
+                response_deserializer=runplane_dot_v1_dot_run__service__pb2.CancelRunsResponse.FromString,
+                _registered_method=True)
         self.DeleteRun = channel.unary_unary(
                 '/runplane.v1.RunService/DeleteRun',
                 request_serializer=runplane_dot_v1_dot_run__service__pb2.DeleteRunRequest.SerializeToString,
@@ -93,11 +104,22 @@ class RunServiceStub:
                 request_serializer=runplane_dot_v1_dot_run__service__pb2.WatchRunRequest.SerializeToString,
                 response_deserializer=runplane_dot_v1_dot_run__service__pb2.WatchRunsResponse.FromString,
                 _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/runplane.v1.RunService/GetStats',
+                request_serializer=runplane_dot_v1_dot_run__service__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=runplane_dot_v1_dot_run__service__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
     """Records runs of assistants on threads, applies the multitask strategy when
     runs collide on a thread, hands runs to workers and streams every change.
+
+    With authentication on, every call needs a credential (a bearer token in
+    the `authorization` metadata, or a client certificate) and a role in the
+    run's namespace: reader for the reads and watches, writer for the changes,
+    worker for the executor calls, admin for everything. A run in a namespace
+    where the caller holds no role is reported as NOT_FOUND.
     """
 
     def CreateRun(self, request, context):
@@ -136,6 +158,14 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelRuns(self, request, context):
+        """Interrupts or rolls back every inflight run matching a filter, in one
+        transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteRun(self, request, context):
         """Deletes a run; inflight runs only with force.
         """
@@ -144,7 +174,8 @@ class RunServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClaimRun(self, request, context):
-        """Claims the oldest claimable PENDING run for a worker, long-polling up to `wait`.
+        """Claims the claimable PENDING run of highest priority, then earliest due
+        time, for a worker, long-polling up to `wait`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,7 +189,7 @@ class RunServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CompleteRun(self, request, context):
-        """Ends a RUNNING run with SUCCESS or ERROR.
+        """Ends a RUNNING run with SUCCESS or ERROR, or sends it back for a retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +204,14 @@ class RunServiceServicer:
 
     def WatchRun(self, request, context):
         """Streams the changes to one run until it is terminal or deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """Returns queue depths, inflight run counts and open watches: what an
+        operator asks first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,6 +245,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     request_deserializer=runplane_dot_v1_dot_run__service__pb2.CancelRunRequest.FromString,
                     response_serializer=runplane_dot_v1_dot_run__pb2.Run.SerializeToString,
             ),
+            'CancelRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRuns,
+                    request_deserializer=runplane_dot_v1_dot_run__service__pb2.CancelRunsRequest.FromString,
+                    response_serializer=runplane_dot_v1_dot_run__service__pb2.CancelRunsResponse.SerializeToString,
+            ),
             'DeleteRun': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteRun,
                     request_deserializer=runplane_dot_v1_dot_run__service__pb2.DeleteRunRequest.FromString,
@@ -236,6 +280,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     request_deserializer=runplane_dot_v1_dot_run__service__pb2.WatchRunRequest.FromString,
                     response_serializer=runplane_dot_v1_dot_run__service__pb2.WatchRunsResponse.SerializeToString,
             ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=runplane_dot_v1_dot_run__service__pb2.GetStatsRequest.FromString,
+                    response_serializer=runplane_dot_v1_dot_run__service__pb2.GetStatsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'runplane.v1.RunService', rpc_method_handlers)
@@ -247,6 +296,12 @@ def add_RunServiceServicer_to_server(servicer, server):
 class RunService:
     """Records runs of assistants on threads, applies the multitask strategy when
     runs collide on a thread, hands runs to workers and streams every change.
+
+    With authentication on, every call needs a credential (a bearer token in
+    the `authorization` metadata, or a client certificate) and a role in the
+    run's namespace: reader for the reads and watches, writer for the changes,
+    worker for the executor calls, admin for everything. A run in a namespace
+    where the caller holds no role is reported as NOT_FOUND.
     """
 
     @staticmethod
@@ -374,6 +429,33 @@ class RunService:
             '/runplane.v1.RunService/CancelRun',
             runplane_dot_v1_dot_run__service__pb2.CancelRunRequest.SerializeToString,
             runplane_dot_v1_dot_run__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runplane.v1.RunService/CancelRuns',
+            runplane_dot_v1_dot_run__service__pb2.CancelRunsRequest.SerializeToString,
+            runplane_dot_v1_dot_run__service__pb2.CancelRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -536,6 +618,33 @@ class RunService:
             '/runplane.v1.RunService/WatchRun',
             runplane_dot_v1_dot_run__service__pb2.WatchRunRequest.SerializeToString,
             runplane_dot_v1_dot_run__service__pb2.WatchRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runplane.v1.RunService/GetStats',
+            runplane_dot_v1_dot_run__service__pb2.GetStatsRequest.SerializeToString,
+            runplane_dot_v1_dot_run__service__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

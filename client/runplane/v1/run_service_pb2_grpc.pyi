@@ -31,6 +31,12 @@ GRPC_VERSION: str
 class RunServiceStub:
     """Records runs of assistants on threads, applies the multitask strategy when
     runs collide on a thread, hands runs to workers and streams every change.
+
+    With authentication on, every call needs a credential (a bearer token in
+    the `authorization` metadata, or a client certificate) and a role in the
+    run's namespace: reader for the reads and watches, writer for the changes,
+    worker for the executor calls, admin for everything. A run in a namespace
+    where the caller holds no role is reported as NOT_FOUND.
     """
 
     @_typing.overload
@@ -49,23 +55,39 @@ class RunServiceStub:
     """Changes a run's metadata, or its kwargs while it is PENDING."""
     CancelRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.CancelRunRequest, _run_pb2.Run]
     """Interrupts or rolls back an inflight run."""
+    CancelRuns: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.CancelRunsRequest, _run_service_pb2.CancelRunsResponse]
+    """Interrupts or rolls back every inflight run matching a filter, in one
+    transaction.
+    """
     DeleteRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.DeleteRunRequest, _empty_pb2.Empty]
     """Deletes a run; inflight runs only with force."""
     ClaimRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.ClaimRunRequest, _run_service_pb2.ClaimRunResponse]
-    """Claims the oldest claimable PENDING run for a worker, long-polling up to `wait`."""
+    """Claims the claimable PENDING run of highest priority, then earliest due
+    time, for a worker, long-polling up to `wait`.
+    """
     HeartbeatRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.HeartbeatRunRequest, _run_pb2.Run]
     """Extends the lease a worker holds on a RUNNING run."""
     CompleteRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.CompleteRunRequest, _run_pb2.Run]
-    """Ends a RUNNING run with SUCCESS or ERROR."""
+    """Ends a RUNNING run with SUCCESS or ERROR, or sends it back for a retry."""
     WatchRuns: _grpc.UnaryStreamMultiCallable[_run_service_pb2.WatchRunsRequest, _run_service_pb2.WatchRunsResponse]
     """Streams changes to the runs matching a filter."""
     WatchRun: _grpc.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.WatchRunsResponse]
     """Streams the changes to one run until it is terminal or deleted."""
+    GetStats: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetStatsRequest, _run_service_pb2.GetStatsResponse]
+    """Returns queue depths, inflight run counts and open watches: what an
+    operator asks first.
+    """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
     """Records runs of assistants on threads, applies the multitask strategy when
     runs collide on a thread, hands runs to workers and streams every change.
+
+    With authentication on, every call needs a credential (a bearer token in
+    the `authorization` metadata, or a client certificate) and a role in the
+    run's namespace: reader for the reads and watches, writer for the changes,
+    worker for the executor calls, admin for everything. A run in a namespace
+    where the caller holds no role is reported as NOT_FOUND.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -81,22 +103,38 @@ class RunServiceAsyncStub(RunServiceStub):
     """Changes a run's metadata, or its kwargs while it is PENDING."""
     CancelRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.CancelRunRequest, _run_pb2.Run]  # type: ignore[assignment]
     """Interrupts or rolls back an inflight run."""
+    CancelRuns: _aio.UnaryUnaryMultiCallable[_run_service_pb2.CancelRunsRequest, _run_service_pb2.CancelRunsResponse]  # type: ignore[assignment]
+    """Interrupts or rolls back every inflight run matching a filter, in one
+    transaction.
+    """
     DeleteRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.DeleteRunRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a run; inflight runs only with force."""
     ClaimRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.ClaimRunRequest, _run_service_pb2.ClaimRunResponse]  # type: ignore[assignment]
-    """Claims the oldest claimable PENDING run for a worker, long-polling up to `wait`."""
+    """Claims the claimable PENDING run of highest priority, then earliest due
+    time, for a worker, long-polling up to `wait`.
+    """
     HeartbeatRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.HeartbeatRunRequest, _run_pb2.Run]  # type: ignore[assignment]
     """Extends the lease a worker holds on a RUNNING run."""
     CompleteRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.CompleteRunRequest, _run_pb2.Run]  # type: ignore[assignment]
-    """Ends a RUNNING run with SUCCESS or ERROR."""
+    """Ends a RUNNING run with SUCCESS or ERROR, or sends it back for a retry."""
     WatchRuns: _aio.UnaryStreamMultiCallable[_run_service_pb2.WatchRunsRequest, _run_service_pb2.WatchRunsResponse]  # type: ignore[assignment]
     """Streams changes to the runs matching a filter."""
     WatchRun: _aio.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.WatchRunsResponse]  # type: ignore[assignment]
     """Streams the changes to one run until it is terminal or deleted."""
+    GetStats: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetStatsRequest, _run_service_pb2.GetStatsResponse]  # type: ignore[assignment]
+    """Returns queue depths, inflight run counts and open watches: what an
+    operator asks first.
+    """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """Records runs of assistants on threads, applies the multitask strategy when
     runs collide on a thread, hands runs to workers and streams every change.
+
+    With authentication on, every call needs a credential (a bearer token in
+    the `authorization` metadata, or a client certificate) and a role in the
+    run's namespace: reader for the reads and watches, writer for the changes,
+    worker for the executor calls, admin for everything. A run in a namespace
+    where the caller holds no role is reported as NOT_FOUND.
     """
 
     @_abc_1.abstractmethod
@@ -142,6 +180,16 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         """Interrupts or rolls back an inflight run."""
 
     @_abc_1.abstractmethod
+    def CancelRuns(
+        self,
+        request: _run_service_pb2.CancelRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.CancelRunsResponse, _abc.Awaitable[_run_service_pb2.CancelRunsResponse]]:
+        """Interrupts or rolls back every inflight run matching a filter, in one
+        transaction.
+        """
+
+    @_abc_1.abstractmethod
     def DeleteRun(
         self,
         request: _run_service_pb2.DeleteRunRequest,
@@ -155,7 +203,9 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.ClaimRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.ClaimRunResponse, _abc.Awaitable[_run_service_pb2.ClaimRunResponse]]:
-        """Claims the oldest claimable PENDING run for a worker, long-polling up to `wait`."""
+        """Claims the claimable PENDING run of highest priority, then earliest due
+        time, for a worker, long-polling up to `wait`.
+        """
 
     @_abc_1.abstractmethod
     def HeartbeatRun(
@@ -171,7 +221,7 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.CompleteRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_pb2.Run, _abc.Awaitable[_run_pb2.Run]]:
-        """Ends a RUNNING run with SUCCESS or ERROR."""
+        """Ends a RUNNING run with SUCCESS or ERROR, or sends it back for a retry."""
 
     @_abc_1.abstractmethod
     def WatchRuns(
@@ -188,5 +238,15 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_run_service_pb2.WatchRunsResponse], _abc.AsyncIterator[_run_service_pb2.WatchRunsResponse]]:
         """Streams the changes to one run until it is terminal or deleted."""
+
+    @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _run_service_pb2.GetStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.GetStatsResponse, _abc.Awaitable[_run_service_pb2.GetStatsResponse]]:
+        """Returns queue depths, inflight run counts and open watches: what an
+        operator asks first.
+        """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -249,3 +249,15 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self, request: run_service_pb2.WatchRunRequest, context: Context
     ) -> AsyncIterator[Delivery]:
         return await self._watches.watch_run(*validation.watch_run(request))
+
+    async def CancelRuns(
+        self, request: run_service_pb2.CancelRunsRequest, context: Context
+    ) -> run_service_pb2.CancelRunsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CancelRuns is not served yet")
+        raise AssertionError("ServicerContext.abort returns by raising")
+
+    async def GetStats(
+        self, request: run_service_pb2.GetStatsRequest, context: Context
+    ) -> run_service_pb2.GetStatsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetStats is not served yet")
+        raise AssertionError("ServicerContext.abort returns by raising")
