@@ -77,4 +77,4 @@ bench: $(SETUP)
 	@$(BIN)/python -m tests.bench.run
 
 clean:
-	rm -rf $(VENV) proto/node_modules tests/polyglot/node_modules runplane.db runplane.db-*
+	rm -rf $(VENV) proto/node_modules tests/polyglot/node_modules tests/polyglot/build runplane.db runplane.db-*
