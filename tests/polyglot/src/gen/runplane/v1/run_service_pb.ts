@@ -381,7 +381,7 @@ export const CancelRunsRequestSchema: GenMessage<CancelRunsRequest> = /*@__PURE_
  */
 export type CancelRunsResponse = Message<"runplane.v1.CancelRunsResponse"> & {
   /**
-   * were cancelled.
+   * How many runs were cancelled.
    *
    * @generated from field: int64 count = 1;
    */
