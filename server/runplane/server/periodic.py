@@ -41,8 +41,8 @@ class PeriodicTask:
         self._task = asyncio.create_task(self._run(), name=f"runplane-{self.name}")
 
     def wake(self) -> None:
-        """Run the next step now rather than at the end of the interval (no effect while
-        backing off from failures)."""
+        """Run the next step now rather than at the end of the interval (a backoff from
+        failures is not cut short)."""
         self._woken.set()
 
     async def stop(self) -> None:

@@ -64,7 +64,6 @@ class Engines:
 class Dialect(abc.ABC):
     """The SQL that differs between databases, and how to connect to one."""
 
-    name: str
     shared: bool
     """Other server processes may write to the database behind this one's back."""
     claim_candidates: int
@@ -99,7 +98,6 @@ class Dialect(abc.ABC):
 
 
 class SQLite(Dialect):
-    name = "sqlite"
     shared = False
     # No concurrent claim can hold the first one.
     claim_candidates = 1
@@ -166,7 +164,6 @@ class SQLite(Dialect):
 
 
 class PostgreSQL(Dialect):
-    name = "postgresql"
     shared = True
     # Concurrent claims may hold the first few: try the next ones rather than wait.
     claim_candidates = 8
