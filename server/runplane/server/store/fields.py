@@ -12,6 +12,7 @@ Adding a field to `Run`: declare it here, add its column to `schema.py` and a mi
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,16 +98,18 @@ if set(COLUMNS) | _STORE_ONLY != set(RunRow.__table__.columns.keys()):
     raise AssertionError("FIELDS must map every column of the runs table")
 
 _NAMES = tuple(field.name for field in FIELDS)
-_DUMPS = tuple(field.dump for field in FIELDS)
-_LOADS = tuple(field.load for field in FIELDS)
+# Hot paths (every read and write): fetch all values in one C call, convert the few.
+_VALUES = operator.attrgetter(*_NAMES)
+_DUMPS = tuple((i, field.dump) for i, field in enumerate(FIELDS) if field.dump is not None)
+_LOADS = tuple((i, field.load) for i, field in enumerate(FIELDS) if field.load is not None)
 
 
 def stored_values(run: Run) -> list[Any]:
     """The run's values as stored, in `FIELDS` order."""
-    return [
-        getattr(run, name) if dump is None else dump(getattr(run, name))
-        for name, dump in zip(_NAMES, _DUMPS, strict=True)
-    ]
+    values = list(_VALUES(run))
+    for index, dump in _DUMPS:
+        values[index] = dump(values[index])
+    return values
 
 
 def row_values(stored: Sequence[Any]) -> dict[str, Any]:
@@ -133,9 +136,10 @@ def changed_values(run: Run, previous: Run) -> dict[str, Any]:
 
 def from_row(row: Sequence[Any]) -> Run:
     """A run from a row selected with `COLUMNS`, in that order."""
-    return Run(
-        *[value if load is None else load(value) for value, load in zip(row, _LOADS, strict=True)]
-    )
+    values = list(row)
+    for index, load in _LOADS:
+        values[index] = load(values[index])
+    return Run(*values)
 
 
 def from_json(document: JSONObject) -> Run:
