@@ -7,9 +7,12 @@ process around it: logging, signals, the readiness line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
+import socket
+import sys
 from dataclasses import dataclass
 
 import grpc
@@ -22,9 +25,11 @@ from runplane.server.cache import RunCache
 from runplane.server.claims import ClaimService
 from runplane.server.config import ServerConfig
 from runplane.server.doorbell import Doorbell
+from runplane.server.errors import CannotStart
+from runplane.server.pages import PageTokens
 from runplane.server.periodic import PeriodicTask
 from runplane.server.runs import RunService
-from runplane.server.servicer import RunServicer
+from runplane.server.servicer import RunServicer, add_to_server
 from runplane.server.store.database import Database, redact
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.notifications import ChangeListener
@@ -32,7 +37,7 @@ from runplane.server.sweeper import SWEEP_INTERVAL_S, Sweeper
 from runplane.server.watch.compaction import Compactor
 from runplane.server.watch.hub import WatchHub
 from runplane.server.watch.streams import WatchService
-from runplane.v1 import run_service_pb2, run_service_pb2_grpc
+from runplane.v1 import run_service_pb2
 
 log = logging.getLogger("runplane.server")
 
@@ -59,6 +64,7 @@ class RunningServer:
     port: int
     grpc_server: grpc.aio.Server
     health: health_aio.HealthServicer
+    servicer: RunServicer
     database: Database
     hub: WatchHub
     compactor: Compactor
@@ -68,12 +74,20 @@ class RunningServer:
     listener: ChangeListener | None
 
     async def stop(self, grace: float | None = None) -> None:
-        """Turn NOT_SERVING, end the watches (a last bookmark, then UNAVAILABLE), let
-        in-flight unary calls finish within `grace`, release the database.
+        """Turn NOT_SERVING and refuse new calls (UNAVAILABLE), end waiting claims (empty)
+        and the watches (a last bookmark, then UNAVAILABLE), let in-flight unary calls
+        finish within `grace`, release the database.
         """
+        grace = self.config.shutdown_grace if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        self.servicer.drain()
         await self.hub.close()
-        await self.grpc_server.stop(self.config.shutdown_grace if grace is None else grace)
+        # Calls still running after the grace are cancelled by grpc; a write among them
+        # commits or not, as it would if the client had gone.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.servicer.calls.finished()
+        await self.grpc_server.stop(0)
         for task in self.background:
             await task.stop()
         if self.listener is not None:
@@ -81,9 +95,46 @@ class RunningServer:
         await asyncio.to_thread(self.database.dispose)
 
 
+def _check_address(address: str) -> None:
+    """CannotStart if `address` cannot be served, checked before anything else is done
+    (grpc would say so only after the database was opened, and in several lines)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(
+            host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (ValueError, OSError) as error:
+        raise CannotStart(f"cannot serve {address}: not a host:port address ({error})") from None
+    for family, kind, protocol, _, where in found:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+            except OSError as error:
+                raise CannotStart(f"cannot serve {address}: {error.strerror}") from None
+
+
 async def start_server(config: ServerConfig) -> RunningServer:
+    """Bind, open and migrate the database, start serving. A configuration that cannot
+    work raises CannotStart, and a SQLite file created meanwhile is removed."""
+    _check_address(config.address)
     database = Database(config.database_url)
+    try:
+        return await _start(config, database)
+    except BaseException:
+        await asyncio.to_thread(database.dispose, discard_new_files=True)
+        raise
+
+
+async def _start(config: ServerConfig, database: Database) -> RunningServer:
+    server = grpc.aio.server(options=_SERVER_OPTIONS)
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError:
+        raise CannotStart(f"cannot serve {config.address}: the address is in use") from None
     await asyncio.to_thread(upgrade, database.engine)
+    tokens = PageTokens(await database.read(lambda unit: unit.secret("page_tokens")))
     hub = WatchHub(database, poll_interval=config.watch_poll_interval)
     await hub.start()
     doorbell = Doorbell()
@@ -103,17 +154,16 @@ async def start_server(config: ServerConfig) -> RunningServer:
 
         listener = ChangeListener(database.url, changed_on_some_replica)
         background.append(PeriodicTask("change-listener", listener.listen, interval=0))
-    server = grpc.aio.server(options=_SERVER_OPTIONS)
     database.on_commit(doorbell.ring_for)
     cache = None if database.shared else RunCache()
     if cache is not None:
         database.on_commit(cache.apply)
-    runs = RunService(database, cache)
-    claims = ClaimService(database, doorbell)
-    watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
+    runs = RunService(database, tokens, cache)
+    claims = ClaimService(database, doorbell, limits)
+    watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
     servicer = RunServicer(runs, claims, watches, limits)
-    run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     sweeper = Sweeper(database, config.max_attempts)
     background.append(PeriodicTask("sweeper", sweeper.sweep, interval=SWEEP_INTERVAL_S))
     health_servicer = health_aio.HealthServicer()
@@ -121,7 +171,6 @@ async def start_server(config: ServerConfig) -> RunningServer:
     reflection.enable_server_reflection(
         (RUN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(config.address)
     await server.start()
     for task in background:
         task.start()
@@ -134,6 +183,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         port=port,
         grpc_server=server,
         health=health_servicer,
+        servicer=servicer,
         database=database,
         hub=hub,
         compactor=compactor,
@@ -168,5 +218,11 @@ async def serve(config: ServerConfig) -> None:
 
 
 def run(config: ServerConfig) -> None:
+    """`runplane serve`: a configuration that cannot start is one line on stderr and
+    exit status 1."""
     logs.configure(config.log_level)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except CannotStart as error:
+        print(f"runplane serve: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

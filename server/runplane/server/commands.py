@@ -32,6 +32,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _struct_bytes(text: str) -> int:
+    value = _positive_int(text)
+    if value > config.MAX_STRUCT_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {config.MAX_STRUCT_BYTES}, so that a run fits in a message"
+        )
+    return value
+
+
 def _duration(text: str) -> float:
     try:
         return config.parse_duration(text)
@@ -67,8 +76,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         serve,
         "--max-struct-bytes",
         str(defaults.max_struct_bytes),
-        _positive_int,
-        help="largest metadata or kwargs accepted, in bytes (default 262144)",
+        _struct_bytes,
+        help="largest metadata, kwargs or result accepted, in bytes "
+        f"(default 262144, at most {config.MAX_STRUCT_BYTES})",
     )
     _flag(
         serve,

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///runplane.db"
+MAX_STRUCT_BYTES = 1 << 20
+"""The largest --max-struct-bytes: a run's three structs (metadata, kwargs, result) at
+this size still fit in the 4 MiB message that gRPC clients accept by default."""
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -35,7 +38,7 @@ class ServerConfig:
     max_attempts: int = 3
     """Claims of one run before an expired lease turns it into ERROR."""
     max_struct_bytes: int = 256 * 1024
-    """Largest serialized metadata or kwargs accepted, each."""
+    """Largest serialized metadata or kwargs accepted, each; at most MAX_STRUCT_BYTES."""
     shutdown_grace: float = 10.0
     """Seconds in-flight calls get to finish after SIGTERM."""
     log_level: str = "INFO"

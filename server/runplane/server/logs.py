@@ -40,3 +40,5 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Alembic narrates every start-up at INFO ("Context impl SQLiteImpl."...).
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))

@@ -47,6 +47,9 @@ class RunPage:
     runs: list[Run]
     next_page_token: str
     revision: int
+    resume: Callable[[Run], str]
+    """The token of a page that starts right after this run, for a caller that sends
+    only part of the page (a response must stay under the message size limit)."""
 
 
 def _interrupted(run: Run, reason: str, at: int) -> Change:
@@ -67,8 +70,11 @@ def _check_revision(run: Run, expected: int) -> None:
 
 
 class RunService:
-    def __init__(self, database: Database, cache: RunCache | None = None) -> None:
+    def __init__(
+        self, database: Database, tokens: pages.PageTokens, cache: RunCache | None = None
+    ) -> None:
         self._db = database
+        self._tokens = tokens
         self._cache = cache
 
     # -- create ------------------------------------------------------------------------------
@@ -144,7 +150,8 @@ class RunService:
 
     async def list(self, query: requests.ListRuns) -> RunPage:
         fingerprint = pages.query_fingerprint(query.run_filter, query.order)
-        cursor = pages.decode(query.page_token, fingerprint) if query.page_token else None
+        tokens = self._tokens
+        cursor = tokens.decode(query.page_token, fingerprint) if query.page_token else None
 
         def read_page(unit: UnitOfWork) -> tuple[int, list[Run]]:
             revision = unit.log.state().revision
@@ -152,13 +159,15 @@ class RunService:
             runs = unit.runs.list_page(query.run_filter, query.order, cursor, query.page_size + 1)
             return revision, runs
 
+        def resume(last: Run) -> str:
+            return tokens.encode(PageCursor(last.created_at, last.run_id), fingerprint)
+
         revision, runs = await self._db.read(read_page, snapshot=True)
         next_token = ""
         if len(runs) > query.page_size:
             runs = runs[: query.page_size]
-            last = runs[-1]
-            next_token = pages.encode(PageCursor(last.created_at, last.run_id), fingerprint)
-        return RunPage(runs=runs, next_page_token=next_token, revision=revision)
+            next_token = resume(runs[-1])
+        return RunPage(runs=runs, next_page_token=next_token, revision=revision, resume=resume)
 
     # -- change ------------------------------------------------------------------------------
 
