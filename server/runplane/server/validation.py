@@ -541,13 +541,14 @@ def watch_runs(request: run_service_pb2.WatchRunsRequest, limits: Limits) -> req
             "cannot be combined with start_revision: the initial state is read at the "
             "current revision",
         )
-    interval_us = _duration_us(v, "progress_interval", request.progress_interval)
+    interval = request.progress_interval
+    _duration_us(v, "progress_interval", interval)
     v.check()
     return requests.WatchRuns(
         run_filter=selected,
         start_revision=request.start_revision,
         include_initial=request.include_initial,
-        progress_interval=_progress_interval((interval_us or 0) / 1e6),
+        progress_interval=_progress_interval(interval.seconds + interval.nanos / 1e9),
         namespace=namespace,
     )
 
