@@ -7,6 +7,7 @@ Every refusal here is INVALID_ARGUMENT that names the problem and changes nothin
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,6 +30,7 @@ from tests.support.hostile import (
 )
 from tests.support.servers import ServerThread
 from tests.support.stubs import Failure
+from tests.support.watching import cancel
 
 pb = run_service_pb2
 Stub = run_service_pb2_grpc.RunServiceStub
@@ -91,7 +93,7 @@ def first_message(call: Any) -> run_service_pb2.WatchRunsResponse:
     try:
         return next(iter(call))  # type: ignore[no-any-return]
     finally:
-        call.cancel()
+        cancel(call)
 
 
 def watch_all(stub: Stub, request: pb.WatchRunsRequest) -> None:
@@ -158,10 +160,10 @@ def test_the_deepest_allowed_struct_is_stored_and_read_back_everywhere(
     ).events
     assert event.run == run
     # A WatchRunsResponse carrying it decodes in Python's protobuf runtime (the strictest).
-    call = channel.unary_stream("/runplane.v1.RunService/WatchRun")(
+    call = channel.unary_stream("/runplane.v1.RunService/WatchRun", None, None)(
         pb.WatchRunRequest(run_id=run.run_id).SerializeToString(), timeout=10
     )
-    raw = first_message(call)
+    raw: bytes = first_message(call)  # type: ignore[assignment]  # undecoded
     assert pb.WatchRunsResponse.FromString(raw).events[0].run.metadata == run.metadata
 
 
@@ -280,7 +282,14 @@ def nul_requests(stub: Stub) -> dict[str, Callable[[], object]]:
     held = claimed(stub, run)
     mask = field_mask_pb2.FieldMask(paths=["metadata"])
     nul = "a\0b"
-    complete = dict(run_id=held.run_id, worker_id="w", status=run_pb2.RUN_STATUS_ERROR)
+
+    def complete(**fields: Any) -> run_pb2.Run:
+        return stub.CompleteRun(
+            pb.CompleteRunRequest(
+                run_id=held.run_id, worker_id="w", status=run_pb2.RUN_STATUS_ERROR, **fields
+            )
+        )
+
     return {
         "assistant_id": lambda: create(stub, assistant_id=nul),
         "request_id": lambda: create(stub, request_id=nul),
@@ -308,13 +317,9 @@ def nul_requests(stub: Stub) -> dict[str, Callable[[], object]]:
         "assistant_ids": lambda: stub.ClaimRun(
             pb.ClaimRunRequest(worker_id="w", assistant_ids=[nul])
         ),
-        "error": lambda: stub.CompleteRun(pb.CompleteRunRequest(**complete, error=nul)),
-        "completion metadata": lambda: stub.CompleteRun(
-            pb.CompleteRunRequest(**complete, metadata=struct({"k": nul}))
-        ),
-        "result": lambda: stub.CompleteRun(
-            pb.CompleteRunRequest(**complete, result=struct({nul: None}))
-        ),
+        "error": lambda: complete(error=nul),
+        "completion metadata": lambda: complete(metadata=struct({"k": nul})),
+        "result": lambda: complete(result=struct({nul: None})),
         "namespace": lambda: create(stub, namespace=nul),
         "thread_id": lambda: create(stub, thread_id=str(uuid.uuid4())[:-1] + "\0"),
     }
@@ -343,10 +348,8 @@ def test_forged_and_altered_page_tokens_are_refused(stub: Stub) -> None:
     flipped = ("A" if token[10] != "A" else "B").join((token[:10], token[11:]))
     forged = [flipped, token[:-4], token + "AAAA", "eyJhIjoxfQ", "W1szMyw", "x" * 600, "%%"]
     for bad in forged:
-        found = refused_unchanged(
-            stub,
-            lambda bad=bad: stub.ListRuns(pb.ListRunsRequest(filter=run_filter, page_token=bad)),
-        )
+        request = pb.ListRunsRequest(filter=run_filter, page_token=bad)
+        found = refused_unchanged(stub, functools.partial(stub.ListRuns, request))
         assert found.violations == {"page_token": "is not a token ListRuns returned"}, bad
 
 
@@ -421,7 +424,7 @@ def test_an_initial_state_too_large_for_one_message_is_cut_and_ends_at_its_revis
         messages.append(response)
         if not response.events:
             break
-    call.cancel()
+    cancel(call)
     *initial, end = messages
     assert len(initial) > 1
     revision = end.revision
@@ -479,7 +482,7 @@ def watched_run_ids(stub: Stub, request: pb.WatchRunsRequest, upto: int) -> list
         found.extend(event.run.run_id for event in message.events)
         if message.revision >= upto:
             break
-    call.cancel()
+    cancel(call)
     return found
 
 

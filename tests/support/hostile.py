@@ -69,8 +69,8 @@ def raw_call(
     response messages, undecoded."""
     path = f"/{RUN_SERVICE.full_name}/{method}"
     if RUN_SERVICE.methods_by_name[method].server_streaming:
-        return list(channel.unary_stream(path)(payload, timeout=timeout))
-    return [channel.unary_unary(path)(payload, timeout=timeout)]
+        return list(channel.unary_stream(path, None, None)(payload, timeout=timeout))
+    return [channel.unary_unary(path, None, None)(payload, timeout=timeout)]
 
 
 def assert_clean(found: Failure) -> None:

@@ -210,7 +210,7 @@ _CONVERT_SLICE = 64
 WatchKey = tuple[tuple[int, ...], int]
 
 
-class _EventMessages:
+class EventMessages:
     """Watch messages built once for all the streams that send them.
 
     Live streams of one filter get the very same deliveries, so whole responses are
@@ -304,7 +304,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self._claims = claims
         self._watches = watches
         self._limits = limits
-        self._event_messages = _EventMessages()
+        self._event_messages = EventMessages()
         self.calls = Calls()
 
     def drain(self) -> None:
