@@ -39,3 +39,14 @@ def tmpfs(where: Path, size: str, *, owner: str | None = None) -> Iterator[Path]
 
 def remount_read_only(where: Path) -> None:
     _mount("-o", "remount,ro", str(where))
+
+
+def resize(where: Path, size: str) -> None:
+    _mount("-o", f"remount,size={size}", str(where))
+
+
+def used_kib(where: Path) -> int:
+    found = subprocess.run(
+        ["df", "--output=used", "-k", str(where)], capture_output=True, text=True, check=True
+    )
+    return int(found.stdout.split()[-1])

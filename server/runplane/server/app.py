@@ -54,6 +54,12 @@ _SERVER_OPTIONS = [
 ]
 
 
+_QUIET_S = 0.25
+"""A draining server stops once no call came for this long..."""
+_REFUSALS_S = 2.0
+"""...or once it has refused calls for this long, whichever comes first."""
+
+
 @dataclass
 class RunningServer:
     """A started runplane server."""
@@ -84,10 +90,18 @@ class RunningServer:
         await self.hub.close()
         # Calls still running after the grace are cancelled by grpc; a write among them
         # commits or not, as it would if the client had gone.
+        # In-flight calls finish; new ones are refused until callers have heard and
+        # gone quiet (a while at most: some retry in a loop), then grpc stops.
+        # Calls still running after the grace are cancelled by grpc.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await self.servicer.calls.finished()
-        await self.grpc_server.stop(0)
+            async with asyncio.timeout_at(deadline):
+                await self.servicer.calls.settled(quiet=0.0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(_REFUSALS_S, max(0.0, deadline - loop.time()))):
+                await self.servicer.calls.settled(quiet=_QUIET_S)
+        await self.grpc_server.stop(max(0.0, deadline - loop.time()))
         for task in self.background:
             await task.stop()
         if self.listener is not None:

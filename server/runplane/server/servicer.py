@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -123,10 +124,11 @@ class Calls:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_call = 0.0
 
     def begin(self) -> None:
-        if self.draining:
-            raise ServerShuttingDown("retry the call")
+        """A unary call starts (ServerShuttingDown while draining); `end` when it ends."""
+        self.refuse_if_draining("retry the call")
         self._in_flight += 1
         self._idle.clear()
 
@@ -135,9 +137,26 @@ class Calls:
         if not self._in_flight:
             self._idle.set()
 
-    async def finished(self) -> None:
-        """When no call is in flight."""
-        await self._idle.wait()
+    def drain(self) -> None:
+        self.draining = True
+        self._last_call = time.monotonic()  # calls grpc has queued are yet to come
+
+    def refuse_if_draining(self, then: str) -> None:
+        if self.draining:
+            self._last_call = time.monotonic()
+            raise ServerShuttingDown(then)
+
+    async def settled(self, quiet: float) -> None:
+        """When no call is in flight and none came for `quiet` seconds: grpc then stops
+        with nothing in its queue. (A call it has queued but not yet handed to the
+        server when it stops ends CANCELLED, which clients do not retry; refused, the
+        same call ends UNAVAILABLE.)"""
+        while True:
+            await self._idle.wait()
+            pause = self._last_call + quiet - time.monotonic()
+            if pause <= 0 and self._idle.is_set():
+                return
+            await asyncio.sleep(max(pause, 0.01))
 
 
 def _rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
@@ -176,8 +195,7 @@ def _watch(
         self: RunServicer, request: Request, context: Context
     ) -> AsyncIterator[run_service_pb2.WatchRunsResponse]:
         try:
-            if self.calls.draining:
-                raise ServerShuttingDown()
+            self.calls.refuse_if_draining("resume the watch from the last revision")
             if (undecodable := _undecodable.get()) is not None:
                 raise undecodable
             deliveries = await opener(self, request, context)
@@ -309,7 +327,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
 
     def drain(self) -> None:
         """The server is stopping: refuse new calls, and end waiting claims now."""
-        self.calls.draining = True
+        self.calls.drain()
         self._claims.drain()
 
     @_rpc

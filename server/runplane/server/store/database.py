@@ -67,7 +67,8 @@ class Database:
         )
         self._point_unit: UnitOfWork | None = None
         self._point_connection: Connection | None = None
-        self._writer = GroupWriter(self._write_engine, self._publish)
+        self._faults = FaultLog()
+        self._writer = GroupWriter(self._write_engine, self._publish, self._faults)
 
     @property
     def engine(self) -> Engine:
@@ -106,11 +107,11 @@ class Database:
         `work` should be a single indexed lookup: on SQLite it runs on the event loop.
         """
         if not snapshot and self._dialect.point_reads_on_loop:
-            with _translate_errors():
+            with _translate_errors(self._faults):
                 return work(self._point_reader())
 
         def transaction() -> T:
-            with _translate_errors(), self._read_engine.connect() as connection:
+            with _translate_errors(self._faults), self._read_engine.connect() as connection:
                 if snapshot:
                     self._dialect.begin_snapshot(connection)
                 with connection.begin():
@@ -174,9 +175,10 @@ class GroupWriter:
 
     MAX_GROUP = 64
 
-    def __init__(self, engine: Engine, publish: CommitListener) -> None:
+    def __init__(self, engine: Engine, publish: CommitListener, faults: FaultLog) -> None:
         self._engine = engine
         self._publish = publish
+        self._faults = faults
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="runplane-db-write", daemon=True)
         self._thread.start()
@@ -214,7 +216,7 @@ class GroupWriter:
 
     def _commit(self, group: list[_Job[Any]]) -> tuple[list[Any], list[Change]]:
         try:
-            with _translate_errors(), self._engine.connect() as connection:
+            with _translate_errors(self._faults), self._engine.connect() as connection:
                 connection.info[WRITTEN] = []
                 with connection.begin():
                     outcomes = [self._attempt(connection, member) for member in group]
@@ -245,7 +247,7 @@ class _GroupFailed(Exception):
 
 
 @contextlib.contextmanager
-def _translate_errors() -> Iterator[None]:
+def _translate_errors(faults: FaultLog) -> Iterator[None]:
     """Storage faults become StoreUnavailable (retryable: nothing was written); SQL text
     and parameters never travel further, nor into the log."""
     try:
@@ -254,7 +256,7 @@ def _translate_errors() -> Iterator[None]:
         why = storage_fault(error)
         if why is None:
             raise
-        _faults.report(why, type(getattr(error, "orig", error)).__name__)
+        faults.report(why, type(getattr(error, "orig", error)).__name__)
         raise StoreUnavailable(why) from error
 
 
@@ -307,7 +309,7 @@ def storage_fault(error: exc.DBAPIError | exc.TimeoutError) -> str | None:
     return None
 
 
-class _FaultLog:
+class FaultLog:
     """One log line per kind of storage fault, then at most one a minute while it lasts
     (with how many calls it failed meanwhile): a full disk fails every call."""
 
@@ -329,5 +331,3 @@ class _FaultLog:
             "database %s", why, extra={"error": error, "failed_calls_since_last_line": since}
         )
 
-
-_faults = _FaultLog()
