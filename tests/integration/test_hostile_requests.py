@@ -33,6 +33,7 @@ from tests.support.hostile import (
     store_revision,
 )
 from tests.support.servers import ServerThread
+from tests.support.watching import cancel
 
 pb = run_service_pb2
 C = grpc.StatusCode
@@ -281,7 +282,7 @@ def call(channel: grpc.Channel, method: str, payload: bytes) -> tuple[grpc.Statu
             try:
                 next(iter(stream), None)
             finally:
-                cast(grpc.Future, stream).cancel()
+                cancel(stream)
         else:
             channel.unary_unary(path, None, None)(payload, timeout=timeout)
     except grpc.RpcError as error:
