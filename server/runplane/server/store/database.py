@@ -330,4 +330,3 @@ class FaultLog:
         log.warning(
             "database %s", why, extra={"error": error, "failed_calls_since_last_line": since}
         )
-
