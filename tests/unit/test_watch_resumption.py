@@ -12,7 +12,11 @@ def _initial(revision: int) -> run_service_pb2.WatchRunsResponse:
     event = run_pb2.RunEvent(
         type=run_pb2.EVENT_TYPE_INITIAL,
         revision=revision,
-        run=run_pb2.Run(run_id=RUN_ID, status=run_pb2.RUN_STATUS_PENDING),
+        run=run_pb2.Run(
+            run_id=RUN_ID,
+            status=run_pb2.RUN_STATUS_PENDING,
+            multitask_strategy=run_pb2.MULTITASK_STRATEGY_ENQUEUE,
+        ),
     )
     return run_service_pb2.WatchRunsResponse(events=[event], revision=revision)
 
