@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
@@ -115,15 +114,10 @@ class _Violations:
             self.add(field, struct_too_large(size, limits))
             return {}
         try:
-            document = convert.document(value)
-        except ValueError as error:  # NaN and infinity have no JSON form
-            self.add(field, f"cannot be stored as JSON: {error}")
+            return convert.document(value, MAX_STRUCT_DEPTH)
+        except ValueError as error:
+            self.add(field, str(error))
             return {}
-        problem = _document_problem(document)
-        if problem is not None:
-            self.add(field, problem)
-            return {}
-        return document
 
     def count(self, field: str, count: int, limit: int) -> None:
         if count > limit:
@@ -161,32 +155,6 @@ def struct_too_large(size: int, limits: Limits) -> str:
     return (
         f"is {size} bytes; the limit is {limits.max_struct_bytes} (server flag --max-struct-bytes)"
     )
-
-
-def _document_problem(document: records.JSONObject) -> str | None:
-    """Why a Struct's document cannot be stored, if it cannot: too deep, or a NUL in one
-    of its keys or strings (PostgreSQL keeps neither in JSON)."""
-    pending: list[tuple[object, int]] = [(document, 1)]
-    while pending:
-        value, depth = pending.pop()
-        children: Iterable[object]
-        if isinstance(value, dict):
-            children = value.values()
-            if any("\0" in key for key in value):
-                return f"has a key that {NUL_REFUSED}"
-        elif isinstance(value, list):
-            children = value
-        else:
-            if isinstance(value, str) and "\0" in value:
-                return f"has a string that {NUL_REFUSED}"
-            continue
-        if depth > MAX_STRUCT_DEPTH:
-            return (
-                f"is nested more than {MAX_STRUCT_DEPTH} levels deep (the Struct itself and "
-                "each Struct or list in it count one); not every client could decode it"
-            )
-        pending.extend((child, depth + 1) for child in children)
-    return None
 
 
 def merged_metadata(
