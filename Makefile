@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SETUP := $(VENV)/.setup-done
+# The exact versions the service is built and tested with; `make lock` writes it.
+LOCK := requirements.lock
+# The lock tool, pinned here so that `make lock` needs nothing installed by hand.
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
 BUF := proto/node_modules/.bin/buf
 NODE_TEST_DEPS := tests/polyglot/node_modules/.package-lock.json
 # buf reads google/api/field_behavior.proto from here; it is copied from the
@@ -11,27 +16,34 @@ NODE_TEST_DEPS := tests/polyglot/node_modules/.package-lock.json
 FIELD_BEHAVIOR := proto/third_party/google/api/field_behavior.proto
 export RUNPLANE_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: setup run test test-py proto check-proto lint bench clean
+.PHONY: setup lock run test test-py proto check-proto lint bench clean
 
 setup: $(SETUP)
 
-$(SETUP): pyproject.toml
+# The lock first (hashes checked), then the project itself from what is installed:
+# with no index to fall back on, a dependency missing from the lock fails here.
+$(SETUP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-index \
+		--no-build-isolation -e '.[server,dev]' \
+		|| { echo "$(LOCK) does not match pyproject.toml: run 'make lock'" >&2; exit 1; }
 	touch $@
 
-$(BUF): proto/package.json proto/package-lock.json
-	cd proto && npm ci --silent --no-audit --no-fund
-	touch $@
+$(UV):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
 
-$(NODE_TEST_DEPS): tests/polyglot/package.json tests/polyglot/package-lock.json
-	cd tests/polyglot && npm ci --silent --no-audit --no-fund
-	touch $@
-
-$(FIELD_BEHAVIOR): $(SETUP)
-	mkdir -p $(@D)
-	$(BIN)/python -c 'import google.api, pathlib, shutil, sys; \
-	shutil.copy(pathlib.Path(google.api.__path__[0]) / "field_behavior.proto", sys.argv[1])' $@
+## Rewrite requirements.lock from pyproject.toml, keeping the versions it has where they
+## still fit; `make lock ARGS=--upgrade` (or `ARGS='--upgrade-package NAME'`) moves on.
+lock: $(UV)
+	$(UV) pip compile pyproject.toml --extra server --extra dev --universal --python-version 3.11 \
+		--generate-hashes --quiet --custom-compile-command 'make lock' --output-file $(LOCK) $(ARGS)
+	@{ echo "# The exact versions of every dependency of the service build ('make setup')."; \
+	  echo "# After changing dependencies in pyproject.toml, run 'make lock' and commit both."; \
+	  echo "# It keeps every version that still fits; 'make lock ARGS=--upgrade' moves all to"; \
+	  echo "# the newest allowed, 'make lock ARGS=\"--upgrade-package NAME\"' moves one."; \
+	  cat $(LOCK); } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
 
 ## Serve on 127.0.0.1:50051 with the embedded SQLite default (./runplane.db).
 run: $(SETUP)
