@@ -40,6 +40,7 @@ from runplane.client._errors import DeadlineExceeded, RunDeleted, RunplaneError
 from runplane.client._models import CancelAction, MultitaskStrategy, Run, RunEvent, RunStatus
 from runplane.client.cli_support import (
     CommandError,
+    ParamType,
     Parsed,
     add_flag,
     flag,
@@ -217,7 +218,7 @@ def _start_after(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.astimezone()
 
 
-class _Statuses(click.ParamType[list[RunStatus]]):
+class _Statuses(ParamType):
     """Run statuses, comma-separated; the option may also be repeated."""
 
     name = "status"

@@ -23,13 +23,18 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from runplane.client.durations import parse_duration
 
 _FLAG = "runplane.flag"
+
+if TYPE_CHECKING:
+    ParamType = click.ParamType[Any]
+else:  # generic only from click 8.4; the floor is older
+    ParamType = click.ParamType
 
 _Settings = TypeVar("_Settings")
 _Function = TypeVar("_Function", bound=Callable[..., Any])
@@ -132,7 +137,7 @@ def settings_from(
     return decorate
 
 
-class Parsed(click.ParamType[Any]):
+class Parsed(ParamType):
     """A click type from a function of text; its ValueError becomes a usage error."""
 
     def __init__(self, parse: Callable[[str], Any], metavar: str | None = None) -> None:
