@@ -30,6 +30,19 @@ $(SETUP): pyproject.toml $(LOCK)
 		|| { echo "$(LOCK) does not match pyproject.toml: run 'make lock'" >&2; exit 1; }
 	touch $@
 
+$(BUF): proto/package.json proto/package-lock.json
+	cd proto && npm ci --silent --no-audit --no-fund
+	touch $@
+
+$(NODE_TEST_DEPS): tests/polyglot/package.json tests/polyglot/package-lock.json
+	cd tests/polyglot && npm ci --silent --no-audit --no-fund
+	touch $@
+
+$(FIELD_BEHAVIOR): $(SETUP)
+	mkdir -p $(@D)
+	$(BIN)/python -c 'import google.api, pathlib, shutil, sys; \
+	shutil.copy(pathlib.Path(google.api.__path__[0]) / "field_behavior.proto", sys.argv[1])' $@
+
 $(UV):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'

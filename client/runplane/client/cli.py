@@ -100,9 +100,8 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     at any level (the last one wins), else from its variable or default."""
     assert param.name is not None
     given: dict[str, Any] = ctx.meta.setdefault(_GLOBALS, {})
-    if param.name not in given or ctx.get_parameter_source(param.name) in (
-        ParameterSource.COMMANDLINE,
-        ParameterSource.PROMPT,
+    if param.name not in given or (
+        ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
     ):
         given[param.name] = value
 
@@ -164,8 +163,9 @@ class _Runplane(click.Group):
 def cli() -> None:
     """Runs of AI assistants on conversation threads.
 
-    Global flags (--address, --output/-o, --deadline) go anywhere on the command line;
-    each reads RUNPLANE_<FLAG> when not given. Shell completion: runplane completion --help.
+    The options below are global: they go anywhere on the command line of the `runs`
+    commands, and each reads its RUNPLANE_ variable when not given. Shell completion:
+    runplane completion --help. Reference: docs/cli.md.
     """
 
 
