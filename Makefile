@@ -11,9 +11,14 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 BUF := proto/node_modules/.bin/buf
 NODE_TEST_DEPS := tests/polyglot/node_modules/.package-lock.json
-# buf reads google/api/field_behavior.proto from here; it is copied from the
-# googleapis-common-protos package installed in the venv (buf has no network).
-FIELD_BEHAVIOR := proto/third_party/google/api/field_behavior.proto
+# buf reads google/api/field_behavior.proto (imported by the proto) and the
+# google/rpc error details (generated for TypeScript) from here; they are copied
+# from the googleapis-common-protos package installed in the venv (buf has no network).
+THIRD_PARTY_PROTOS := $(addprefix proto/third_party/google/,\
+	api/field_behavior.proto rpc/status.proto rpc/error_details.proto)
+# TypeScript stubs (protoc-gen-es, pinned in tests/polyglot) for the Node.js tests.
+TS_STUBS := tests/polyglot/src/gen
+TS_GENERATE := $(BUF) generate proto --template proto/buf.gen.yaml
 export RUNPLANE_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
 .PHONY: setup lock run test test-py proto check-proto lint bench clean
@@ -38,10 +43,10 @@ $(NODE_TEST_DEPS): tests/polyglot/package.json tests/polyglot/package-lock.json
 	cd tests/polyglot && npm ci --silent --no-audit --no-fund
 	touch $@
 
-$(FIELD_BEHAVIOR): $(SETUP)
+proto/third_party/google/%.proto: $(SETUP)
 	mkdir -p $(@D)
 	$(BIN)/python -c 'import google.api, pathlib, shutil, sys; \
-	shutil.copy(pathlib.Path(google.api.__path__[0]) / "field_behavior.proto", sys.argv[1])' $@
+	shutil.copy(pathlib.Path(google.api.__path__[0]).parent / sys.argv[1], sys.argv[2])' $*.proto $@
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -62,20 +67,24 @@ lock: $(UV)
 run: $(SETUP)
 	$(BIN)/runplane serve
 
-## Regenerate the committed stubs in client/runplane/v1 from proto/.
-proto: $(SETUP)
+## Regenerate the committed stubs from proto/: Python in client/runplane/v1,
+## TypeScript in tests/polyglot/src/gen.
+proto: $(SETUP) $(BUF) $(NODE_TEST_DEPS) $(THIRD_PARTY_PROTOS)
 	$(BIN)/python proto/generate.py
+	$(TS_GENERATE)
 
 ## Fail if the committed stubs differ from what the .proto files generate.
-check-proto: $(SETUP)
+check-proto: $(SETUP) $(BUF) $(NODE_TEST_DEPS) $(THIRD_PARTY_PROTOS)
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	$(BIN)/python proto/generate.py --out $$tmp 2>/dev/null && \
 	diff -r -x __pycache__ client/runplane/v1 $$tmp/runplane/v1 && \
+	$(TS_GENERATE) --output $$tmp && \
+	diff -r $(TS_STUBS) $$tmp/$(TS_STUBS) && \
 	echo "check-proto: stubs match proto/"
 
 ## ruff, mypy (strict), buf lint (STANDARD + COMMENTS), buf format, and buf breaking
 ## against the last released proto (proto/releases/).
-lint: $(SETUP) $(BUF) $(FIELD_BEHAVIOR)
+lint: $(SETUP) $(BUF) $(THIRD_PARTY_PROTOS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -93,4 +102,4 @@ bench: $(SETUP)
 	@$(BIN)/python -m tests.bench.run
 
 clean:
-	rm -rf $(VENV) proto/node_modules tests/polyglot/node_modules runplane.db runplane.db-*
+	rm -rf $(VENV) proto/node_modules tests/polyglot/node_modules tests/polyglot/build runplane.db runplane.db-*

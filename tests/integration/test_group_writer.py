@@ -1,8 +1,8 @@
 """The group-committing writer, on a real SQLite file and a real PostgreSQL database.
 
-Transactions queued while the writer is busy share one commit; a refusal that
-wrote nothing stays private to its transaction, and any failure after a write
-undoes the group and reruns each member alone.
+Units of work queued while the writer is busy share one commit; a refusal that
+applied nothing stays private to its unit of work, and any failure after applying
+changes undoes the group and reruns each member alone.
 """
 
 from __future__ import annotations
@@ -13,62 +13,67 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, text
 
 from runplane.server.errors import RunNotFound
 from runplane.server.records import Change, ChangeType, MultitaskStrategy, Run, RunStatus
-from runplane.server.store.database import CHANGES, Database
+from runplane.server.store.database import Database
+from runplane.server.store.migrate import upgrade
+from runplane.server.store.unit_of_work import UnitOfWork
 from tests.support.databases import database_url
+
+MISSING = "00000000-0000-4000-8000-000000000000"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     with database_url(request.param, tmp_path) as url:
         database = Database(url)
-        with database.engine.begin() as connection:
-            connection.exec_driver_sql("CREATE TABLE notes (body TEXT PRIMARY KEY)")
+        upgrade(database.engine)
         try:
             yield database
         finally:
             database.dispose()
 
 
-def _change(body: str) -> Change:
-    run = Run(body, "thread", "assistant", RunStatus.PENDING, MultitaskStrategy.ENQUEUE, 0, 0)
-    return Change(ChangeType.CREATED, run)
+def _create(run_id: str) -> Callable[[UnitOfWork], str]:
+    """Creates one run (no rules: a bare change), and says which thread committed it."""
 
-
-def _note(body: str) -> Callable[[Connection], str]:
-    """Writes one note, recording it as a change like RunStore.apply does."""
-
-    def work(connection: Connection) -> str:
-        connection.info[CHANGES].append(_change(body))
-        connection.execute(text("INSERT INTO notes VALUES (:body)"), {"body": body})
+    def work(unit: UnitOfWork) -> str:
+        run = Run(run_id, "thread", "assistant", RunStatus.PENDING, MultitaskStrategy.ENQUEUE, 0, 0)
+        unit.apply([Change(ChangeType.CREATED, run)])
         return threading.current_thread().name
 
     return work
 
 
-def _refuse_before_writing(connection: Connection) -> str:
-    raise RunNotFound("00000000-0000-4000-8000-000000000000")
+def _refuse_before_writing(unit: UnitOfWork) -> str:
+    if unit.runs.get(MISSING) is None:
+        raise RunNotFound(MISSING)
+    return "found"
 
 
-def _refuse_after_writing(connection: Connection) -> str:
-    _note("half-done")(connection)
-    raise RunNotFound("00000000-0000-4000-8000-000000000000")
+def _refuse_after_writing(unit: UnitOfWork) -> str:
+    _create("half-done")(unit)
+    raise RunNotFound(MISSING)
 
 
-def _blocker(release: threading.Event) -> Callable[[Connection], str]:
-    def work(connection: Connection) -> str:
+def _blocker(release: threading.Event) -> Callable[[UnitOfWork], str]:
+    def work(unit: UnitOfWork) -> str:
         release.wait(5)
         return "blocker"
 
     return work
 
 
-def _notes(database: Database) -> set[str]:
+def _stored(database: Database) -> set[str]:
     with database.engine.connect() as connection:
-        return {row[0] for row in connection.exec_driver_sql("SELECT body FROM notes")}
+        return {row[0] for row in connection.exec_driver_sql("SELECT run_id FROM runs")}
+
+
+def _logged(database: Database) -> list[tuple[int, str]]:
+    with database.engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT revision, run_id FROM run_events")
+        return sorted((row[0], row[1]) for row in rows)
 
 
 def _published(database: Database) -> list[str]:
@@ -79,7 +84,7 @@ def _published(database: Database) -> list[str]:
 
 
 async def _run_group(
-    database: Database, works: list[Callable[[Connection], str]]
+    database: Database, works: list[Callable[[UnitOfWork], str]]
 ) -> list[str | BaseException]:
     """Queue `works` while the writer is busy, so they form one group."""
     release = threading.Event()
@@ -96,31 +101,37 @@ def test_refusal_before_writing_leaves_the_rest_of_the_group_committed(
     database: Database,
 ) -> None:
     told = _published(database)
-    outcomes = asyncio.run(_run_group(database, [_note("a"), _refuse_before_writing, _note("b")]))
+    outcomes = asyncio.run(
+        _run_group(database, [_create("a"), _refuse_before_writing, _create("b")])
+    )
     assert outcomes[0] == outcomes[2] == "runplane-db-write"
     assert isinstance(outcomes[1], RunNotFound)
-    assert _notes(database) == {"a", "b"}
+    assert _stored(database) == {"a", "b"}
+    assert _logged(database) == [(1, "a"), (2, "b")]
     assert told == ["a", "b"]
 
 
 def test_refusal_after_writing_is_undone_and_the_others_rerun_alone(database: Database) -> None:
     told = _published(database)
     outcomes = asyncio.run(
-        _run_group(database, [_note("a"), _refuse_after_writing, _note("b"), _note("a")])
+        _run_group(database, [_create("a"), _refuse_after_writing, _create("b"), _create("a")])
     )
     assert outcomes[0] == outcomes[2] == "runplane-db-write"
     assert isinstance(outcomes[1], RunNotFound)
     assert isinstance(outcomes[3], Exception)  # duplicate key: only its own call fails
-    assert _notes(database) == {"a", "b"}
+    assert _stored(database) == {"a", "b"}
+    assert _logged(database) == [(1, "a"), (2, "b")]  # the undone group left no gap
     assert told == ["a", "b"]  # nothing rolled back is ever published
 
 
 @pytest.mark.timeout(60)
 def test_many_queued_writes_all_commit(database: Database) -> None:
-    bodies = [f"n{i:04d}" for i in range(500)]
+    run_ids = [f"n{i:04d}" for i in range(500)]
 
     async def write_all() -> list[str]:
-        return await asyncio.gather(*(database.write(_note(body)) for body in bodies))
+        return await asyncio.gather(*(database.write(_create(run_id)) for run_id in run_ids))
 
     asyncio.run(write_all())
-    assert _notes(database) == set(bodies)
+    assert _stored(database) == set(run_ids)
+    assert sorted(run_id for _, run_id in _logged(database)) == run_ids
+    assert [revision for revision, _ in _logged(database)] == list(range(1, 501))

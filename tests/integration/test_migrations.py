@@ -1,17 +1,25 @@
-"""The Alembic migrations build exactly the schema the models describe, on both backends."""
+"""The Alembic migrations build exactly the schema the models describe, and carry the
+data of older schemas forward, on both backends."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
+from runplane.server.config import ServerConfig
 from runplane.server.store.database import Database
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.schema import Base
+from runplane.v1 import run_service_pb2
 from tests.support.databases import database_url
+from tests.support.servers import ServerThread
+from tests.support.stubs import run_service
 
 
 @pytest.mark.parametrize(
@@ -30,3 +38,95 @@ def test_migrated_schema_matches_the_models(backend: str, tmp_path: Path) -> Non
         finally:
             database.dispose()
     assert differences == []
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_0003_puts_the_runs_of_an_0002_database_in_the_default_namespace(
+    backend: str, tmp_path: Path
+) -> None:
+    """A run and its event written by a 0.1 server read back with the v0.2 defaults, once
+    the server has migrated the database at start-up."""
+    run_id, thread_id = str(uuid.uuid4()), str(uuid.uuid4())
+    old_run = {
+        "run_id": run_id,
+        "thread_id": thread_id,
+        "assistant_id": "agent",
+        "status": "pending",
+        "multitask_strategy": "enqueue",
+        "metadata": {"team": "search"},
+        "kwargs": {},
+        "created_at": 1_700_000_000_000_000,
+        "updated_at": 1_700_000_000_000_000,
+        "revision": 1,
+        "attempt": 0,
+        "started_at": None,
+        "ended_at": None,
+        "error": "",
+        "cancel_reason": "",
+        "worker_id": "",
+        "lease_expires_at": None,
+        "timeout": None,
+        "start_after": None,
+        "request_id": None,
+    }
+    with database_url(backend, tmp_path) as url:
+        database = Database(url)
+        try:
+            upgrade(database.engine, "0002")
+            with database.engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO runs (run_id, thread_id, assistant_id, status, "
+                        "multitask_strategy, metadata, kwargs, created_at_us, updated_at_us, "
+                        "revision, create_revision, attempt, error, cancel_reason, worker_id) "
+                        "VALUES (:run_id, :thread_id, 'agent', 'pending', 'enqueue', "
+                        ":metadata, '{}', :at, :at, 1, 1, 0, '', '', '')"
+                    ),
+                    {
+                        "run_id": run_id,
+                        "thread_id": thread_id,
+                        "metadata": json.dumps(old_run["metadata"]),
+                        "at": old_run["created_at"],
+                    },
+                )
+                connection.execute(
+                    text(
+                        "INSERT INTO run_events (revision, type, run_id, committed_at_us, run) "
+                        "VALUES (1, 'created', :run_id, :at, :run)"
+                    ),
+                    {"run_id": run_id, "at": old_run["created_at"], "run": json.dumps(old_run)},
+                )
+                connection.execute(text("UPDATE store_state SET revision = 1"))
+        finally:
+            database.dispose()
+
+        server = ServerThread(ServerConfig(address="127.0.0.1:0", database_url=url)).start()
+        try:
+            with run_service(server.address) as stub:
+                stored = stub.GetRun(run_service_pb2.GetRunRequest(run_id=run_id))
+                logged = (
+                    next(
+                        iter(
+                            stub.WatchRuns(
+                                run_service_pb2.WatchRunsRequest(start_revision=1), timeout=10
+                            )
+                        )
+                    )
+                    .events[0]
+                    .run
+                )
+        finally:
+            server.stop()
+    for run in (stored, logged):
+        assert (run.run_id, run.thread_id, dict(run.metadata)) == (
+            run_id,
+            thread_id,
+            {"team": "search"},
+        )
+        assert (run.namespace, run.created_by, run.priority) == ("default", "anonymous", 5)
+        assert not run.HasField("retry_policy")
+        assert not run.HasField("result")
+        assert dict(run.trace_context) == {}
+    assert stored == logged

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, event
 
 from runplane.server.records import now_us
 from runplane.server.store.database import Database
+from runplane.server.store.dialects import SQLite
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.run_store import RunStore
 
@@ -31,7 +32,7 @@ def _plans_of(database: Database, use: object) -> list[str]:
                 plans.append(" | ".join(str(row[3]) for row in rows))
 
         assert callable(use)
-        use(RunStore(connection, database.dialect))
+        use(RunStore(connection, SQLite()))
     return plans
 
 

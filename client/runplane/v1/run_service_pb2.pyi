@@ -352,7 +352,7 @@ class CancelRunsResponse(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     count: _builtins.int
-    """were cancelled."""
+    """How many runs were cancelled."""
     revision: _builtins.int
     """Revision of the transaction's last change; the store revision when
     nothing matched.

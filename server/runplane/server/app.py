@@ -10,7 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -22,12 +22,13 @@ from runplane.server.cache import RunCache
 from runplane.server.claims import ClaimService
 from runplane.server.config import ServerConfig
 from runplane.server.doorbell import Doorbell
+from runplane.server.periodic import PeriodicTask
 from runplane.server.runs import RunService
 from runplane.server.servicer import RunServicer
 from runplane.server.store.database import Database, redact
 from runplane.server.store.migrate import upgrade
-from runplane.server.store.notifications import listen_for_changes
-from runplane.server.sweeper import Sweeper
+from runplane.server.store.notifications import ChangeListener
+from runplane.server.sweeper import SWEEP_INTERVAL_S, Sweeper
 from runplane.server.watch.compaction import Compactor
 from runplane.server.watch.hub import WatchHub
 from runplane.server.watch.streams import WatchService
@@ -61,8 +62,10 @@ class RunningServer:
     database: Database
     hub: WatchHub
     compactor: Compactor
-    background: list[asyncio.Task[None]] = field(default_factory=list)
-    """Tasks that live as long as the server: the sweeper, the change listener."""
+    background: list[PeriodicTask]
+    """Tasks that live as long as the server: compaction, the sweeper, the change
+    listener (the hub runs its own tailer)."""
+    listener: ChangeListener | None
 
     async def stop(self, grace: float | None = None) -> None:
         """Turn NOT_SERVING, end the watches (a last bookmark, then UNAVAILABLE), let
@@ -71,10 +74,10 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.hub.close()
         await self.grpc_server.stop(self.config.shutdown_grace if grace is None else grace)
-        await self.compactor.stop()
         for task in self.background:
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+            await task.stop()
+        if self.listener is not None:
+            await self.listener.close()
         await asyncio.to_thread(self.database.dispose)
 
 
@@ -84,8 +87,12 @@ async def start_server(config: ServerConfig) -> RunningServer:
     hub = WatchHub(database, poll_interval=config.watch_poll_interval)
     await hub.start()
     doorbell = Doorbell()
-    background: list[asyncio.Task[None]] = []
-    if database.dialect.is_postgres:
+    compactor = Compactor(database, config.event_retention)
+    background = [
+        PeriodicTask("compaction", compactor.compact_now, interval=config.compaction_interval)
+    ]
+    listener = None
+    if database.shared:
 
         def changed_on_some_replica(revision: int) -> None:
             # Our own commits rang already (on_commit); another replica's change may
@@ -94,23 +101,21 @@ async def start_server(config: ServerConfig) -> RunningServer:
                 doorbell.ring()
             hub.ring(revision)
 
-        listener = listen_for_changes(database.url, changed_on_some_replica)
-        background.append(asyncio.create_task(listener, name="runplane-listen"))
-    compactor = Compactor(database, config.event_retention, interval=config.compaction_interval)
-    compactor.start()
+        listener = ChangeListener(database.url, changed_on_some_replica)
+        background.append(PeriodicTask("change-listener", listener.listen, interval=0))
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     database.on_commit(doorbell.ring_for)
-    cache = None if database.dialect.is_postgres else RunCache()
+    cache = None if database.shared else RunCache()
     if cache is not None:
         database.on_commit(cache.apply)
     runs = RunService(database, cache)
     claims = ClaimService(database, doorbell)
-    watches = WatchService(database, hub, runs.get, max_buffered=config.watch_buffer)
+    watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
     servicer = RunServicer(runs, claims, watches, limits)
     run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, server)
     sweeper = Sweeper(database, config.max_attempts)
-    background.append(asyncio.create_task(sweeper.run_forever(), name="runplane-sweeper"))
+    background.append(PeriodicTask("sweeper", sweeper.sweep, interval=SWEEP_INTERVAL_S))
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -118,6 +123,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
     )
     port = server.add_insecure_port(config.address)
     await server.start()
+    for task in background:
+        task.start()
     for name in ("", RUN_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = config.address.rsplit(":", 1)[0]
@@ -131,6 +138,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         hub=hub,
         compactor=compactor,
         background=background,
+        listener=listener,
     )
 
 

@@ -10,43 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from dataclasses import dataclass
 
-from sqlalchemy import Connection
-
+from runplane.server import requests
 from runplane.server.doorbell import Doorbell, Round
 from runplane.server.errors import LeaseLost
-from runplane.server.records import (
-    Change,
-    ChangeType,
-    JSONObject,
-    Run,
-    RunStatus,
-    now_us,
-)
+from runplane.server.records import Change, ChangeType, Run, RunStatus, now_us
 from runplane.server.store.database import Database
-from runplane.server.store.run_store import RunStore
+from runplane.server.store.unit_of_work import UnitOfWork
 
-# PostgreSQL replicas ring each other's doorbells through LISTEN/NOTIFY (see app.py),
-# and the listener rings after every reconnect; this look is only a last resort.
+# Replicas ring each other's doorbells through the change listener (see app.py), and
+# the listener rings after every reconnect; this look is only a last resort.
 _REPLICA_POLL_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimRequest:
-    worker_id: str
-    assistant_ids: tuple[str, ...]
-    lease_us: int
-    wait_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    run_id: str
-    worker_id: str
-    status: RunStatus
-    error: str
-    metadata: JSONObject
 
 
 class ClaimService:
@@ -54,8 +28,11 @@ class ClaimService:
         self._db = database
         self._doorbell = doorbell
 
-    async def claim(self, request: ClaimRequest) -> Run | None:
-        """Claim the oldest claimable run, waiting up to `wait_s` for one to appear."""
+    async def claim(self, request: requests.ClaimRun) -> Run | None:
+        """Claim the oldest claimable run, waiting up to `wait_s` for one to appear.
+
+        `request.namespace` is not applied yet: claims still look in every namespace.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.wait_s
         held: Round | None = None  # the round that woke this claim, until it has looked
@@ -82,7 +59,7 @@ class ClaimService:
                 return None
             if next_due is not None:
                 pause = min(pause, max(0.0, (next_due - now_us()) / 1e6))
-            if self._db.dialect.is_postgres:
+            if self._db.shared:
                 pause = min(pause, _REPLICA_POLL_S)
             try:
                 await asyncio.wait({waiter.woken}, timeout=pause)
@@ -97,31 +74,29 @@ class ClaimService:
             if round_ is not None:
                 self._doorbell.pass_on(round_, None)
 
-    async def _attempt(self, request: ClaimRequest) -> tuple[Run | None, int | None]:
+    async def _attempt(self, request: requests.ClaimRun) -> tuple[Run | None, int | None]:
         """One look, and a claim if the look found something."""
         # Look before taking the write lock: a run seen by several waiters is claimed
         # by one, and a read costs none of the writer's time.
-        ready, next_due = await self._db.read(
-            lambda conn: self._peek(RunStore(conn, self._db.dialect), request)
-        )
+        ready, next_due = await self._db.read(lambda unit: self._peek(unit, request))
         if not ready:
             return None, next_due
-        return await self._db.write(
-            lambda conn: self._claim_once(RunStore(conn, self._db.dialect), request)
-        )
+        return await self._db.write(lambda unit: self._claim_once(unit, request))
 
     @staticmethod
-    def _peek(store: RunStore, request: ClaimRequest) -> tuple[bool, int | None]:
+    def _peek(unit: UnitOfWork, request: requests.ClaimRun) -> tuple[bool, int | None]:
         """Whether a run is claimable now; if not, when the next one becomes due."""
         now = now_us()
-        if store.claimable(now, request.assistant_ids, 1):
+        if unit.runs.claimable(now, request.assistant_ids, 1):
             return True, None
-        return False, store.next_start_after(now)
+        return False, unit.runs.next_start_after(now)
 
-    def _claim_once(self, store: RunStore, request: ClaimRequest) -> tuple[Run | None, int | None]:
+    @staticmethod
+    def _claim_once(unit: UnitOfWork, request: requests.ClaimRun) -> tuple[Run | None, int | None]:
         now = now_us()
-        for candidate in store.claim_candidates(now, request.assistant_ids):
-            if not store.lock_candidate(candidate, now, request.assistant_ids):
+        runs = unit.runs
+        for candidate in runs.claim_candidates(now, request.assistant_ids):
+            if not runs.lock_candidate(candidate, now, request.assistant_ids):
                 continue  # another transaction is changing its thread, or took it
             running = dataclasses.replace(
                 candidate,
@@ -132,41 +107,45 @@ class ClaimService:
                 started_at=candidate.started_at or now,
                 updated_at=now,
             )
-            return store.apply([Change(ChangeType.UPDATED, running, previous=candidate)])[0], None
-        return None, store.next_start_after(now)
+            return unit.apply([Change(ChangeType.UPDATED, running, previous=candidate)])[0], None
+        return None, runs.next_start_after(now)
 
-    async def heartbeat(self, run_id: str, worker_id: str, lease_us: int) -> Run:
-        def extend(conn: Connection) -> Run:
-            store = RunStore(conn, self._db.dialect)
-            run = _held(store, run_id, worker_id)
+    async def heartbeat(self, request: requests.HeartbeatRun) -> Run:
+        def extend(unit: UnitOfWork) -> Run:
+            run = _held(unit, request.run_id, request.worker_id)
             now = now_us()
-            renewed = dataclasses.replace(run, lease_expires_at=now + lease_us, updated_at=now)
-            return store.apply([Change(ChangeType.UPDATED, renewed, previous=run)])[0]
+            renewed = dataclasses.replace(
+                run, lease_expires_at=now + request.lease_us, updated_at=now
+            )
+            return unit.apply([Change(ChangeType.UPDATED, renewed, previous=run)])[0]
 
         return await self._db.write(extend)
 
-    async def complete(self, completion: Completion) -> Run:
-        def finish(conn: Connection) -> Run:
-            store = RunStore(conn, self._db.dialect)
-            run = _held(store, completion.run_id, completion.worker_id)
+    async def complete(self, completion: requests.CompleteRun) -> Run:
+        """End the run as its worker says. `retryable` is carried, not applied yet: an
+        ERROR is final until runs have retry policies."""
+
+        def finish(unit: UnitOfWork) -> Run:
+            run = _held(unit, completion.run_id, completion.worker_id)
             now = now_us()
             ended = dataclasses.replace(
                 run,
                 status=completion.status,
                 error=completion.error,
                 metadata={**run.metadata, **completion.metadata},
+                result=completion.result,
                 ended_at=now,
                 updated_at=now,
                 lease_expires_at=None,
             )
-            return store.apply([Change(ChangeType.UPDATED, ended, previous=run)])[0]
+            return unit.apply([Change(ChangeType.UPDATED, ended, previous=run)])[0]
 
         return await self._db.write(finish)
 
 
-def _held(store: RunStore, run_id: str, worker_id: str) -> Run:
+def _held(unit: UnitOfWork, run_id: str, worker_id: str) -> Run:
     """The run, if `worker_id` still holds its claim; LeaseLost otherwise."""
-    run = store.get_locked(run_id)
+    run = unit.runs.get_locked(run_id)
     if run is None:
         raise LeaseLost(run_id, worker_id, "the run was deleted")
     if run.status is not RunStatus.RUNNING:

@@ -70,6 +70,17 @@ def document(message: struct_pb2.Struct) -> JSONObject:
     return json_format.MessageToDict(message)
 
 
+def retry_policy_to_proto(policy: records.RetryPolicy) -> run_pb2.RetryPolicy:
+    message = run_pb2.RetryPolicy(
+        max_attempts=policy.max_attempts, backoff_coefficient=policy.backoff_coefficient
+    )
+    if policy.initial_backoff is not None:
+        message.initial_backoff.CopyFrom(duration(policy.initial_backoff))
+    if policy.maximum_backoff is not None:
+        message.maximum_backoff.CopyFrom(duration(policy.maximum_backoff))
+    return message
+
+
 def run_to_proto(run: records.Run) -> run_pb2.Run:
     message = run_pb2.Run(
         run_id=run.run_id,
@@ -84,6 +95,9 @@ def run_to_proto(run: records.Run) -> run_pb2.Run:
         error=run.error,
         cancel_reason=run.cancel_reason,
         worker_id=run.worker_id,
+        namespace=run.namespace,
+        created_by=run.created_by,
+        priority=run.priority,
     )
     if run.metadata:
         message.metadata.update(run.metadata)
@@ -99,6 +113,12 @@ def run_to_proto(run: records.Run) -> run_pb2.Run:
         message.timeout.CopyFrom(duration(run.timeout))
     if run.start_after is not None:
         message.start_after.CopyFrom(timestamp(run.start_after))
+    if run.trace_context:
+        message.trace_context.update(run.trace_context)
+    if run.result:
+        message.result.update(run.result)
+    if run.retry_policy is not None:
+        message.retry_policy.CopyFrom(retry_policy_to_proto(run.retry_policy))
     return message
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 JSONObject = dict[str, Any]
+
+DEFAULT_NAMESPACE = "default"
+ANONYMOUS = "anonymous"
+"""The principal of every call while the server runs without authentication."""
+DEFAULT_PRIORITY = 5
 
 
 def now_us() -> int:
@@ -64,9 +68,26 @@ class SortOrder(enum.StrEnum):
     ASC = "asc"
 
 
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How failures of a run are retried, as its creator gave it (zero and None mean the
+    documented defaults; they are resolved when a retry is decided)."""
+
+    max_attempts: int = 0
+    initial_backoff: int | None = None
+    """Microseconds."""
+    backoff_coefficient: float = 0.0
+    maximum_backoff: int | None = None
+    """Microseconds."""
+
+
 @dataclass(slots=True)
 class Run:
-    """A run as the rules see it. Times are microseconds since the epoch (UTC)."""
+    """A run as the rules see it. Times are microseconds since the epoch (UTC).
+
+    The store maps every field to a column and to the event log (`store/fields.py`):
+    a new field is declared here and there, and nowhere else.
+    """
 
     run_id: str
     thread_id: str
@@ -89,20 +110,14 @@ class Run:
     """Longest RUNNING time in microseconds, if any."""
     start_after: int | None = None
     request_id: str | None = None
-
-    def to_json(self) -> JSONObject:
-        """The snapshot kept in the event log (shallow: it is serialized at once)."""
-        return {name: getattr(self, name) for name in _RUN_FIELDS}
-
-    @classmethod
-    def from_json(cls, data: JSONObject) -> Run:
-        values = dict(data)
-        values["status"] = RunStatus(values["status"])
-        values["multitask_strategy"] = MultitaskStrategy(values["multitask_strategy"])
-        return cls(**values)
-
-
-_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(Run))
+    namespace: str = DEFAULT_NAMESPACE
+    created_by: str = ANONYMOUS
+    trace_context: dict[str, str] = field(default_factory=dict)
+    """The creator's W3C trace context (traceparent, tracestate)."""
+    result: JSONObject = field(default_factory=dict)
+    """What the run produced, as its worker reported it."""
+    retry_policy: RetryPolicy | None = None
+    priority: int = DEFAULT_PRIORITY
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,21 +1,20 @@
 """The rules of runs: multitask strategies, cancellation, updates, deletion, listing.
 
-Each operation is one transaction: the rule reads what it needs through a
-`RunStore`, decides, and hands its changes to `RunStore.apply`, which numbers
-them with global revisions. "What happens on CreateRun with ROLLBACK" is
-answered in `RunService._create`.
+Each operation is one transaction: the rule reads what it needs through the
+`UnitOfWork` the store hands it, decides, and passes its changes to
+`UnitOfWork.apply`, which numbers them with global revisions. "What happens on
+CreateRun with ROLLBACK" is answered in `RunService._create`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
-
-from runplane.server import pages
+from runplane.server import pages, requests
 from runplane.server.cache import RunCache
 from runplane.server.errors import (
     RevisionMismatch,
@@ -30,50 +29,17 @@ from runplane.server.records import (
     CancelAction,
     Change,
     ChangeType,
-    JSONObject,
     MultitaskStrategy,
     PageCursor,
     Run,
-    RunFilter,
     RunStatus,
-    SortOrder,
     now_us,
 )
 from runplane.server.store.database import Database
-from runplane.server.store.run_store import RunStore
+from runplane.server.store.unit_of_work import UnitOfWork
 
-
-@dataclass(frozen=True, slots=True)
-class NewRun:
-    """A validated CreateRun request."""
-
-    assistant_id: str
-    thread_id: str | None = None
-    run_id: str | None = None
-    metadata: JSONObject = dataclasses.field(default_factory=dict)
-    kwargs: JSONObject = dataclasses.field(default_factory=dict)
-    strategy: MultitaskStrategy = MultitaskStrategy.ENQUEUE
-    request_id: str | None = None
-    timeout: int | None = None
-    start_after: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunPatch:
-    """A validated UpdateRun request: None leaves a field as it is."""
-
-    run_id: str
-    metadata: JSONObject | None = None
-    kwargs: JSONObject | None = None
-    expected_revision: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ListQuery:
-    run_filter: RunFilter
-    order: SortOrder
-    page_size: int
-    page_token: str = ""
+RunLookup = Callable[[str], Awaitable[Run]]
+"""GetRun's read: the run with this id, or RunNotFound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,26 +71,25 @@ class RunService:
         self._db = database
         self._cache = cache
 
-    def _store(self, connection: Connection) -> RunStore:
-        return RunStore(connection, self._db.dialect)
-
     # -- create ------------------------------------------------------------------------------
 
-    async def create(self, new: NewRun) -> Run:
-        return await self._db.write(lambda conn: self._create(self._store(conn), new))
+    async def create(self, new: requests.CreateRun) -> Run:
+        return await self._db.write(lambda unit: self._create(unit, new))
 
-    def _create(self, store: RunStore, new: NewRun) -> Run:
+    def _create(self, unit: UnitOfWork, new: requests.CreateRun) -> Run:
+        # The seam for namespaces: a thread and a request_id are still global here.
+        runs = unit.runs
         if new.request_id is not None:
-            store.lock_request(new.request_id)
-            first = store.get_by_request_id(new.request_id)
+            runs.lock_request(new.request_id)
+            first = runs.get_by_request_id(new.request_id)
             if first is not None:
                 return first  # a retry: no second run, no strategy applied again
         run_id = new.run_id or str(uuid.uuid4())
         thread_id = new.thread_id or str(uuid.uuid4())
-        store.lock_thread(thread_id)
-        if new.run_id is not None and store.get(new.run_id) is not None:
+        runs.lock_thread(thread_id)
+        if new.run_id is not None and runs.get(new.run_id) is not None:
             raise RunAlreadyExists(new.run_id)
-        inflight = store.inflight_on_thread(thread_id) if new.thread_id else []
+        inflight = runs.inflight_on_thread(thread_id) if new.thread_id else []
         at = now_us()
 
         changes: list[Change] = []
@@ -152,31 +117,39 @@ class RunService:
             timeout=new.timeout,
             start_after=new.start_after,
             request_id=new.request_id,
+            namespace=new.namespace,
+            created_by=new.created_by,
+            trace_context=new.trace_context,
+            retry_policy=new.retry_policy,
+            priority=new.priority,
         )
         changes.append(Change(ChangeType.CREATED, run))
-        return store.apply(changes)[-1]
+        return unit.apply(changes)[-1]
 
     # -- read --------------------------------------------------------------------------------
 
-    async def get(self, run_id: str) -> Run:
+    async def get(self, request: requests.GetRun) -> Run:
+        return await self.lookup(request.run_id)
+
+    async def lookup(self, run_id: str) -> Run:
+        """The run with this id (RunLookup), from the cache when it has it."""
         run = self._cache.get(run_id) if self._cache is not None else None
         if run is None:
-            run = await self._db.read(lambda conn: self._store(conn).get(run_id))
+            run = await self._db.read(lambda unit: unit.runs.get(run_id))
             if run is None:
                 raise RunNotFound(run_id)
             if self._cache is not None:
                 self._cache.remember(run)
         return run
 
-    async def list(self, query: ListQuery) -> RunPage:
+    async def list(self, query: requests.ListRuns) -> RunPage:
         fingerprint = pages.query_fingerprint(query.run_filter, query.order)
         cursor = pages.decode(query.page_token, fingerprint) if query.page_token else None
 
-        def read_page(conn: Connection) -> tuple[int, list[Run]]:
-            store = self._store(conn)
-            revision = store.current_revision()
+        def read_page(unit: UnitOfWork) -> tuple[int, list[Run]]:
+            revision = unit.log.state().revision
             # One extra row tells whether another page follows.
-            runs = store.list_page(query.run_filter, query.order, cursor, query.page_size + 1)
+            runs = unit.runs.list_page(query.run_filter, query.order, cursor, query.page_size + 1)
             return revision, runs
 
         revision, runs = await self._db.read(read_page, snapshot=True)
@@ -189,11 +162,11 @@ class RunService:
 
     # -- change ------------------------------------------------------------------------------
 
-    async def update(self, patch: RunPatch) -> Run:
-        return await self._db.write(lambda conn: self._update(self._store(conn), patch))
+    async def update(self, patch: requests.UpdateRun) -> Run:
+        return await self._db.write(lambda unit: self._update(unit, patch))
 
-    def _update(self, store: RunStore, patch: RunPatch) -> Run:
-        run = _existing(store, patch.run_id)
+    def _update(self, unit: UnitOfWork, patch: requests.UpdateRun) -> Run:
+        run = _existing(unit, patch.run_id)
         _check_revision(run, patch.expected_revision)
         changed: dict[str, Any] = {"updated_at": now_us()}
         if patch.metadata is not None:
@@ -203,36 +176,32 @@ class RunService:
                 raise RunNotPending(run.run_id, run.status.value)
             changed["kwargs"] = patch.kwargs
         updated = dataclasses.replace(run, **changed)
-        return store.apply([Change(ChangeType.UPDATED, updated, previous=run)])[0]
+        return unit.apply([Change(ChangeType.UPDATED, updated, previous=run)])[0]
 
-    async def cancel(self, run_id: str, action: CancelAction, reason: str) -> Run:
-        return await self._db.write(
-            lambda conn: self._cancel(self._store(conn), run_id, action, reason)
-        )
+    async def cancel(self, request: requests.CancelRun) -> Run:
+        return await self._db.write(lambda unit: self._cancel(unit, request))
 
-    def _cancel(self, store: RunStore, run_id: str, action: CancelAction, reason: str) -> Run:
-        run = _existing(store, run_id)
+    def _cancel(self, unit: UnitOfWork, request: requests.CancelRun) -> Run:
+        run = _existing(unit, request.run_id)
         if not run.status.is_inflight:
             raise RunTerminal(run.run_id, run.status.value)
-        if action is CancelAction.ROLLBACK:
-            return store.apply([Change(ChangeType.DELETED, run)])[0]
-        return store.apply([_interrupted(run, reason or "cancelled", now_us())])[0]
+        if request.action is CancelAction.ROLLBACK:
+            return unit.apply([Change(ChangeType.DELETED, run)])[0]
+        return unit.apply([_interrupted(run, request.reason or "cancelled", now_us())])[0]
 
-    async def delete(self, run_id: str, expected_revision: int, force: bool) -> None:
-        await self._db.write(
-            lambda conn: self._delete(self._store(conn), run_id, expected_revision, force)
-        )
+    async def delete(self, request: requests.DeleteRun) -> None:
+        await self._db.write(lambda unit: self._delete(unit, request))
 
-    def _delete(self, store: RunStore, run_id: str, expected_revision: int, force: bool) -> None:
-        run = _existing(store, run_id)
-        _check_revision(run, expected_revision)
-        if run.status.is_inflight and not force:
+    def _delete(self, unit: UnitOfWork, request: requests.DeleteRun) -> None:
+        run = _existing(unit, request.run_id)
+        _check_revision(run, request.expected_revision)
+        if run.status.is_inflight and not request.force:
             raise RunInflight(run.run_id, run.status.value)
-        store.apply([Change(ChangeType.DELETED, run)])
+        unit.apply([Change(ChangeType.DELETED, run)])
 
 
-def _existing(store: RunStore, run_id: str) -> Run:
-    run = store.get_locked(run_id)
+def _existing(unit: UnitOfWork, run_id: str) -> Run:
+    run = unit.runs.get_locked(run_id)
     if run is None:
         raise RunNotFound(run_id)
     return run

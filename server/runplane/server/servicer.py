@@ -1,4 +1,5 @@
-"""RunService over gRPC: validate the request, call the rules, convert the answer.
+"""RunService over gRPC: validate the request into its `requests` dataclass, call the
+rules with it, convert the answer.
 
 This is the only module that knows gRPC status codes; every error leaves through
 `_rpc`, which maps it with `status`.
@@ -187,7 +188,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
 
     @_rpc
     async def GetRun(self, request: run_service_pb2.GetRunRequest, context: Context) -> run_pb2.Run:
-        run = await self._runs.get(validation.run_id(request.run_id))
+        run = await self._runs.get(validation.get_run(request))
         return convert.run_to_proto(run)
 
     @_rpc
@@ -212,14 +213,14 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     async def CancelRun(
         self, request: run_service_pb2.CancelRunRequest, context: Context
     ) -> run_pb2.Run:
-        run = await self._runs.cancel(*validation.cancel_run(request))
+        run = await self._runs.cancel(validation.cancel_run(request))
         return convert.run_to_proto(run)
 
     @_rpc
     async def DeleteRun(
         self, request: run_service_pb2.DeleteRunRequest, context: Context
     ) -> empty_pb2.Empty:
-        await self._runs.delete(*validation.delete_run(request))
+        await self._runs.delete(validation.delete_run(request))
         return empty_pb2.Empty()
 
     @_rpc
@@ -235,7 +236,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     async def HeartbeatRun(
         self, request: run_service_pb2.HeartbeatRunRequest, context: Context
     ) -> run_pb2.Run:
-        run = await self._claims.heartbeat(*validation.heartbeat_run(request))
+        run = await self._claims.heartbeat(validation.heartbeat_run(request))
         return convert.run_to_proto(run)
 
     @_rpc
@@ -255,7 +256,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     async def WatchRun(
         self, request: run_service_pb2.WatchRunRequest, context: Context
     ) -> AsyncIterator[Delivery]:
-        return await self._watches.watch_run(*validation.watch_run(request))
+        return await self._watches.watch_run(validation.watch_run(request))
 
     async def CancelRuns(
         self, request: run_service_pb2.CancelRunsRequest, context: Context

@@ -5,20 +5,17 @@
   creation order), or ERROR once it has been claimed `max_attempts` times.
 
 Each sweep is one ordinary revisioned transaction; one replica sweeps at a time.
+The server runs `Sweeper.sweep` as a `PeriodicTask` every SWEEP_INTERVAL_S.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 
-from sqlalchemy import Connection
-
-from runplane.server.errors import StoreUnavailable
 from runplane.server.records import Change, ChangeType, Run, RunStatus, now_us
 from runplane.server.store.database import Database
-from runplane.server.store.run_store import RunStore
+from runplane.server.store.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +60,17 @@ class Sweeper:
     async def sweep(self) -> list[Run]:
         """One pass; returns the runs it changed."""
 
-        def settle_stuck(conn: Connection) -> list[Run]:
-            store = RunStore(conn, self._db.dialect)
-            if not store.try_lock_sweeper():
+        def settle_stuck(unit: UnitOfWork) -> list[Run]:
+            runs = unit.runs
+            if not runs.try_lock_sweeper():
                 return []
             now = now_us()
             changes = [
                 Change(ChangeType.UPDATED, _settle(run, now, self._max_attempts), previous=run)
-                for run in store.stuck(now, _BATCH)
-                if store.try_lock_thread(run.thread_id)  # busy threads wait for the next pass
+                for run in runs.stuck(now, _BATCH)
+                if runs.try_lock_thread(run.thread_id)  # busy threads wait for the next pass
             ]
-            return store.apply(changes)
+            return unit.apply(changes)
 
         settled = await self._db.write(settle_stuck)
         for run in settled:
@@ -86,13 +83,3 @@ class Sweeper:
                 },
             )
         return settled
-
-    async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except StoreUnavailable:
-                pass  # already logged by the store; try again next pass
-            except Exception:
-                log.exception("sweep failed")
-            await asyncio.sleep(SWEEP_INTERVAL_S)

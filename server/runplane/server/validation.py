@@ -1,26 +1,26 @@
-"""Turns runplane.v1 requests into validated domain commands, or InvalidInput.
+"""Turns each runplane.v1 request into its `requests` dataclass, or InvalidInput.
 
-Every problem of a request is collected, so one INVALID_ARGUMENT answer lists
-them all as BadRequest field violations. Nothing here touches the database.
+One function per RPC, named after it. Every problem of a request is collected, so
+one INVALID_ARGUMENT answer lists them all as BadRequest field violations. Nothing
+here touches the database.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
-from runplane.server import convert, records
-from runplane.server.claims import ClaimRequest, Completion
+from runplane.server import convert, records, requests
 from runplane.server.errors import FieldViolation, InvalidInput
 from runplane.server.records import RunFilter, SortOrder
-from runplane.server.runs import ListQuery, NewRun, RunPatch
-from runplane.server.watch.streams import RunsWatch, clamp_progress_interval
 from runplane.v1 import run_pb2, run_service_pb2
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _UUID_EXAMPLE = "123e4567-e89b-42d3-a456-426614174000"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 MAX_ASSISTANT_ID = 256
 MAX_REQUEST_ID = 128
 MAX_REASON = 1024
@@ -31,8 +31,13 @@ MAX_LEASE_US = 3600 * 1_000_000
 MAX_CLAIM_WAIT_S = 60.0
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
+MIN_PROGRESS_INTERVAL = 1.0
+MAX_PROGRESS_INTERVAL = 300.0
 # Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+# Duration's valid range: about +-10,000 years.
+_MAX_DURATION_SECONDS = 315_576_000_000
 _ORDERS = {
     "": SortOrder.DESC,
     "created_at desc": SortOrder.DESC,
@@ -99,12 +104,25 @@ class _Violations:
         if value < 0:
             self.add(field, f"must be 0 (unconditional) or a revision, got {value}")
 
+    def namespace(self, field: str, value: str) -> str | None:
+        """A DNS label, or None when empty."""
+        if not value:
+            return None
+        if not _DNS_LABEL.fullmatch(value):
+            self.add(
+                field,
+                "must be a DNS label: 1 to 63 lowercase letters, digits and '-', starting "
+                f"and ending with a letter or digit, got {value[:80]!r}",
+            )
+            return None
+        return value
+
 
 def _positive_duration_us(
     violations: _Violations, field: str, value: duration_pb2.Duration
 ) -> int | None:
-    if value.nanos < 0 or value.nanos >= 1_000_000_000 or value.seconds < 0:
-        violations.add(field, "must be a positive duration")
+    if not (0 <= value.seconds <= _MAX_DURATION_SECONDS and 0 <= value.nanos < 1_000_000_000):
+        violations.add(field, "must be a positive duration of at most 10,000 years")
         return None
     us = convert.duration_us(value)
     if us <= 0:
@@ -120,7 +138,35 @@ def _timestamp_us(violations: _Violations, field: str, value: timestamp_pb2.Time
     return convert.timestamp_us(value)
 
 
-def create_run(request: run_service_pb2.CreateRunRequest, limits: Limits) -> NewRun:
+def _retry_policy(v: _Violations, message: run_pb2.RetryPolicy) -> records.RetryPolicy:
+    field = "retry_policy"
+    if message.max_attempts < 0:
+        v.add(
+            f"{field}.max_attempts",
+            f"must be 0 (the server's --max-attempts) or more, got {message.max_attempts}",
+        )
+    initial = maximum = None
+    if message.HasField("initial_backoff"):
+        initial = _positive_duration_us(v, f"{field}.initial_backoff", message.initial_backoff)
+    if message.HasField("maximum_backoff"):
+        maximum = _positive_duration_us(v, f"{field}.maximum_backoff", message.maximum_backoff)
+        if initial is not None and maximum is not None and maximum < initial:
+            v.add(f"{field}.maximum_backoff", "must not be shorter than initial_backoff")
+    coefficient = message.backoff_coefficient
+    if not (coefficient == 0 or (math.isfinite(coefficient) and coefficient >= 1)):
+        v.add(
+            f"{field}.backoff_coefficient",
+            f"must be 0 (the default, 2) or at least 1, got {coefficient}",
+        )
+    return records.RetryPolicy(
+        max_attempts=message.max_attempts,
+        initial_backoff=initial,
+        backoff_coefficient=coefficient,
+        maximum_backoff=maximum,
+    )
+
+
+def create_run(request: run_service_pb2.CreateRunRequest, limits: Limits) -> requests.CreateRun:
     v = _Violations()
     thread_id = v.uuid("thread_id", request.thread_id, required=False)
     run_id = v.uuid("run_id", request.run_id, required=False)
@@ -149,8 +195,17 @@ def create_run(request: run_service_pb2.CreateRunRequest, limits: Limits) -> New
         if request.HasField("start_after")
         else None
     )
+    namespace = v.namespace("namespace", request.namespace)
+    retry_policy = (
+        _retry_policy(v, request.retry_policy) if request.HasField("retry_policy") else None
+    )
+    priority = records.DEFAULT_PRIORITY
+    if request.HasField("priority"):
+        priority = request.priority
+        if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            v.add("priority", f"must be {MIN_PRIORITY} to {MAX_PRIORITY}, got {priority}")
     v.check()
-    return NewRun(
+    return requests.CreateRun(
         assistant_id=request.assistant_id,
         thread_id=thread_id,
         run_id=run_id,
@@ -160,20 +215,28 @@ def create_run(request: run_service_pb2.CreateRunRequest, limits: Limits) -> New
         request_id=request.request_id or None,
         timeout=timeout,
         start_after=start_after,
+        namespace=namespace or records.DEFAULT_NAMESPACE,
+        retry_policy=retry_policy,
+        priority=priority,
     )
 
 
-def run_id(value: str, field: str = "run_id") -> str:
+def _run_id(v: _Violations, value: str) -> str:
+    """A required run_id: the caller checks `v` before using it."""
+    return v.uuid("run_id", value, required=True) or ""
+
+
+def get_run(request: run_service_pb2.GetRunRequest) -> requests.GetRun:
     v = _Violations()
-    checked = v.uuid(field, value, required=True)
+    checked_id = _run_id(v, request.run_id)
     v.check()
-    assert checked is not None
-    return checked
+    return requests.GetRun(run_id=checked_id)
 
 
-def run_filter(
+def _run_filter(
     v: _Violations, message: run_service_pb2.RunFilter, limits: Limits, field: str = "filter"
-) -> RunFilter:
+) -> tuple[RunFilter, str | None]:
+    """The filter, and its namespace (None: every namespace)."""
     thread_id = v.uuid(f"{field}.thread_id", message.thread_id, required=False)
     v.text(f"{field}.assistant_id", message.assistant_id, limit=MAX_ASSISTANT_ID)
     statuses: set[records.RunStatus] = set()
@@ -183,17 +246,19 @@ def run_filter(
         else:
             v.add(f"{field}.statuses[{index}]", f"{status} is not a run status")
     metadata = v.struct(f"{field}.metadata", message.metadata, limits)
-    return RunFilter(
+    namespace = v.namespace(f"{field}.namespace", message.namespace)
+    selected = RunFilter(
         thread_id=thread_id,
         assistant_id=message.assistant_id or None,
         statuses=frozenset(statuses),
         metadata=metadata,
     )
+    return selected, namespace
 
 
-def list_runs(request: run_service_pb2.ListRunsRequest, limits: Limits) -> ListQuery:
+def list_runs(request: run_service_pb2.ListRunsRequest, limits: Limits) -> requests.ListRuns:
     v = _Violations()
-    selected = run_filter(v, request.filter, limits)
+    selected, namespace = _run_filter(v, request.filter, limits)
     if request.page_size < 0:
         v.add("page_size", f"must not be negative, got {request.page_size}")
     page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -204,12 +269,16 @@ def list_runs(request: run_service_pb2.ListRunsRequest, limits: Limits) -> ListQ
         )
     v.check()
     assert order is not None
-    return ListQuery(
-        run_filter=selected, order=order, page_size=page_size, page_token=request.page_token
+    return requests.ListRuns(
+        run_filter=selected,
+        order=order,
+        page_size=page_size,
+        page_token=request.page_token,
+        namespace=namespace,
     )
 
 
-def update_run(request: run_service_pb2.UpdateRunRequest, limits: Limits) -> RunPatch:
+def update_run(request: run_service_pb2.UpdateRunRequest, limits: Limits) -> requests.UpdateRun:
     v = _Violations()
     checked_id = v.uuid("run.run_id", request.run.run_id, required=True)
     v.revision("expected_revision", request.expected_revision)
@@ -227,7 +296,7 @@ def update_run(request: run_service_pb2.UpdateRunRequest, limits: Limits) -> Run
     kwargs = v.struct("run.kwargs", request.run.kwargs, limits)
     v.check()
     assert checked_id is not None
-    return RunPatch(
+    return requests.UpdateRun(
         run_id=checked_id,
         metadata=metadata if "metadata" in paths else None,
         kwargs=kwargs if "kwargs" in paths else None,
@@ -235,28 +304,47 @@ def update_run(request: run_service_pb2.UpdateRunRequest, limits: Limits) -> Run
     )
 
 
-def cancel_run(
-    request: run_service_pb2.CancelRunRequest,
-) -> tuple[str, records.CancelAction, str]:
-    v = _Violations()
-    checked_id = v.uuid("run_id", request.run_id, required=True)
-    action = convert.CANCEL_ACTION_FROM_PROTO.get(request.action)
+def _cancel_action(v: _Violations, value: run_pb2.CancelAction.ValueType) -> records.CancelAction:
+    action = convert.CANCEL_ACTION_FROM_PROTO.get(value)
     if action is None:
-        v.add("action", f"unknown value {request.action}; use INTERRUPT or ROLLBACK")
+        v.add("action", f"unknown value {value}; use INTERRUPT or ROLLBACK")
+        return records.CancelAction.INTERRUPT
+    return action
+
+
+def cancel_run(request: run_service_pb2.CancelRunRequest) -> requests.CancelRun:
+    v = _Violations()
+    checked_id = _run_id(v, request.run_id)
+    action = _cancel_action(v, request.action)
     v.text("reason", request.reason, limit=MAX_REASON)
     v.check()
-    assert checked_id is not None
-    assert action is not None
-    return checked_id, action, request.reason
+    return requests.CancelRun(run_id=checked_id, action=action, reason=request.reason)
 
 
-def delete_run(request: run_service_pb2.DeleteRunRequest) -> tuple[str, int, bool]:
+def cancel_runs(request: run_service_pb2.CancelRunsRequest, limits: Limits) -> requests.CancelRuns:
     v = _Violations()
-    checked_id = v.uuid("run_id", request.run_id, required=True)
+    selected, namespace = _run_filter(v, request.filter, limits)
+    if selected.thread_id is None and selected.assistant_id is None and not selected.metadata:
+        v.add(
+            "filter",
+            "must set thread_id, assistant_id or metadata: cancelling every run is refused",
+        )
+    action = _cancel_action(v, request.action)
+    v.text("reason", request.reason, limit=MAX_REASON)
+    v.check()
+    return requests.CancelRuns(
+        run_filter=selected, action=action, reason=request.reason, namespace=namespace
+    )
+
+
+def delete_run(request: run_service_pb2.DeleteRunRequest) -> requests.DeleteRun:
+    v = _Violations()
+    checked_id = _run_id(v, request.run_id)
     v.revision("expected_revision", request.expected_revision)
     v.check()
-    assert checked_id is not None
-    return checked_id, request.expected_revision, request.force
+    return requests.DeleteRun(
+        run_id=checked_id, expected_revision=request.expected_revision, force=request.force
+    )
 
 
 def _lease_us(
@@ -272,7 +360,7 @@ def _lease_us(
     return lease or DEFAULT_LEASE_US
 
 
-def claim_run(request: run_service_pb2.ClaimRunRequest) -> ClaimRequest:
+def claim_run(request: run_service_pb2.ClaimRunRequest) -> requests.ClaimRun:
     v = _Violations()
     v.text("worker_id", request.worker_id, limit=MAX_WORKER_ID, required=True)
     for index, assistant_id in enumerate(request.assistant_ids):
@@ -283,23 +371,24 @@ def claim_run(request: run_service_pb2.ClaimRunRequest) -> ClaimRequest:
         if request.wait.seconds < 0 or request.wait.nanos < 0:
             v.add("wait", "must not be negative")
         wait_s = min(convert.duration_us(request.wait) / 1e6, MAX_CLAIM_WAIT_S)
+    namespace = v.namespace("namespace", request.namespace)
     v.check()
-    return ClaimRequest(
+    return requests.ClaimRun(
         worker_id=request.worker_id,
         assistant_ids=tuple(request.assistant_ids),
         lease_us=lease,
         wait_s=max(wait_s, 0.0),
+        namespace=namespace,
     )
 
 
-def heartbeat_run(request: run_service_pb2.HeartbeatRunRequest) -> tuple[str, str, int]:
+def heartbeat_run(request: run_service_pb2.HeartbeatRunRequest) -> requests.HeartbeatRun:
     v = _Violations()
-    checked_id = v.uuid("run_id", request.run_id, required=True)
+    checked_id = _run_id(v, request.run_id)
     v.text("worker_id", request.worker_id, limit=MAX_WORKER_ID, required=True)
     lease = _lease_us(v, request)
     v.check()
-    assert checked_id is not None
-    return checked_id, request.worker_id, lease
+    return requests.HeartbeatRun(run_id=checked_id, worker_id=request.worker_id, lease_us=lease)
 
 
 _COMPLETION_STATUSES = {
@@ -308,24 +397,28 @@ _COMPLETION_STATUSES = {
 }
 
 
-def complete_run(request: run_service_pb2.CompleteRunRequest, limits: Limits) -> Completion:
+def complete_run(
+    request: run_service_pb2.CompleteRunRequest, limits: Limits
+) -> requests.CompleteRun:
     v = _Violations()
-    checked_id = v.uuid("run_id", request.run_id, required=True)
+    checked_id = _run_id(v, request.run_id)
     v.text("worker_id", request.worker_id, limit=MAX_WORKER_ID, required=True)
     status = _COMPLETION_STATUSES.get(request.status)
     if status is None:
         v.add("status", f"must be SUCCESS or ERROR, got {request.status}")
     v.text("error", request.error, limit=MAX_ERROR)
     metadata = v.struct("metadata", request.metadata, limits)
+    result = v.struct("result", request.result, limits)
     v.check()
-    assert checked_id is not None
     assert status is not None
-    return Completion(
+    return requests.CompleteRun(
         run_id=checked_id,
         worker_id=request.worker_id,
         status=status,
         error=request.error,
         metadata=metadata,
+        result=result,
+        retryable=request.retryable,
     )
 
 
@@ -334,9 +427,15 @@ def _start_revision(v: _Violations, value: int) -> None:
         v.add("start_revision", f"must be 0 (from now) or a revision to start at, got {value}")
 
 
-def watch_runs(request: run_service_pb2.WatchRunsRequest, limits: Limits) -> RunsWatch:
+def _progress_interval(seconds: float) -> float:
+    if not seconds:
+        return requests.DEFAULT_PROGRESS_INTERVAL
+    return min(MAX_PROGRESS_INTERVAL, max(MIN_PROGRESS_INTERVAL, seconds))
+
+
+def watch_runs(request: run_service_pb2.WatchRunsRequest, limits: Limits) -> requests.WatchRuns:
     v = _Violations()
-    selected = run_filter(v, request.filter, limits)
+    selected, namespace = _run_filter(v, request.filter, limits)
     _start_revision(v, request.start_revision)
     if request.include_initial and request.start_revision:
         v.add(
@@ -348,18 +447,25 @@ def watch_runs(request: run_service_pb2.WatchRunsRequest, limits: Limits) -> Run
     if interval.seconds < 0 or interval.nanos < 0:
         v.add("progress_interval", "must not be negative (0 means the default, 10 s)")
     v.check()
-    return RunsWatch(
+    return requests.WatchRuns(
         run_filter=selected,
         start_revision=request.start_revision,
         include_initial=request.include_initial,
-        progress_interval=clamp_progress_interval(interval.seconds + interval.nanos / 1e9),
+        progress_interval=_progress_interval(interval.seconds + interval.nanos / 1e9),
+        namespace=namespace,
     )
 
 
-def watch_run(request: run_service_pb2.WatchRunRequest) -> tuple[str, int]:
+def watch_run(request: run_service_pb2.WatchRunRequest) -> requests.WatchRun:
     v = _Violations()
-    checked_id = v.uuid("run_id", request.run_id, required=True)
+    checked_id = _run_id(v, request.run_id)
     _start_revision(v, request.start_revision)
     v.check()
-    assert checked_id is not None
-    return checked_id, request.start_revision
+    return requests.WatchRun(run_id=checked_id, start_revision=request.start_revision)
+
+
+def get_stats(request: run_service_pb2.GetStatsRequest) -> requests.GetStats:
+    v = _Violations()
+    namespace = v.namespace("namespace", request.namespace)
+    v.check()
+    return requests.GetStats(namespace=namespace)

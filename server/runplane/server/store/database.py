@@ -1,6 +1,8 @@
 """Engines, connections and the bridge from asyncio to the synchronous driver.
 
-Each whole transaction runs as one call over a synchronous SQLAlchemy engine:
+The rules hand `Database.write` and `Database.read` a function of a `UnitOfWork`;
+the database runs it in a transaction and never lets a connection out. Each whole
+transaction runs as one call over a synchronous SQLAlchemy engine:
 sqlite3 costs a fraction of aiosqlite's CPU per statement, and one hop per
 transaction is cheaper than one await per statement.
 
@@ -19,48 +21,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import Connection, Engine, exc
+from sqlalchemy.engine import make_url
 
 from runplane.server.errors import RunplaneError, StoreUnavailable
 from runplane.server.records import Change
+from runplane.server.store.dialects import dialect_of, normalize_url
+from runplane.server.store.unit_of_work import WRITTEN, UnitOfWork
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-POSTGRES_THREADS = 16
-SQLITE_READ_THREADS = 2
-# connection.info key: the changes a transaction has written so far (RunStore.apply).
-CHANGES = "runplane.changes"
-
 CommitListener = Callable[[list[Change]], None]
-
-
-def _dumps(value: Any) -> str:
-    # Sorted, compact JSON: equal metadata is equal text, which SQLite filters compare.
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def normalize_url(url: str) -> URL:
-    """Pick the driver runplane is built and measured with: sqlite3 or psycopg 3."""
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    elif parsed.drivername == "sqlite":
-        parsed = parsed.set(drivername="sqlite+pysqlite")
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise ValueError("SQLite needs a database file, e.g. sqlite:///runplane.db")
-    return parsed
+Work = Callable[[UnitOfWork], T]
 
 
 def redact(url: str) -> str:
@@ -68,77 +49,32 @@ def redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Dialect:
-    name: str
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.name == "postgresql"
-
-
 class Database:
-    """Owns the engines and worker threads; runs transactions for the async server."""
+    """Owns the engines and worker threads; runs units of work for the async server."""
 
     def __init__(self, url: str) -> None:
         self.url = normalize_url(url)
-        self.dialect = Dialect(self.url.get_backend_name())
+        self._dialect = dialect_of(self.url)
         self._listeners: list[CommitListener] = []
-        if self.dialect.is_postgres:
-            self._write_engine = self._read_engine = create_engine(
-                self.url,
-                pool_size=POSTGRES_THREADS,
-                max_overflow=0,
-                pool_pre_ping=False,
-                json_serializer=_dumps,
-            )
-            self._read_pool = ThreadPoolExecutor(POSTGRES_THREADS, thread_name_prefix="runplane-db")
-        else:
-            if self.url.database:
-                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-            self._write_engine = self._sqlite_engine(pool_size=1, begin="BEGIN IMMEDIATE")
-            # One more connection than threads: point reads on the event loop use it.
-            self._read_engine = self._sqlite_engine(
-                pool_size=SQLITE_READ_THREADS + 1, begin="BEGIN"
-            )
-            self._point_connection: Connection | None = None
-            self._read_pool = ThreadPoolExecutor(
-                SQLITE_READ_THREADS, thread_name_prefix="runplane-db-read"
-            )
-        self._writer = GroupWriter(self._write_engine, self._publish)
-
-    def _sqlite_engine(self, *, pool_size: int, begin: str) -> Engine:
-        engine = create_engine(
-            self.url,
-            pool_size=pool_size,
-            max_overflow=0,
-            json_serializer=_dumps,
-            connect_args={"check_same_thread": False},
+        engines = self._dialect.engines(self.url)
+        self._write_engine, self._read_engine = engines.write, engines.read
+        self._read_pool = ThreadPoolExecutor(
+            engines.read_threads, thread_name_prefix="runplane-db-read"
         )
-
-        @event.listens_for(engine, "connect")
-        def _configure(dbapi_connection: Any, _record: Any) -> None:
-            # Hand transaction control to SQLAlchemy's begin event below.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL survives a process crash; only an OS crash may lose the last commits.
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _begin(connection: Connection) -> None:
-            # A point read is one statement: it needs no transaction of its own.
-            if not connection.get_execution_options().get("point_read"):
-                connection.exec_driver_sql(begin)
-
-        return engine
+        self._point_unit: UnitOfWork | None = None
+        self._point_connection: Connection | None = None
+        self._writer = GroupWriter(self._write_engine, self._publish)
 
     @property
     def engine(self) -> Engine:
         """The engine that writes (migrations use it)."""
         return self._write_engine
+
+    @property
+    def shared(self) -> bool:
+        """Other server processes (replicas) may write to this database: their commits
+        reach this one only through `notifications`, and nothing may be cached."""
+        return self._dialect.shared
 
     def on_commit(self, listener: CommitListener) -> None:
         """Call `listener` on the event loop with the changes of each committed write,
@@ -150,44 +86,50 @@ class Database:
             for listener in self._listeners:
                 listener(changes)
 
-    async def write(self, work: Callable[[Connection], T]) -> T:
-        """Run `work` inside one write transaction; commit if it returns.
+    async def write(self, work: Work[T]) -> T:
+        """Run `work` in one write transaction; commit if it returns.
 
-        `work` must raise RunplaneError only before it writes (see RunStore.apply).
+        `work` must raise RunplaneError only before it applies changes: a refusal then
+        contributes nothing to the group it was committed with (see GroupWriter).
         """
-        return await self._writer.submit(work)
+        dialect = self._dialect
+        return await self._writer.submit(lambda connection: work(UnitOfWork(connection, dialect)))
 
-    async def read(self, work: Callable[[Connection], T], *, snapshot: bool = False) -> T:
+    async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
         """Run `work`, a read.
 
-        With `snapshot`, every statement sees the same committed state (PostgreSQL
-        REPEATABLE READ; a SQLite read transaction). Without it, `work` should be
-        a single indexed lookup: on SQLite it runs on the event loop.
+        With `snapshot`, every statement sees the same committed state. Without it,
+        `work` should be a single indexed lookup: on SQLite it runs on the event loop.
         """
-        if not snapshot and not self.dialect.is_postgres:
+        if not snapshot and self._dialect.point_reads_on_loop:
             with _translate_errors():
                 return work(self._point_reader())
 
         def transaction() -> T:
             with _translate_errors(), self._read_engine.connect() as connection:
-                if snapshot and self.dialect.is_postgres:
-                    connection.execution_options(isolation_level="REPEATABLE READ")
+                if snapshot:
+                    self._dialect.begin_snapshot(connection)
                 with connection.begin():
-                    return work(connection)
+                    return work(UnitOfWork(connection, self._dialect))
 
         return await asyncio.get_running_loop().run_in_executor(self._read_pool, transaction)
 
-    def _point_reader(self) -> Connection:
-        """The event loop's own SQLite connection, kept open: checking a connection out
-        of the pool per read costs more than the read (73 us against 32 us)."""
-        if self._point_connection is None or self._point_connection.invalidated:
+    def _point_reader(self) -> UnitOfWork:
+        """The event loop's own connection, kept open: checking a connection out of the
+        pool per read costs more than the read (73 us against 32 us on SQLite)."""
+        if (
+            self._point_unit is None
+            or self._point_connection is None
+            or self._point_connection.invalidated
+        ):
             self._point_connection = self._read_engine.connect()
             self._point_connection.execution_options(point_read=True)
-        return self._point_connection
+            self._point_unit = UnitOfWork(self._point_connection, self._dialect)
+        return self._point_unit
 
     def dispose(self) -> None:
         self._writer.close()
-        if not self.dialect.is_postgres and self._point_connection is not None:
+        if self._point_connection is not None:
             self._point_connection.close()
         self._read_pool.shutdown(wait=True)
         self._write_engine.dispose()
@@ -264,10 +206,10 @@ class GroupWriter:
     def _commit(self, group: list[_Job[Any]]) -> tuple[list[Any], list[Change]]:
         try:
             with _translate_errors(), self._engine.connect() as connection:
-                connection.info[CHANGES] = []
+                connection.info[WRITTEN] = []
                 with connection.begin():
                     outcomes = [self._attempt(connection, member) for member in group]
-                return outcomes, connection.info.pop(CHANGES)
+                return outcomes, connection.info.pop(WRITTEN)
         except Exception as error:
             if len(group) == 1:
                 return [error.__cause__ if isinstance(error, _GroupFailed) else error], []
@@ -280,11 +222,11 @@ class GroupWriter:
 
     @staticmethod
     def _attempt(connection: Connection, member: _Job[Any]) -> Any:
-        written = len(connection.info[CHANGES])
+        written = len(connection.info[WRITTEN])
         try:
             return member.work(connection)
         except RunplaneError as refusal:
-            if len(connection.info[CHANGES]) > written:
+            if len(connection.info[WRITTEN]) > written:
                 raise _GroupFailed from refusal
             return refusal
 

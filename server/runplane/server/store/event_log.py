@@ -6,28 +6,35 @@ log holds every revision from `compact_revision + 1` to `store_state.revision`, 
 gap. A watcher that has seen everything up to revision P can therefore be served from
 the log if and only if `P >= compact_revision`.
 
-Writers ring the cross-replica doorbell with `pg_notify` on `CHANGES_CHANNEL` inside
-their transaction (see `RunStore.apply`); PostgreSQL delivers it at commit.
+`reserve` and `append` are the log's side of `UnitOfWork.apply`: the counter row is
+updated first in the transaction's writes, and held until commit, so revisions are
+handed out in commit order with no gaps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, text, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
-from runplane.server.records import EventType, Run, RunEvent
-from runplane.server.store.database import Dialect
+from runplane.server.records import Change, EventType, RunEvent
+from runplane.server.store import fields
+from runplane.server.store.dialects import Dialect, Lock
 from runplane.server.store.schema import Base, RunEventRow, StoreStateRow
-
-CHANGES_CHANNEL = "runplane_changes"
 
 _events = Base.metadata.tables[RunEventRow.__tablename__]
 _state = Base.metadata.tables[StoreStateRow.__tablename__]
 
-# Advisory lock (two-int form) letting one replica at a time compact.
-_COMPACTION_LOCK = (4, 0)
+_STATE = select(_state.c.revision, _state.c.compact_revision)
+_RESERVE = (
+    update(_state)
+    .where(_state.c.id == 1)
+    .values(revision=_state.c.revision + bindparam("count"))
+    .returning(_state.c.revision)
+)
+_INSERT_EVENTS = insert(_events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,21 +65,48 @@ def _to_event(row: Any) -> RunEvent:
     return RunEvent(
         type=EventType(row.type),
         revision=row.revision,
-        run=Run.from_json(row.run),
-        previous=None if row.previous is None else Run.from_json(row.previous),
+        run=fields.from_json(row.run),
+        previous=None if row.previous is None else fields.from_json(row.previous),
     )
 
 
-class EventLogStore:
-    """SQL over the connection of one transaction the caller owns."""
+class EventLog:
+    """The event log and the revision counter, over the connection of one transaction."""
 
     def __init__(self, connection: Connection, dialect: Dialect) -> None:
         self._conn = connection
         self._dialect = dialect
 
     def state(self) -> LogState:
-        row = self._conn.execute(select(_state.c.revision, _state.c.compact_revision)).one()
+        row = self._conn.execute(_STATE).one()
         return LogState(revision=row.revision, compact_revision=row.compact_revision)
+
+    # -- writes (UnitOfWork.apply) -----------------------------------------------------------
+
+    def reserve(self, count: int) -> int:
+        """Take the next `count` revisions; returns the first. Holds the counter row until
+        commit, so every read and check of the transaction comes before this."""
+        return int(self._conn.execute(_RESERVE, {"count": count}).scalar_one()) - count + 1
+
+    @staticmethod
+    def entry(change: Change, stored: Sequence[Any], committed_at: int) -> dict[str, Any]:
+        """The log row of one revisioned change; `stored` is the run's `stored_values`."""
+        previous = change.previous
+        return {
+            "revision": change.run.revision,
+            "type": change.type.value,
+            "run_id": change.run.run_id,
+            "committed_at_us": committed_at,
+            "run": fields.to_json(stored),
+            "previous": None
+            if previous is None
+            else fields.to_json(fields.stored_values(previous)),
+        }
+
+    def append(self, entries: list[dict[str, Any]]) -> None:
+        self._conn.execute(_INSERT_EVENTS, entries)
+
+    # -- reads -------------------------------------------------------------------------------
 
     def read_after(self, after: int, limit: int, run_id: str | None = None) -> LogPage:
         """Up to `limit` events with a revision above `after`, oldest first (only `run_id`'s
@@ -95,6 +129,8 @@ class EventLogStore:
         ).first()
         return found is not None
 
+    # -- compaction --------------------------------------------------------------------------
+
     def compact(self, cutoff_us: int, batch: int) -> Compaction | None:
         """Remove up to `batch` of the oldest events committed before `cutoff_us`.
 
@@ -102,13 +138,7 @@ class EventLogStore:
         clocks may disagree a little): compaction only ever removes a prefix of the log.
         Returns what it did, or None when another replica is compacting right now.
         """
-        if (
-            self._dialect.is_postgres
-            and not self._conn.execute(
-                text("SELECT pg_try_advisory_xact_lock(:namespace, :key)"),
-                {"namespace": _COMPACTION_LOCK[0], "key": _COMPACTION_LOCK[1]},
-            ).scalar_one()
-        ):
+        if not self._dialect.try_lock(self._conn, Lock.COMPACTION):
             return None
         state = self.state()
         rows = self._conn.execute(
@@ -134,15 +164,4 @@ class EventLogStore:
         return Compaction(
             LogState(revision=state.revision, compact_revision=target),
             removed=target - state.compact_revision,
-        )
-
-
-def notify_changes(connection: Connection, dialect: Dialect, revision: int) -> None:
-    """Ring the other replicas' doorbell; PostgreSQL delivers it when the transaction
-    commits, and drops it if it rolls back. SQLite serves one process: nothing to ring.
-    """
-    if dialect.is_postgres:
-        connection.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANGES_CHANNEL, "payload": str(revision)},
         )

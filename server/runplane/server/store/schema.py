@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Index, Integer, SmallInteger, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # JSONB on PostgreSQL compares values by content, which metadata filters rely on.
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+# Python None as SQL NULL rather than the JSON document `null`.
+OptionalJSONDocument = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -46,6 +48,13 @@ class RunRow(Base):
     timeout_us: Mapped[int | None] = mapped_column(BigInteger)
     start_after_us: Mapped[int | None] = mapped_column(BigInteger)
     request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # The server defaults fill rows written before these columns existed (0003).
+    namespace: Mapped[str] = mapped_column(String(63), server_default="default")
+    created_by: Mapped[str] = mapped_column(String(256), server_default="anonymous")
+    trace_context: Mapped[dict[str, str]] = mapped_column(JSONDocument, server_default=text("'{}'"))
+    result: Mapped[dict[str, Any]] = mapped_column(JSONDocument, server_default=text("'{}'"))
+    retry_policy: Mapped[dict[str, Any] | None] = mapped_column(OptionalJSONDocument)
+    priority: Mapped[int] = mapped_column(SmallInteger, server_default="5")
 
     __table_args__ = (
         Index("ix_runs_thread_status", "thread_id", "status"),

@@ -11,7 +11,8 @@ mere doorbells and can be lost or repeated without harm:
   reading them back from the log;
 - other replicas' commits ring it through PostgreSQL LISTEN/NOTIFY, and each
   (re)connection of the listener rings it too, for what was missed meanwhile;
-- and the tailer looks anyway every `poll_interval`, should a doorbell fail.
+- and the tailer (a `PeriodicTask`) looks anyway every `poll_interval`, should a
+  doorbell fail.
 
 Because revisions are handed out in commit order with no gaps, what the tailer reads
 after revision H is always a contiguous prefix of what follows H.
@@ -19,15 +20,15 @@ after revision H is always a contiguous prefix of what follows H.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
 
 from runplane.server.errors import RevisionCompacted, ServerShuttingDown
+from runplane.server.periodic import PeriodicTask
 from runplane.server.records import Change, EventType, RunEvent
 from runplane.server.store.database import Database
-from runplane.server.store.event_log import EventLogStore, LogPage, LogState
+from runplane.server.store.event_log import LogPage, LogState
 from runplane.server.watch.watcher import Watcher
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,11 @@ PAGE_SIZE = 256
 class WatchHub:
     def __init__(self, database: Database, *, poll_interval: float = 1.0) -> None:
         self._db = database
-        self._poll_interval = poll_interval
-        self._doorbell = asyncio.Event()
         self._watchers: set[Watcher] = set()
         self._live: set[Watcher] = set()
-        self._tailer: asyncio.Task[None] | None = None
+        self._tailer = PeriodicTask(
+            "watch-tailer", self._publish_new_events, interval=poll_interval
+        )
         self.head = 0
         """The last revision published to live watchers."""
         self.known = 0
@@ -60,7 +61,7 @@ class WatchHub:
         # On the event loop, before the writer's caller is answered: a watch "from now"
         # opened after a write returned starts after that write.
         self._db.on_commit(self._committed)
-        self._tailer = asyncio.create_task(self._tail(), name="runplane-watch-tailer")
+        self._tailer.start()
 
     def _committed(self, changes: list[Change]) -> None:
         """This process's commit, in revision order: published directly if it follows
@@ -76,7 +77,7 @@ class WatchHub:
         """Tell the tailer the log grew to `revision` (0: may have grown)."""
         self.known = max(self.known, revision)
         if revision == 0 or revision > self.head:
-            self._doorbell.set()
+            self._tailer.wake()
 
     async def close(self) -> None:
         """End every watch with `ServerShuttingDown` and stop tailing."""
@@ -84,10 +85,7 @@ class WatchHub:
         for watcher in self._watchers:
             watcher.end(ServerShuttingDown())
         self._live.clear()
-        if self._tailer is not None:
-            self._tailer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tailer
+        await self._tailer.stop()
 
     # -- watchers -----------------------------------------------------------------------------
 
@@ -134,36 +132,19 @@ class WatchHub:
     # -- reading the log ----------------------------------------------------------------------
 
     async def read_state(self) -> LogState:
-        return await self._db.read(lambda conn: EventLogStore(conn, self._db.dialect).state())
+        return await self._db.read(lambda unit: unit.log.state())
 
     async def read_after(self, after: int, run_id: str | None = None) -> LogPage:
         """One page of the log after `after`, with the state of the same snapshot."""
         return await self._db.read(
-            lambda conn: EventLogStore(conn, self._db.dialect).read_after(
-                after, PAGE_SIZE, run_id=run_id
-            ),
-            snapshot=True,
+            lambda unit: unit.log.read_after(after, PAGE_SIZE, run_id=run_id), snapshot=True
         )
 
     # -- the tailer ---------------------------------------------------------------------------
 
-    async def _tail(self) -> None:
-        failures = 0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
-                    await self._doorbell.wait()
-            self._doorbell.clear()
-            try:
-                await self._publish_new_events()
-                failures = 0
-            except Exception:
-                # The database is down or failing: watchers wait, the tailer retries.
-                failures += 1
-                log.warning("watch tailer cannot read the event log", exc_info=failures == 1)
-                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
-
     async def _publish_new_events(self) -> None:
+        """The tailer's step: publish what the log holds after the head. While the
+        database is down or failing, it backs off and watchers wait."""
         while True:
             page = await self.read_after(self.head)
             if page.state.compact_revision > self.head:

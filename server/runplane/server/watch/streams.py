@@ -20,42 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection
-
+from runplane.server import requests
 from runplane.server.errors import RevisionCompacted, RunNotFound, ServerShuttingDown
 from runplane.server.records import EventType, Run, RunEvent, RunFilter, SortOrder
+from runplane.server.runs import RunLookup
 from runplane.server.store.database import Database
-from runplane.server.store.event_log import EventLogStore
-from runplane.server.store.run_store import RunStore
+from runplane.server.store.unit_of_work import UnitOfWork
 from runplane.server.watch.hub import PAGE_SIZE, WatchHub
 from runplane.server.watch.watcher import DEFAULT_MAX_BUFFERED, Delivery, Selector, Watcher
 
-DEFAULT_PROGRESS_INTERVAL = 10.0
-MIN_PROGRESS_INTERVAL = 1.0
-MAX_PROGRESS_INTERVAL = 300.0
-
 # Whatever a caller asks: nothing in this process reads more of the runs table at once.
 _MAX_INITIAL_RUNS = 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class RunsWatch:
-    """A validated WatchRuns request."""
-
-    run_filter: RunFilter
-    start_revision: int = 0
-    """Inclusive; 0 means from now."""
-    include_initial: bool = False
-    progress_interval: float = DEFAULT_PROGRESS_INTERVAL
-
-
-def clamp_progress_interval(seconds: float | None) -> float:
-    if not seconds:
-        return DEFAULT_PROGRESS_INTERVAL
-    return min(MAX_PROGRESS_INTERVAL, max(MIN_PROGRESS_INTERVAL, seconds))
 
 
 def filter_selector(run_filter: RunFilter) -> Selector:
@@ -86,7 +64,7 @@ class WatchService:
         self,
         database: Database,
         hub: WatchHub,
-        current_run: Callable[[str], Awaitable[Run]],
+        current_run: RunLookup,
         *,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
     ) -> None:
@@ -98,13 +76,13 @@ class WatchService:
 
     # -- WatchRuns ----------------------------------------------------------------------------
 
-    async def watch_runs(self, watch: RunsWatch) -> AsyncIterator[Delivery]:
+    async def watch_runs(self, watch: requests.WatchRuns) -> AsyncIterator[Delivery]:
         """The stream of a WatchRuns request. Errors of its start (bad history) are
-        raised here, before the first message."""
+        raised here, before the first message. `watch.namespace` is not applied yet."""
         opening: list[Delivery] = []
         if watch.include_initial:
             revision, runs = await self._db.read(
-                lambda conn: self._initial_state(conn, watch.run_filter), snapshot=True
+                lambda unit: _initial_state(unit, watch.run_filter), snapshot=True
             )
             if runs:
                 # All at revision R: one message, since a revision is never split.
@@ -121,18 +99,14 @@ class WatchService:
         watcher = Watcher(filter_selector(watch.run_filter), position, self._max_buffered)
         return self._follow(watcher, watch.progress_interval, opening, run_id=None, ends=None)
 
-    def _initial_state(self, conn: Connection, run_filter: RunFilter) -> tuple[int, list[Run]]:
-        store = RunStore(conn, self._db.dialect)
-        revision = store.current_revision()
-        return revision, store.list_page(run_filter, SortOrder.ASC, None, _MAX_INITIAL_RUNS)
-
     # -- WatchRun -----------------------------------------------------------------------------
 
-    async def watch_run(self, run_id: str, start_revision: int) -> AsyncIterator[Delivery]:
+    async def watch_run(self, watch: requests.WatchRun) -> AsyncIterator[Delivery]:
         """The stream of a WatchRun request; NOT_FOUND and compaction are raised here."""
+        run_id, start_revision = watch.run_id, watch.start_revision
         if start_revision:
             start = await self._db.read(
-                lambda conn: self._run_history(conn, run_id, start_revision), snapshot=True
+                lambda unit: _run_history(unit, run_id, start_revision), snapshot=True
             )
             if start.compact_revision >= start_revision:
                 raise RevisionCompacted(start_revision, start.compact_revision, start.revision)
@@ -161,16 +135,11 @@ class WatchService:
             position = revision
         watcher = Watcher(run_selector(run_id), position, self._max_buffered)
         return self._follow(
-            watcher, DEFAULT_PROGRESS_INTERVAL, opening, run_id=run_id, ends=ends_run_watch
-        )
-
-    def _run_history(self, conn: Connection, run_id: str, since: int) -> _RunHistory:
-        state = EventLogStore(conn, self._db.dialect).state()
-        return _RunHistory(
-            revision=state.revision,
-            compact_revision=state.compact_revision,
-            run=RunStore(conn, self._db.dialect).get(run_id),
-            has_history=EventLogStore(conn, self._db.dialect).has_events_of(run_id, since),
+            watcher,
+            requests.DEFAULT_PROGRESS_INTERVAL,
+            opening,
+            run_id=run_id,
+            ends=ends_run_watch,
         )
 
     # -- catch-up and live --------------------------------------------------------------------
@@ -246,12 +215,27 @@ class WatchService:
         return Delivery(chosen, upto) if chosen else None
 
 
+def _initial_state(unit: UnitOfWork, run_filter: RunFilter) -> tuple[int, list[Run]]:
+    revision = unit.log.state().revision
+    return revision, unit.runs.list_page(run_filter, SortOrder.ASC, None, _MAX_INITIAL_RUNS)
+
+
 @dataclass(frozen=True, slots=True)
 class _RunHistory:
     revision: int
     compact_revision: int
     run: Run | None
     has_history: bool
+
+
+def _run_history(unit: UnitOfWork, run_id: str, since: int) -> _RunHistory:
+    state = unit.log.state()
+    return _RunHistory(
+        revision=state.revision,
+        compact_revision=state.compact_revision,
+        run=unit.runs.get(run_id),
+        has_history=unit.log.has_events_of(run_id, since),
+    )
 
 
 async def _just(delivery: Delivery) -> AsyncIterator[Delivery]:

@@ -1,0 +1,147 @@
+"""One validated request per RPC: what `validation` makes of a runplane.v1 request and
+the domain receives. Plain values (times in microseconds, durations in microseconds
+unless named in seconds), no protobuf.
+
+Namespaces are carried but not applied yet: `ListRuns.namespace`,
+`WatchRuns.namespace`, `CancelRuns.namespace`, `ClaimRun.namespace` and
+`GetStats.namespace` are validated DNS labels, or None for "every namespace", and no
+rule reads them so far; `CreateRun.namespace` is stored with the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runplane.server.records import (
+    ANONYMOUS,
+    DEFAULT_NAMESPACE,
+    DEFAULT_PRIORITY,
+    CancelAction,
+    JSONObject,
+    MultitaskStrategy,
+    RetryPolicy,
+    RunFilter,
+    RunStatus,
+    SortOrder,
+)
+
+DEFAULT_PROGRESS_INTERVAL = 10.0
+"""Seconds between bookmarks on a quiet watch stream, unless the request says."""
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRun:
+    assistant_id: str
+    thread_id: str | None = None
+    run_id: str | None = None
+    metadata: JSONObject = field(default_factory=dict)
+    kwargs: JSONObject = field(default_factory=dict)
+    strategy: MultitaskStrategy = MultitaskStrategy.ENQUEUE
+    request_id: str | None = None
+    timeout: int | None = None
+    start_after: int | None = None
+    namespace: str = DEFAULT_NAMESPACE
+    retry_policy: RetryPolicy | None = None
+    priority: int = DEFAULT_PRIORITY
+    created_by: str = ANONYMOUS
+    """The caller's principal: the one a server without authentication knows, until
+    calls carry an identity."""
+    trace_context: dict[str, str] = field(default_factory=dict)
+    """The caller's W3C trace context, once calls are traced."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetRun:
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListRuns:
+    run_filter: RunFilter
+    order: SortOrder
+    page_size: int
+    page_token: str = ""
+    namespace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRun:
+    """None leaves a field as it is."""
+
+    run_id: str
+    metadata: JSONObject | None = None
+    kwargs: JSONObject | None = None
+    expected_revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRun:
+    run_id: str
+    action: CancelAction = CancelAction.INTERRUPT
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRuns:
+    run_filter: RunFilter
+    action: CancelAction = CancelAction.INTERRUPT
+    reason: str = ""
+    namespace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRun:
+    run_id: str
+    expected_revision: int = 0
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRun:
+    worker_id: str
+    assistant_ids: tuple[str, ...]
+    lease_us: int
+    wait_s: float
+    namespace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatRun:
+    run_id: str
+    worker_id: str
+    lease_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteRun:
+    run_id: str
+    worker_id: str
+    status: RunStatus
+    error: str = ""
+    metadata: JSONObject = field(default_factory=dict)
+    """Merged into the run's metadata."""
+    result: JSONObject = field(default_factory=dict)
+    retryable: bool = False
+    """With ERROR: the worker asks for another attempt (no retry policy applies it yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRuns:
+    run_filter: RunFilter
+    start_revision: int = 0
+    """Inclusive; 0 means from now."""
+    include_initial: bool = False
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL
+    namespace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRun:
+    run_id: str
+    start_revision: int = 0
+    """Inclusive; 0 means the current state first."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetStats:
+    namespace: str | None = None

@@ -1,0 +1,232 @@
+"""Everything that differs between SQLite and PostgreSQL, in one place.
+
+The rest of the store asks its `Dialect` instead of asking which database it runs on,
+and nothing outside `store/` sees a dialect at all:
+
+- engines: SQLite gets a one-connection writer that begins with BEGIN IMMEDIATE and
+  readers in WAL mode; PostgreSQL one pool for both;
+- locks: PostgreSQL takes transaction-scoped advisory locks so that replicas exclude
+  each other; SQLite's write transaction already holds the database's only write lock;
+- JSON comparison for metadata filters, and the NOTIFY that rings other replicas.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, func, literal, text
+from sqlalchemy.engine import URL, make_url
+
+CHANGES_CHANNEL = "runplane_changes"
+"""The PostgreSQL channel writers notify on commit; every replica LISTENs to it."""
+
+POSTGRES_THREADS = 16
+SQLITE_READ_THREADS = 2
+
+
+def dumps(value: Any) -> str:
+    # Sorted, compact JSON: equal metadata is equal text, which SQLite filters compare.
+    if not value and type(value) is dict:
+        return "{}"  # most documents of a run are empty: skip the encoder (~5 us each)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _loads(text: str) -> Any:
+    return {} if text == "{}" else json.loads(text)
+
+
+class Lock(enum.IntEnum):
+    """What an advisory lock guards: the first key of PostgreSQL's two-int form. The
+    values are shared with replicas of other versions, so they never change."""
+
+    THREAD = 1
+    REQUEST = 2
+    SWEEPER = 3
+    COMPACTION = 4
+
+
+def _lock_key(value: str | None) -> int:
+    """A signed 32-bit key for an advisory lock; collisions only serialize more."""
+    if value is None:
+        return 0
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=4).digest(), signed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    """The connections a `Database` runs transactions on."""
+
+    write: Engine
+    read: Engine
+    read_threads: int
+
+
+class Dialect(abc.ABC):
+    """The SQL that differs between databases, and how to connect to one."""
+
+    shared: bool
+    """Other server processes may write to the database behind this one's back."""
+    claim_candidates: int
+    """Claimable runs read per claim before locking one (see RunStore.claim_candidates)."""
+    point_reads_on_loop: bool
+    """A single-statement read is cheaper on the event loop than a thread hop."""
+    serial_writes: bool
+    """One write transaction at a time: a writer holds every lock without asking."""
+
+    @abc.abstractmethod
+    def engines(self, url: URL) -> Engines: ...
+
+    @abc.abstractmethod
+    def begin_snapshot(self, connection: Connection) -> None:
+        """Make the connection's next transaction see one committed state throughout."""
+
+    @abc.abstractmethod
+    def lock(self, connection: Connection, lock: Lock, value: str | None = None) -> None:
+        """Hold `lock` on `value` until the transaction ends."""
+
+    @abc.abstractmethod
+    def try_lock(self, connection: Connection, lock: Lock, value: str | None = None) -> bool:
+        """Like `lock`, but False at once if another transaction holds it."""
+
+    @abc.abstractmethod
+    def notify(self, connection: Connection, revision: int) -> None:
+        """Tell the other replicas, at commit, that the log grew to `revision`."""
+
+    @abc.abstractmethod
+    def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
+        """column[key] == value, comparing JSON values rather than text."""
+
+
+class SQLite(Dialect):
+    shared = False
+    # No concurrent claim can hold the first one.
+    claim_candidates = 1
+    point_reads_on_loop = True
+    serial_writes = True
+
+    def engines(self, url: URL) -> Engines:
+        if url.database:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        return Engines(
+            write=self._engine(url, pool_size=1, begin="BEGIN IMMEDIATE"),
+            # One more connection than threads: point reads on the event loop use it.
+            read=self._engine(url, pool_size=SQLITE_READ_THREADS + 1, begin="BEGIN"),
+            read_threads=SQLITE_READ_THREADS,
+        )
+
+    @staticmethod
+    def _engine(url: URL, *, pool_size: int, begin: str) -> Engine:
+        engine = create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            json_serializer=dumps,
+            json_deserializer=_loads,
+            connect_args={"check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _configure(dbapi_connection: Any, _record: Any) -> None:
+            # Hand transaction control to SQLAlchemy's begin event below.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL survives a process crash; only an OS crash may lose the last commits.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Connection) -> None:
+            # A point read is one statement: it needs no transaction of its own.
+            if not connection.get_execution_options().get("point_read"):
+                connection.exec_driver_sql(begin)
+
+        return engine
+
+    def begin_snapshot(self, connection: Connection) -> None:
+        pass  # a SQLite read transaction is a snapshot already
+
+    # The write transaction holds the database's only write lock (serial_writes).
+    def lock(self, connection: Connection, lock: Lock, value: str | None = None) -> None:
+        pass
+
+    def try_lock(self, connection: Connection, lock: Lock, value: str | None = None) -> bool:
+        return True
+
+    def notify(self, connection: Connection, revision: int) -> None:
+        pass  # SQLite serves one process: there is nobody to tell
+
+    def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
+        # `->` renders the stored value as minified JSON; stored documents are written
+        # with sorted keys, so equal values are equal text.
+        path = "$." + json.dumps(key)
+        return column.op("->")(literal(path)) == func.json(literal(dumps(value)))
+
+
+class PostgreSQL(Dialect):
+    shared = True
+    # Concurrent claims may hold the first few: try the next ones rather than wait.
+    claim_candidates = 8
+    point_reads_on_loop = False
+    serial_writes = False
+
+    def engines(self, url: URL) -> Engines:
+        # As many connections as threads: no read waits for, or reconnects, a connection.
+        engine = create_engine(
+            url,
+            pool_size=POSTGRES_THREADS,
+            max_overflow=0,
+            pool_pre_ping=False,
+            json_serializer=dumps,
+        )
+        return Engines(write=engine, read=engine, read_threads=POSTGRES_THREADS)
+
+    def begin_snapshot(self, connection: Connection) -> None:
+        connection.execution_options(isolation_level="REPEATABLE READ")
+
+    def lock(self, connection: Connection, lock: Lock, value: str | None = None) -> None:
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:lock, :key)"),
+            {"lock": int(lock), "key": _lock_key(value)},
+        )
+
+    def try_lock(self, connection: Connection, lock: Lock, value: str | None = None) -> bool:
+        return bool(
+            connection.execute(
+                text("SELECT pg_try_advisory_xact_lock(:lock, :key)"),
+                {"lock": int(lock), "key": _lock_key(value)},
+            ).scalar_one()
+        )
+
+    def notify(self, connection: Connection, revision: int) -> None:
+        # Delivered when the transaction commits, dropped if it rolls back.
+        connection.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CHANGES_CHANNEL, "payload": str(revision)},
+        )
+
+    def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
+        return column.op("->")(literal(key)) == func.cast(literal(dumps(value)), column.type)
+
+
+def normalize_url(url: str) -> URL:
+    """Pick the driver runplane is built and measured with: sqlite3 or psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif parsed.drivername == "sqlite":
+        parsed = parsed.set(drivername="sqlite+pysqlite")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ValueError("SQLite needs a database file, e.g. sqlite:///runplane.db")
+    return parsed
+
+
+def dialect_of(url: URL) -> Dialect:
+    return PostgreSQL() if url.get_backend_name() == "postgresql" else SQLite()

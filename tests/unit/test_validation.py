@@ -1,0 +1,81 @@
+"""Validators whose RPCs the servicer does not serve yet, and the v0.2 CreateRun fields as
+the domain receives them (the served RPCs are tested through real servers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from google.protobuf import duration_pb2, struct_pb2
+
+from runplane.server import requests, validation
+from runplane.server.errors import InvalidInput
+from runplane.server.records import CancelAction, RetryPolicy, RunFilter
+from runplane.v1 import run_pb2, run_service_pb2
+
+LIMITS = validation.Limits()
+THREAD = "123e4567-e89b-42d3-a456-426614174000"
+
+
+def _violations(call: Callable[[], object]) -> set[str]:
+    with pytest.raises(InvalidInput) as caught:
+        call()
+    return {violation.field for violation in caught.value.violations}
+
+
+def test_cancel_runs_needs_a_filter_that_narrows() -> None:
+    empty = run_service_pb2.CancelRunsRequest(reason="closing")
+    assert _violations(lambda: validation.cancel_runs(empty, LIMITS)) == {"filter"}
+    statuses_only = run_service_pb2.CancelRunsRequest(
+        filter=run_service_pb2.RunFilter(statuses=[run_pb2.RUN_STATUS_PENDING])
+    )
+    assert _violations(lambda: validation.cancel_runs(statuses_only, LIMITS)) == {"filter"}
+
+
+def test_cancel_runs_becomes_its_request() -> None:
+    message = run_service_pb2.CancelRunsRequest(
+        filter=run_service_pb2.RunFilter(thread_id=THREAD, namespace="team-a"),
+        action=run_pb2.CANCEL_ACTION_ROLLBACK,
+        reason="closing",
+    )
+    assert validation.cancel_runs(message, LIMITS) == requests.CancelRuns(
+        run_filter=RunFilter(thread_id=THREAD),
+        action=CancelAction.ROLLBACK,
+        reason="closing",
+        namespace="team-a",
+    )
+
+
+def test_cancel_runs_reports_every_problem() -> None:
+    metadata = struct_pb2.Struct()
+    metadata.update({"k": "v"})
+    message = run_service_pb2.CancelRunsRequest(
+        filter=run_service_pb2.RunFilter(metadata=metadata, namespace="Team_A"),
+        action=run_pb2.CancelAction.ValueType(7),
+        reason="r" * 2000,
+    )
+    assert _violations(lambda: validation.cancel_runs(message, LIMITS)) == {
+        "filter.namespace",
+        "action",
+        "reason",
+    }
+
+
+def test_get_stats_takes_a_namespace_or_none() -> None:
+    assert validation.get_stats(run_service_pb2.GetStatsRequest()) == requests.GetStats()
+    named = run_service_pb2.GetStatsRequest(namespace="team-a")
+    assert validation.get_stats(named) == requests.GetStats(namespace="team-a")
+    bad = run_service_pb2.GetStatsRequest(namespace="a" * 64)
+    assert _violations(lambda: validation.get_stats(bad)) == {"namespace"}
+
+
+def test_create_run_carries_the_new_fields_as_given() -> None:
+    message = run_service_pb2.CreateRunRequest(
+        assistant_id="agent",
+        retry_policy=run_pb2.RetryPolicy(
+            max_attempts=3, initial_backoff=duration_pb2.Duration(seconds=2)
+        ),
+    )
+    created = validation.create_run(message, LIMITS)
+    assert (created.namespace, created.priority, created.created_by) == ("default", 5, "anonymous")
+    assert created.retry_policy == RetryPolicy(max_attempts=3, initial_backoff=2_000_000)
