@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 
 from runplane.client import Client, RunStatus
-from tests.support.serve_process import ServeProcess, free_port
+from runplane.server.config import ServerConfig
+from tests.support.serve_process import free_port
+from tests.support.servers import ServerThread
 
 RUNPLANE = str(Path(sys.executable).parent / "runplane")
 UNREACHABLE = "127.0.0.1:1"
@@ -83,6 +85,14 @@ def cli(server_address: str) -> Cli:
 def client(server_address: str) -> Iterator[Client]:
     with Client(server_address) as client:
         yield client
+
+
+def wait_for_watchers(server: ServerThread, count: int) -> None:
+    """Until the server has `count` open watch streams (the CLI's started)."""
+    deadline = time.monotonic() + 20
+    while server.running.hub.watcher_count < count:
+        assert time.monotonic() < deadline, "the CLI's watch did not open"
+        time.sleep(0.05)
 
 
 def finish(process: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str, str]:
@@ -415,9 +425,7 @@ def test_unreachable_server_fails_fast_with_one_line() -> None:
         ["runs", "watch", "--run-id", str(uuid.uuid4())],
         ["runs", "wait", str(uuid.uuid4())],
     ):
-        started = time.monotonic()
-        assert cli(*argv) == 1, argv
-        assert time.monotonic() - started < 10, argv
+        assert cli(*argv) == 1, argv  # before the fix, watch and wait hung (timeout)
         assert cli.stderr.startswith("error: UNAVAILABLE: "), argv
         assert cli.stderr.count("\n") == 1, cli.stderr
 
@@ -547,10 +555,13 @@ def test_wait_blocks_until_the_run_ends(cli: Cli, client: Client) -> None:
     assert "status:             success" in stdout
 
 
-def test_wait_for_a_run_deleted_meanwhile_exits_5(cli: Cli, client: Client) -> None:
+def test_wait_for_a_run_deleted_meanwhile_exits_5(
+    cli: Cli, client: Client, server: ServerThread
+) -> None:
     run = client.create_run("agent")
+    watching = server.running.hub.watcher_count
     waiter = cli.background("runs", "wait", run.run_id)
-    time.sleep(0.5)
+    wait_for_watchers(server, watching + 1)
 
     client.cancel_run(run.run_id, action="rollback")
 
@@ -571,35 +582,37 @@ def test_wait_gives_up_after_its_timeout_with_124_and_an_unknown_run_is_1(
 
 
 def test_watch_and_wait_say_reconnecting_once_and_resume(tmp_path: Path) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    database = f"sqlite:///{tmp_path / 'runplane.db'}"
-    cli = Cli(address)
-    server = ServeProcess(address, database, tmp_path)
+    config = ServerConfig(
+        address=f"127.0.0.1:{free_port()}", database_url=f"sqlite:///{tmp_path / 'runs.db'}"
+    )
+    cli = Cli(config.address)
+    server = ServerThread(config).start()
     try:
-        with Client(address) as client:
+        with Client(config.address) as client:
             run = client.create_run("agent")
         watcher = cli.background("runs", "watch", "--thread-id", run.thread_id, "--initial")
         waiter = cli.background("runs", "wait", run.run_id)
-        assert watcher.stdout is not None
-        watcher.stdout.readline()
-        assert run.run_id in watcher.stdout.readline()
-        time.sleep(2)  # for the waiter's stream to open too (it prints nothing until the end)
+        wait_for_watchers(server, 2)
 
-        server.kill()
-        time.sleep(1.5)  # both retry meanwhile; they say so once
-        server = ServeProcess(address, database, tmp_path)
-        with Client(address) as client:
+        server.stop()  # each stream gets UNAVAILABLE; both retry, and say so once
+        time.sleep(1)
+        server = ServerThread(config).start()
+        with Client(config.address) as client:
             client.cancel_run(run.run_id)
 
-        watched = watcher.stdout.readline().split()
-        assert watched[1:4] == ["updated", run.run_id, "interrupted"]
+        assert watcher.stdout is not None
+        lines = [watcher.stdout.readline().split() for _ in range(3)]
+        assert [line[1:4] for line in lines[1:]] == [
+            ["initial", run.run_id, "pending"],
+            ["updated", run.run_id, "interrupted"],
+        ]
         watcher.send_signal(signal.SIGINT)
         assert finish(watcher)[2] == "reconnecting...\n"
         code, stdout, stderr = finish(waiter)
         assert (code, stderr) == (5, "reconnecting...\n")
         assert "status:             interrupted" in stdout
     finally:
-        server.kill()
+        server.stop()
 
 
 # -- completion -----------------------------------------------------------------------------
