@@ -11,7 +11,8 @@
 (`Run`, `RunStatus`, dicts, datetimes) and raise `RunplaneError` subclasses.
 """
 
-from runplane.client._async_client import AsyncClient
+from typing import TYPE_CHECKING, Any
+
 from runplane.client._client import Client
 from runplane.client._errors import (
     Aborted,
@@ -29,6 +30,7 @@ from runplane.client._errors import (
     ResourceExhausted,
     RevisionCompacted,
     RevisionMismatch,
+    RunDeleted,
     RunInflight,
     RunplaneError,
     RunTerminal,
@@ -50,7 +52,29 @@ from runplane.client._models import (
 )
 from runplane.client._pagers import AsyncRunPager, RunPager
 from runplane.client._retry import RetryPolicy
-from runplane.client._worker import AsyncWorker, Worker
+
+if TYPE_CHECKING:
+    from runplane.client._async_client import AsyncClient
+    from runplane.client._worker import AsyncWorker, Worker
+
+# Imported on first use: they bring asyncio, which the CLI and sync callers never need
+# (a third of the CLI's start-up).
+_LAZY = {
+    "AsyncClient": "runplane.client._async_client",
+    "AsyncWorker": "runplane.client._worker",
+    "Worker": "runplane.client._worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Aborted",
@@ -77,6 +101,7 @@ __all__ = [
     "RevisionCompacted",
     "RevisionMismatch",
     "Run",
+    "RunDeleted",
     "RunEvent",
     "RunInflight",
     "RunPage",

@@ -109,11 +109,12 @@ class AsyncClient:
                 return call.convert(response)
 
     async def _watch(self, watch: WatchCall) -> AsyncIterator[RunEvent]:
-        resumption = watch.start()
+        resumption = watch.start(self._retry_policy)
         send = getattr(self._stub, watch.rpc)
         while True:
             call = send(resumption.request(), timeout=resumption.remaining())
             try:
+                resumption.headers(await call.initial_metadata())
                 async for response in call:
                     for event in resumption.receive(response):
                         yield event

@@ -104,11 +104,12 @@ class Client:
                 return call.convert(response)
 
     def _watch(self, watch: WatchCall) -> Iterator[RunEvent]:
-        resumption = watch.start()
+        resumption = watch.start(self._retry_policy)
         send = getattr(self._stub, watch.rpc)
         while True:
             call = send(resumption.request(), timeout=resumption.remaining())
             try:
+                resumption.headers(call.initial_metadata())
                 for response in call:
                     yield from resumption.receive(response)
                 return

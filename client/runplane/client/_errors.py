@@ -12,6 +12,7 @@ or for the reason where callers act on it:
     ├── InvalidArgument
     ├── DeadlineExceeded
     ├── NotFound
+    │   └── RunDeleted           wait_run: the run was deleted before it ended
     ├── AlreadyExists
     ├── PermissionDenied
     ├── ResourceExhausted
@@ -89,6 +90,10 @@ class DeadlineExceeded(RunplaneError):
 
 class NotFound(RunplaneError):
     code = grpc.StatusCode.NOT_FOUND
+
+
+class RunDeleted(NotFound):
+    """`wait_run` saw the run deleted (rolled back, or deleted with force) before it ended."""
 
 
 class AlreadyExists(RunplaneError):

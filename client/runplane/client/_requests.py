@@ -31,7 +31,7 @@ from runplane.client._convert import (
 )
 from runplane.client._models import CancelAction, MultitaskStrategy, Run, RunPage, RunStatus
 from runplane.client._retry import NO_RETRY, Attempts, RetryPolicy
-from runplane.client._watching import WatchCall
+from runplane.client._watching import ReconnectHook, WatchCall
 from runplane.v1 import run_pb2, run_service_pb2
 
 _Response = TypeVar("_Response", bound=Message)
@@ -303,6 +303,7 @@ def watch_runs(
     include_initial: bool = False,
     progress_interval: timedelta | float | None = None,
     reconnect: bool = True,
+    on_reconnect: ReconnectHook | None = None,
     deadline: float | None = None,
 ) -> WatchCall:
     """Iterate the changes of runs matching the filters (as `list_runs`), as `RunEvent`s.
@@ -315,9 +316,11 @@ def watch_runs(
     The iterator never ends by itself: stop iterating to close it. If the connection
     drops or the server restarts, it reconnects and resumes right after the last
     revision it gave you: no gap, no duplicate (`reconnect=False` raises `Unavailable`
-    instead). If the server no longer has that history, it raises `RevisionCompacted`:
-    list again and watch from the listing's revision + 1. `deadline` bounds the whole
-    watch, reconnections included.
+    instead); `on_reconnect(error)` is called once per drop. A server that cannot be
+    reached at the start is retried as a read is, then `Unavailable` is raised. If the
+    server no longer has that history, it raises `RevisionCompacted`: list again and
+    watch from the listing's revision + 1. `deadline` bounds the whole watch,
+    reconnections included.
     """
     request = run_service_pb2.WatchRunsRequest(
         filter=_run_filter(thread_id, assistant_id, statuses, metadata),
@@ -326,7 +329,7 @@ def watch_runs(
     )
     if progress_interval is not None:
         request.progress_interval.CopyFrom(duration_to_proto(progress_interval))
-    return WatchCall("WatchRuns", request, deadline, reconnect=reconnect)
+    return WatchCall("WatchRuns", request, deadline, reconnect=reconnect, on_reconnect=on_reconnect)
 
 
 def watch_run(
@@ -334,6 +337,7 @@ def watch_run(
     *,
     start_revision: int = 0,
     reconnect: bool = True,
+    on_reconnect: ReconnectHook | None = None,
     deadline: float | None = None,
 ) -> WatchCall:
     """Iterate one run's changes as `RunEvent`s: its current state first (INITIAL),
@@ -344,16 +348,23 @@ def watch_run(
     unknown run.
     """
     request = run_service_pb2.WatchRunRequest(run_id=run_id, start_revision=start_revision)
-    return WatchCall("WatchRun", request, deadline, reconnect=reconnect)
+    return WatchCall("WatchRun", request, deadline, reconnect=reconnect, on_reconnect=on_reconnect)
 
 
-def wait_run(run_id: str, *, timeout: float | None = None) -> WatchCall:
+def wait_run(
+    run_id: str,
+    *,
+    timeout: timedelta | float | None = None,
+    on_reconnect: ReconnectHook | None = None,
+) -> WatchCall:
     """Block until the run is terminal and return it (SUCCESS, ERROR, TIMEOUT, INTERRUPTED).
 
-    Raises `NotFound` if the run does not exist or is deleted before it ends, and
-    `DeadlineExceeded` after `timeout` seconds (None: wait as long as it takes).
+    Raises `NotFound` if the run does not exist, `RunDeleted` if it is deleted before
+    it ends, and `DeadlineExceeded` after `timeout` (None: wait as long as it takes).
+    Resumes after a dropped connection as `watch_run` does.
     """
-    return watch_run(run_id, deadline=timeout)
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    return watch_run(run_id, deadline=seconds, on_reconnect=on_reconnect)
 
 
 def _run_filter(

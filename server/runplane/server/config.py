@@ -1,41 +1,71 @@
-"""Server settings: one frozen value built from flags and RUNPLANE_* variables."""
+"""Server settings: one frozen value; its flag fields are `runplane serve`'s flags.
+
+A field declared with `flag(...)` or `switch(...)` is a `runplane serve` flag with
+its RUNPLANE_<FLAG> twin (see `runplane.client.cli_support`); the other fields are
+tuning knobs for tests and benchmarks. A new serve flag is one field here.
+"""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from runplane.client.cli_support import flag, positive_int, seconds
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///runplane.db"
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
-
-def parse_duration(text: str) -> float:
-    """Seconds in '90s', '15m', '24h', '1.5h', '250ms' or a bare number of seconds."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (examples: 90s, 15m, 24h)")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+def database_url_flag() -> str:
+    """`--database-url`, which `db upgrade` takes as well as `serve`."""
+    value: str = flag(
+        DEFAULT_DATABASE_URL,
+        help="SQLAlchemy URL: sqlite:///runplane.db (relative to the working directory) "
+        "or postgresql://user@host/db.",
+        metavar="URL",
+    )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    address: str = DEFAULT_ADDRESS
-    database_url: str = DEFAULT_DATABASE_URL
-    event_retention: float = 24 * 3600.0
+    address: str = flag(
+        DEFAULT_ADDRESS, help="Where to listen, host:port (:0 picks a free port).", metavar="ADDR"
+    )
+    database_url: str = database_url_flag()
+    event_retention: float = flag(
+        "24h",
+        parse=seconds,
+        metavar="DURATION",
+        help="How long the event log keeps changes for watchers to resume from.",
+    )
     """Seconds of history the event log keeps for watchers to resume from."""
+    max_attempts: int = flag(
+        "3",
+        parse=positive_int,
+        metavar="N",
+        help="Claims of a run before an expired lease makes it ERROR.",
+    )
+    """Claims of one run before an expired lease turns it into ERROR."""
+    max_struct_bytes: int = flag(
+        "262144",
+        parse=positive_int,
+        metavar="BYTES",
+        help="Largest metadata or kwargs accepted, each.",
+    )
+    """Largest serialized metadata or kwargs accepted, each."""
+    shutdown_grace: float = flag(
+        "10s",
+        parse=seconds,
+        metavar="DURATION",
+        help="Time in-flight calls get to finish on SIGTERM or SIGINT.",
+    )
+    """Seconds in-flight calls get to finish after SIGTERM."""
+    log_level: str = flag(
+        "info", choices=("debug", "info", "warning", "error"), help="Least severe level logged."
+    )
     compaction_interval: float = 30.0
     """Seconds between compaction rounds (the contract asks for at most 30)."""
     watch_poll_interval: float = 1.0
     """Seconds between looks at the event log when no doorbell rang (a fallback)."""
     watch_buffer: int = 1024
     """Events queued per watch stream before it falls back to reading the event log."""
-    max_attempts: int = 3
-    """Claims of one run before an expired lease turns it into ERROR."""
-    max_struct_bytes: int = 256 * 1024
-    """Largest serialized metadata or kwargs accepted, each."""
-    shutdown_grace: float = 10.0
-    """Seconds in-flight calls get to finish after SIGTERM."""
-    log_level: str = "INFO"
