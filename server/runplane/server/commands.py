@@ -25,6 +25,13 @@ def _flag(
     )
 
 
+def _switch(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """Add an on/off `flag`, also turned on by RUNPLANE_<FLAG>=true (or 1, yes, on)."""
+    variable = "RUNPLANE_" + flag.removeprefix("--").upper().replace("-", "_")
+    on = os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on")
+    parser.add_argument(flag, action="store_true", default=on, help=help)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -84,6 +91,29 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         str.lower,
         choices=["debug", "info", "warning", "error"],
     )
+    _flag(
+        serve,
+        "--log-format",
+        defaults.log_format,
+        str.lower,
+        choices=["logfmt", "json"],
+        help="one record per line as logfmt (default) or as a JSON object",
+    )
+    _switch(serve, "--access-log", "log one line per call: method, code, duration, peer, principal")
+    _flag(
+        serve,
+        "--metrics-address",
+        defaults.metrics_address,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 "
+        "(default off)",
+    )
+    _flag(
+        serve,
+        "--otlp-endpoint",
+        defaults.otlp_endpoint,
+        help="export traces over OTLP/gRPC, e.g. http://127.0.0.1:4317 (default off, "
+        "unless the OTEL_* variables turn tracing on)",
+    )
     serve.set_defaults(func=_serve)
 
     database = subparsers.add_parser("db", help="manage the database schema")
@@ -114,6 +144,10 @@ def _serve(args: argparse.Namespace) -> int:
             max_struct_bytes=args.max_struct_bytes,
             shutdown_grace=args.shutdown_grace,
             log_level=args.log_level,
+            log_format=args.log_format,
+            access_log=args.access_log,
+            metrics_address=args.metrics_address,
+            otlp_endpoint=args.otlp_endpoint,
         )
     )
     return 0

@@ -39,3 +39,11 @@ class ServerConfig:
     shutdown_grace: float = 10.0
     """Seconds in-flight calls get to finish after SIGTERM."""
     log_level: str = "INFO"
+    log_format: str = "logfmt"
+    """logfmt or json: one record per line either way."""
+    access_log: bool = False
+    """Log one line per RPC: method, code, duration, peer, principal."""
+    metrics_address: str = ""
+    """HOST:PORT serving Prometheus' /metrics; empty: no metrics."""
+    otlp_endpoint: str = ""
+    """Where to export traces over OTLP/gRPC; empty: as the OTEL_* variables say (off)."""

@@ -23,11 +23,12 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
@@ -44,6 +45,23 @@ SQLITE_READ_THREADS = 2
 CHANGES = "runplane.changes"
 
 CommitListener = Callable[[list[Change]], None]
+
+
+class TransactionTimer(Protocol):
+    """Told how long each transaction took (called from the threads that run them)."""
+
+    def read(self, seconds: float) -> None: ...
+
+    def write(self, seconds: float, group_size: int) -> None:
+        """One commit of `group_size` write transactions grouped together."""
+
+
+class _Untimed:
+    def read(self, seconds: float) -> None:
+        pass
+
+    def write(self, seconds: float, group_size: int) -> None:
+        pass
 
 
 def _dumps(value: Any) -> str:
@@ -80,10 +98,11 @@ class Dialect:
 class Database:
     """Owns the engines and worker threads; runs transactions for the async server."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timer: TransactionTimer | None = None) -> None:
         self.url = normalize_url(url)
         self.dialect = Dialect(self.url.get_backend_name())
         self._listeners: list[CommitListener] = []
+        self._timer = timer or _Untimed()
         if self.dialect.is_postgres:
             self._write_engine = self._read_engine = create_engine(
                 self.url,
@@ -105,7 +124,7 @@ class Database:
             self._read_pool = ThreadPoolExecutor(
                 SQLITE_READ_THREADS, thread_name_prefix="runplane-db-read"
             )
-        self._writer = GroupWriter(self._write_engine, self._publish)
+        self._writer = GroupWriter(self._write_engine, self._publish, self._timer)
 
     def _sqlite_engine(self, *, pool_size: int, begin: str) -> Engine:
         engine = create_engine(
@@ -165,15 +184,23 @@ class Database:
         a single indexed lookup: on SQLite it runs on the event loop.
         """
         if not snapshot and not self.dialect.is_postgres:
-            with _translate_errors():
-                return work(self._point_reader())
+            started = time.perf_counter()
+            try:
+                with _translate_errors():
+                    return work(self._point_reader())
+            finally:
+                self._timer.read(time.perf_counter() - started)
 
         def transaction() -> T:
-            with _translate_errors(), self._read_engine.connect() as connection:
-                if snapshot and self.dialect.is_postgres:
-                    connection.execution_options(isolation_level="REPEATABLE READ")
-                with connection.begin():
-                    return work(connection)
+            started = time.perf_counter()
+            try:
+                with _translate_errors(), self._read_engine.connect() as connection:
+                    if snapshot and self.dialect.is_postgres:
+                        connection.execution_options(isolation_level="REPEATABLE READ")
+                    with connection.begin():
+                        return work(connection)
+            finally:
+                self._timer.read(time.perf_counter() - started)
 
         return await asyncio.get_running_loop().run_in_executor(self._read_pool, transaction)
 
@@ -223,9 +250,10 @@ class GroupWriter:
 
     MAX_GROUP = 64
 
-    def __init__(self, engine: Engine, publish: CommitListener) -> None:
+    def __init__(self, engine: Engine, publish: CommitListener, timer: TransactionTimer) -> None:
         self._engine = engine
         self._publish = publish
+        self._timer = timer
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="runplane-db-write", daemon=True)
         self._thread.start()
@@ -252,7 +280,9 @@ class GroupWriter:
                     self._queue.put(None)  # finish this group, then stop
                     break
                 group.append(queued)
+            started = time.perf_counter()
             outcomes, changes = self._commit(group)
+            self._timer.write(time.perf_counter() - started, len(group))
             group[0].loop.call_soon_threadsafe(self._deliver, group, outcomes, changes)
 
     def _deliver(self, group: list[_Job[Any]], outcomes: list[Any], changes: list[Change]) -> None:

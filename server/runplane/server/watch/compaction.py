@@ -30,6 +30,8 @@ class Compactor:
         self._retention_us = int(retention * 1_000_000)
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        self.compact_revision = 0
+        """Where the log began after this replica's last round (0 before its first)."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="runplane-compactor")
@@ -53,6 +55,7 @@ class Compactor:
             if done is None:
                 return None
             if done.removed < BATCH_SIZE:
+                self.compact_revision = done.state.compact_revision
                 return done.state
 
     async def _run(self) -> None:
