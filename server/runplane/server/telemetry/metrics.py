@@ -138,7 +138,7 @@ class Metrics:
     def __init__(self) -> None:
         # No `_created` twin of every series: Prometheus ignores it in the text format, and
         # it doubles what a scrape reads (a process-wide switch of prometheus_client).
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
