@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, TypedDict, Unpack
 
+from runplane.client import _tracing
 from runplane.client._async_client import AsyncClient
 from runplane.client._errors import LeaseLost, NotFound, RunplaneError
 from runplane.client._models import EventType, Run, RunStatus
@@ -119,8 +120,20 @@ class AsyncWorker:
             await asyncio.sleep(0.2)
 
     async def work(self, run: Run) -> Run | None:
-        """Work a run this worker claimed: the run as it ended, or None if it was lost."""
-        handling = asyncio.ensure_future(self._handler(run))
+        """Work a run this worker claimed: the run as it ended, or None if it was lost.
+
+        The work joins the trace its creator left in `run.trace_context` (heartbeats and
+        the completion included), the handler in a span of its own.
+        """
+        with _tracing.run_context(run):
+            return await self._work(run)
+
+    async def _handle(self, run: Run) -> dict[str, Any] | None:
+        with _tracing.handler_span(run):
+            return await self._handler(run)
+
+    async def _work(self, run: Run) -> Run | None:
+        handling = asyncio.ensure_future(self._handle(run))
         guards = {
             asyncio.ensure_future(self._hold_lease(run)),
             asyncio.ensure_future(self._watch_for_loss(run)),
