@@ -110,7 +110,7 @@ class RpcSeries:
         child.inc()
 
 
-class _Folded:
+class FoldedLabels:
     """Children of a family by label values, the first `limit` values of the first label
     kept and the later ones folded into `other`."""
 
@@ -178,7 +178,7 @@ class Metrics:
             registry=registry,
         )
 
-        self._transitions = _Folded(
+        self._transitions = FoldedLabels(
             Counter(
                 "runplane_run_transitions_total",
                 "Runs entering a status (created in it, or changed to it) on this replica.",
