@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import generate_latest
 
 from runplane.client import Client, RunStatus
@@ -133,6 +134,28 @@ def test_stream_series_count_messages_events_and_ends(metered: ServerThread) -> 
     assert value(samples, "runplane_watch_events_sent_total") == events
     assert value(samples, "runplane_watch_streams") == 0
     assert value(samples, "runplane_store_revision") == 4  # three creates and a cancel
+
+
+def test_bidi_stream_counts_each_message_both_ways(metered: ServerThread) -> None:
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="runplane.v1.RunService"),
+    ]
+    with grpc.insecure_channel(metered.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
+    assert len(responses) == 2
+
+    samples = scrape(_metrics_address(metered))
+    labels = {
+        "grpc_service": "grpc.reflection.v1alpha.ServerReflection",
+        "grpc_method": "ServerReflectionInfo",
+        "grpc_type": "bidi_stream",
+    }
+    assert value(samples, "grpc_server_started_total", **labels) == 1
+    assert value(samples, "grpc_server_msg_received_total", **labels) == 2
+    assert value(samples, "grpc_server_msg_sent_total", **labels) == 2
+    assert value(samples, "grpc_server_handled_total", grpc_code="OK", **labels) == 1
 
 
 def test_watch_ended_by_shutdown_counts_unavailable(backend: str, tmp_path: Path) -> None:

@@ -119,7 +119,14 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         key = (handler.request_streaming, handler.response_streaming)
         grpc_type, attribute, make_handler = _RPC_TYPES[key]
         behavior = getattr(handler, attribute)
-        observed = _ObservedMethod(self, full_method, grpc_type)
+        observed = _ObservedMethod(
+            full_method,
+            grpc_type,
+            metrics=self._metrics,
+            tracer=self._tracer,
+            log_calls=self._log_calls,
+            principal=self._principal,
+        )
         if inspect.isasyncgenfunction(behavior):
             wrapped = observed.stream(behavior, counts_requests=key[0])
         elif inspect.iscoroutinefunction(behavior):
@@ -137,8 +144,16 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 class _ObservedMethod:
     """What is said about the calls of one method, and the wrappers that say it."""
 
-    def __init__(self, observer: CallObserver, full_method: str, grpc_type: str) -> None:
-        metrics = observer._metrics
+    def __init__(
+        self,
+        full_method: str,
+        grpc_type: str,
+        *,
+        metrics: Metrics | None,
+        tracer: Tracer | None,
+        log_calls: bool,
+        principal: Principal,
+    ) -> None:
         self._full_method = full_method
         self._series: RpcSeries | None = None
         self._events: Any = None
@@ -146,9 +161,9 @@ class _ObservedMethod:
             self._series = metrics.rpc(full_method, grpc_type)
             if full_method in WATCH_METHODS:
                 self._events = metrics.watch_events_sent
-        self._tracer = observer._tracer
-        self._log_calls = observer._log_calls
-        self._principal = observer._principal
+        self._tracer = tracer
+        self._log_calls = log_calls
+        self._principal = principal
         service, _, method = full_method.lstrip("/").partition("/")
         self._span_name = f"{service}/{method}"
         self._span_attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
@@ -160,7 +175,7 @@ class _ObservedMethod:
     ) -> Callable[[Any, Context], Any]:
         async def observed(request: Any, context: Context) -> Any:
             started = time.perf_counter()
-            span = self._begin(context, current=True)
+            span = self._begin(context, current=True, one_request=not counts_requests)
             if counts_requests:
                 request = self._counted(request)
             try:
@@ -187,7 +202,7 @@ class _ObservedMethod:
         async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             # Not made current: the generator may be closed from another task's context.
-            span = self._begin(context, current=False)
+            span = self._begin(context, current=False, one_request=not counts_requests)
             if counts_requests:
                 request = self._counted(request)
             timed = False
@@ -219,11 +234,14 @@ class _ObservedMethod:
 
     # -- the start and the end of a call ------------------------------------------------------
 
-    def _begin(self, context: Context, *, current: bool) -> _Span | None:
+    def _begin(self, context: Context, *, current: bool, one_request: bool) -> _Span | None:
+        """Count the call (and its one request, unless requests stream in: those are
+        counted as they come), and start its span."""
         series = self._series
         if series is not None:
             series.started.inc()
-            series.received.inc()  # the request of a unary-request call (streams: per message)
+            if one_request:
+                series.received.inc()
         if self._tracer is None:
             return None
         parent = propagate.extract(dict(context.invocation_metadata() or ()))
