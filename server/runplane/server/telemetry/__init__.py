@@ -21,7 +21,7 @@ from runplane.server.config import ServerConfig
 from runplane.server.store.database import Database
 from runplane.server.sweeper import SweepListener
 from runplane.server.telemetry import tracing
-from runplane.server.telemetry.calls import CallObserver
+from runplane.server.telemetry.calls import CallObserver, Principal, anonymous
 from runplane.server.telemetry.metrics import Metrics, MetricsEndpoint
 from runplane.server.watch.compaction import Compactor
 from runplane.server.watch.hub import WatchHub
@@ -45,14 +45,22 @@ class Telemetry:
             log_calls=config.access_log,
         )
 
-    def interceptors(self) -> list[grpc.aio.ServerInterceptor[object, object]]:
-        """The call observer, first of the server's interceptors, when anything is on."""
+    def interceptors(
+        self, principal: Principal = anonymous
+    ) -> list[grpc.aio.ServerInterceptor[object, object]]:
+        """The call observer, when anything is on: it must come first among the server's
+        interceptors, so that calls they refuse are counted, traced and logged too.
+        `principal` names a call's caller in the access log."""
         if self.metrics is None and self.tracer_provider is None and not self.log_calls:
             return []
         tracer = (
             None if self.tracer_provider is None else self.tracer_provider.get_tracer("runplane")
         )
-        return [CallObserver(metrics=self.metrics, tracer=tracer, log_calls=self.log_calls)]
+        return [
+            CallObserver(
+                metrics=self.metrics, tracer=tracer, log_calls=self.log_calls, principal=principal
+            )
+        ]
 
     @property
     def swept(self) -> SweepListener | None:
