@@ -21,7 +21,7 @@ TS_STUBS := tests/polyglot/src/gen
 TS_GENERATE := $(BUF) generate proto --template proto/buf.gen.yaml
 export RUNPLANE_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: setup lock run test test-py proto check-proto lint bench clean
+.PHONY: setup lock run test test-py proto check-proto lint bench bench-telemetry clean
 
 setup: $(SETUP)
 
@@ -100,6 +100,13 @@ test-py: $(SETUP)
 
 bench: $(SETUP)
 	@$(BIN)/python -m tests.bench.run
+
+## What metrics and tracing cost: runplane with each on and off, in turn, over 3 rounds
+## (JSON: telemetry_cost). BENCH_TELEMETRY_TARGETS picks others, e.g. the -postgres ones.
+BENCH_TELEMETRY_TARGETS ?= runplane-sqlite,runplane-sqlite-metrics,runplane-sqlite-tracing
+bench-telemetry: $(SETUP)
+	@$(BIN)/python -m tests.bench.run --scenarios unary --rounds 3 \
+		--targets $(BENCH_TELEMETRY_TARGETS)
 
 clean:
 	rm -rf $(VENV) proto/node_modules tests/polyglot/node_modules tests/polyglot/build runplane.db runplane.db-*

@@ -7,7 +7,12 @@ separate load process, and the server is stopped before the next target starts. 
 goes to stderr; stdout gets one JSON document: the machine, every result, runplane/echo
 ratios and the performance goals judged.
 
-    python -m tests.bench.run [--seconds 5] [--targets echo,runplane-sqlite,...]
+    python -m tests.bench.run [--seconds 5] [--targets echo,runplane-sqlite,...] [--rounds 3]
+
+Variant targets (``runplane-sqlite-metrics``, ``-tracing``) run runplane with telemetry on;
+the JSON's ``telemetry_cost`` compares each with its baseline, cell by cell, as medians over
+``--rounds`` (targets are measured in turn, round after round, so a noisy neighbour hits
+both alike). ``make bench-telemetry`` runs that comparison.
 
 PostgreSQL is measured when a server URL is known (``--postgres-url``, or the environment's
 RUNPLANE_BENCH_POSTGRES_URL or RUNPLANE_TEST_POSTGRES_URL); each run gets a database of its
@@ -30,7 +35,7 @@ from types import FrameType
 
 import grpc
 
-from tests.bench.report import judge, ratios
+from tests.bench.report import judge, ratios, telemetry_cost
 from tests.bench.scenarios import SCENARIOS as BASE_SCENARIOS
 from tests.bench.scenarios import BenchOptions, Result, Scenario
 from tests.bench.targets import Target, available_targets
@@ -68,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rpcs", type=_csv, default=("create", "get"))
     parser.add_argument("--targets", type=_csv, default=None, help="default: every available")
     parser.add_argument("--scenarios", type=_csv, default=tuple(SCENARIOS))
+    parser.add_argument("--rounds", type=int, default=1, help="measure every target N times")
     parser.add_argument("--postgres-url", default=None)
     parser.add_argument(
         "--postgres",
@@ -85,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _select_targets(args: argparse.Namespace) -> list[Target]:
     available = available_targets(_postgres_url(args))
-    names = args.targets or tuple(available)
+    names = args.targets or tuple(name for name, t in available.items() if t.baseline is None)
     unknown = [name for name in names if name not in available]
     if unknown:
         known = ", ".join(available)
@@ -127,12 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     load_average = [round(x, 2) for x in os.getloadavg()]  # the machine is shared
     results: list[Result] = []
     failures: list[dict[str, str]] = []
-    for target in targets:
-        try:
-            results.extend(measure_target(target, args.scenarios, options))
-        except Exception as error:  # one broken target must not hide the others' figures
-            _log(f"{target.name}: FAILED: {error}")
-            failures.append({"target": target.name, "error": str(error)})
+    for round_ in range(args.rounds):
+        for target in targets:
+            try:
+                cells = measure_target(target, args.scenarios, options)
+            except Exception as error:  # one broken target must not hide the others' figures
+                _log(f"{target.name}: FAILED: {error}")
+                failures.append({"target": target.name, "error": str(error)})
+                continue
+            results.extend({**cell, "round": round_} for cell in cells)
 
     goals = judge(results, [t.name for t in targets])
     document = {
@@ -146,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         "options": {"seconds": options.seconds, "concurrency": list(options.concurrencies)},
         "results": results,
         "ratios": ratios(results),
+        "telemetry_cost": telemetry_cost(
+            results, {t.name: t.baseline for t in targets if t.baseline is not None}
+        ),
         "targets": goals,
         "failures": failures,
     }

@@ -9,7 +9,7 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import grpc
 
-from runplane.client import _requests
+from runplane.client import _requests, _tracing
 from runplane.client._models import Run, RunEvent
 from runplane.client._pagers import RunPager
 from runplane.client._requests import RunListing, UnaryCall, client_method
@@ -95,19 +95,21 @@ class Client:
     def _call(self, call: UnaryCall[Any, _T]) -> _T:
         attempts = call.attempts(self._default_deadline, self._retry_policy)
         send = getattr(self._stub, call.rpc)
-        while True:
-            try:
-                response = send(call.request, timeout=attempts.remaining())
-            except grpc.RpcError as error:
-                time.sleep(attempts.backoff_or_raise(error))
-            else:
-                return call.convert(response)
+        with _tracing.call_span(call.rpc) as metadata:
+            while True:
+                try:
+                    response = send(call.request, timeout=attempts.remaining(), metadata=metadata)
+                except grpc.RpcError as error:
+                    time.sleep(attempts.backoff_or_raise(error))
+                else:
+                    return call.convert(response)
 
     def _watch(self, watch: WatchCall) -> Iterator[RunEvent]:
         resumption = watch.start(self._retry_policy)
         send = getattr(self._stub, watch.rpc)
+        metadata = _tracing.stream_metadata()
         while True:
-            call = send(resumption.request(), timeout=resumption.remaining())
+            call = send(resumption.request(), timeout=resumption.remaining(), metadata=metadata)
             try:
                 resumption.headers(call.initial_metadata())
                 for response in call:

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any, TypedDict, Unpack
 
+from runplane.client import _tracing
 from runplane.client._async_client import AsyncClient
 from runplane.client._errors import LeaseLost, NotFound, RunplaneError
 from runplane.client._models import EventType, Run, RunStatus
@@ -190,8 +191,20 @@ class AsyncWorker:
 
     async def work(self, run: Run) -> Run | None:
         """Work a run this worker claimed: the run as it ended, or None if it was lost
-        or handed back."""
-        handling = asyncio.ensure_future(self._handler(run))
+        or handed back.
+
+        The work joins the trace its creator left in `run.trace_context` (heartbeats and
+        the completion included), the handler in a span of its own.
+        """
+        with _tracing.run_context(run):
+            return await self._work(run)
+
+    async def _handle(self, run: Run) -> dict[str, Any] | None:
+        with _tracing.handler_span(run):
+            return await self._handler(run)
+
+    async def _work(self, run: Run) -> Run | None:
+        handling = asyncio.ensure_future(self._handle(run))
         abandoned = asyncio.ensure_future(self._abandoned())
         guards = {
             abandoned,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runplane.client.cli_support import flag, positive_int, seconds
+from runplane.client.cli_support import flag, positive_int, seconds, switch
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///runplane.db"
@@ -63,6 +63,26 @@ class ServerConfig:
     log_level: str = flag(
         "info", choices=("debug", "info", "warning", "error"), help="Least severe level logged."
     )
+    log_format: str = flag(
+        "logfmt", choices=("logfmt", "json"), help="One record per line, as logfmt or as JSON."
+    )
+    access_log: bool = switch(
+        help="Log one line per call: method, code, duration, peer, principal."
+    )
+    metrics_address: str = flag(
+        "",
+        metavar="HOST:PORT",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 "
+        "(default off).",
+    )
+    """HOST:PORT serving Prometheus' /metrics; empty: no metrics."""
+    otlp_endpoint: str = flag(
+        "",
+        metavar="URL",
+        help="Export traces over OTLP/gRPC, e.g. http://127.0.0.1:4317 (default off, unless "
+        "the OTEL_* variables turn tracing on).",
+    )
+    """Where to export traces; empty: as the OTEL_* variables say (off by default)."""
     compaction_interval: float = 30.0
     """Seconds between compaction rounds (the contract asks for at most 30)."""
     watch_poll_interval: float = 1.0
