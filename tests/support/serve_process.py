@@ -25,7 +25,9 @@ def free_port() -> int:
 class ServeProcess:
     """One `runplane serve` process; its stderr is drained (and its tail kept) by a thread."""
 
-    def __init__(self, address: str, database_url: str, workdir: Path, *args: str) -> None:
+    def __init__(
+        self, address: str, database_url: str, workdir: Path, *args: str, keep: int = 200
+    ) -> None:
         self.address = address
         self.process = subprocess.Popen(
             [RUNPLANE, "serve", "--address", address, "--database-url", database_url, *args],
@@ -34,7 +36,7 @@ class ServeProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.logs: deque[str] = deque(maxlen=200)
+        self.logs: deque[str] = deque(maxlen=keep)
         self._ready = threading.Event()
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()

@@ -2,7 +2,7 @@
 
     from runplane.client import Client, MultitaskStrategy
 
-    with Client("127.0.0.1:50051") as client:
+    with Client("127.0.0.1:50051") as client:   # or tls=True, token=..., namespace=...
         run = client.create_run("agent", multitask_strategy=MultitaskStrategy.REJECT)
         for run in client.list_runs(thread_id=run.thread_id):
             print(run.run_id, run.status)
@@ -12,6 +12,7 @@
 """
 
 from runplane.client._async_client import AsyncClient
+from runplane.client._channels import TLSConfig
 from runplane.client._client import Client
 from runplane.client._errors import (
     Aborted,
@@ -26,6 +27,7 @@ from runplane.client._errors import (
     NotFound,
     OutOfRange,
     PermissionDenied,
+    RateLimited,
     ResourceExhausted,
     RevisionCompacted,
     RevisionMismatch,
@@ -33,6 +35,7 @@ from runplane.client._errors import (
     RunplaneError,
     RunTerminal,
     ThreadBusy,
+    TooManyWatches,
     Unauthenticated,
     Unavailable,
     Unimplemented,
@@ -72,6 +75,7 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
+    "RateLimited",
     "ResourceExhausted",
     "RetryPolicy",
     "RevisionCompacted",
@@ -84,7 +88,9 @@ __all__ = [
     "RunStatus",
     "RunTerminal",
     "RunplaneError",
+    "TLSConfig",
     "ThreadBusy",
+    "TooManyWatches",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

@@ -10,6 +10,7 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 import grpc
 
 from runplane.client import _requests
+from runplane.client._channels import TLSConfig, connection
 from runplane.client._models import Run, RunEvent
 from runplane.client._pagers import RunPager
 from runplane.client._requests import RunListing, UnaryCall, client_method
@@ -63,6 +64,10 @@ class Client:
     Use it as a context manager (or call `close()`) to release the channel. Every
     call is bounded by `default_deadline` seconds unless given its own `deadline`;
     failures raise `RunplaneError` subclasses, never `grpc.RpcError`.
+
+    `tls=True` (or a `TLSConfig`) connects over TLS; `token` is sent as a bearer
+    token with every call (in plaintext only to a loopback address); `namespace` is
+    the namespace creates, listings, watches and claims use unless given their own.
     """
 
     def __init__(
@@ -72,8 +77,17 @@ class Client:
         default_deadline: float = 10.0,
         channel_options: Sequence[tuple[str, Any]] = (),
         retry_policy: RetryPolicy = DEFAULT_RETRY,
+        tls: bool | TLSConfig = False,
+        token: str | None = None,
+        namespace: str | None = None,
     ) -> None:
-        self._channel = grpc.insecure_channel(address, options=list(channel_options))
+        reach = connection(address, tls, token, list(channel_options))
+        if reach.credentials is None:
+            self._channel = grpc.insecure_channel(address, options=reach.options)
+        else:
+            self._channel = grpc.secure_channel(address, reach.credentials, reach.options)
+        self._metadata = reach.metadata
+        self._namespace = namespace or ""
         self._stub = run_service_pb2_grpc.RunServiceStub(self._channel)
         self._default_deadline = default_deadline
         self._retry_policy = retry_policy
@@ -97,7 +111,7 @@ class Client:
         send = getattr(self._stub, call.rpc)
         while True:
             try:
-                response = send(call.request, timeout=attempts.remaining())
+                response = send(call.request, timeout=attempts.remaining(), metadata=self._metadata)
             except grpc.RpcError as error:
                 time.sleep(attempts.backoff_or_raise(error))
             else:
@@ -107,7 +121,9 @@ class Client:
         resumption = watch.start()
         send = getattr(self._stub, watch.rpc)
         while True:
-            call = send(resumption.request(), timeout=resumption.remaining())
+            call = send(
+                resumption.request(), timeout=resumption.remaining(), metadata=self._metadata
+            )
             try:
                 for response in call:
                     yield from resumption.receive(response)

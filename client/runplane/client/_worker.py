@@ -33,6 +33,7 @@ from datetime import timedelta
 from typing import Any, TypedDict, Unpack
 
 from runplane.client._async_client import AsyncClient
+from runplane.client._channels import TLSConfig
 from runplane.client._errors import LeaseLost, NotFound, RunplaneError
 from runplane.client._models import EventType, Run, RunStatus
 
@@ -184,11 +185,31 @@ class WorkerOptions(TypedDict, total=False):
     claim_wait: timedelta | float
 
 
-class Worker:
-    """`AsyncWorker` for a plain function, run in a thread as `handler(run, stop)`."""
+class _Connection(TypedDict):
+    tls: bool | TLSConfig
+    token: str | None
+    namespace: str | None
 
-    def __init__(self, address: str, handler: Handler, **options: Unpack[WorkerOptions]) -> None:
+
+class Worker:
+    """`AsyncWorker` for a plain function, run in a thread as `handler(run, stop)`.
+
+    It connects to `address` as `Client` does: `tls`, `token`, and `namespace` (where
+    it claims; default: every namespace where its principal is a worker).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        handler: Handler,
+        *,
+        tls: bool | TLSConfig = False,
+        token: str | None = None,
+        namespace: str | None = None,
+        **options: Unpack[WorkerOptions],
+    ) -> None:
         self._address = address
+        self._connection: _Connection = {"tls": tls, "token": token, "namespace": namespace}
         self._handler = handler
         self.worker_id: str = options.get("worker_id") or default_worker_id()
         self._options: WorkerOptions = {**options, "worker_id": self.worker_id}
@@ -205,7 +226,7 @@ class Worker:
 
     def _serve(self, work: Callable[[AsyncWorker], Awaitable[Any]]) -> Any:
         async def main() -> Any:
-            async with AsyncClient(self._address) as client:
+            async with AsyncClient(self._address, **self._connection) as client:
                 worker = AsyncWorker(client, self._in_thread, **self._options)
                 self._current = worker
                 if self._stopping.is_set():

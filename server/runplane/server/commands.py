@@ -1,10 +1,12 @@
-"""`runplane serve` and `runplane db upgrade`, registered into the runplane CLI."""
+"""`runplane serve`, `runplane db upgrade` and `runplane auth`, registered into the CLI."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from runplane.server import config
@@ -37,6 +39,65 @@ def _duration(text: str) -> float:
         return config.parse_duration(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _rate(text: str) -> config.Rate | None:
+    if text in ("", "off"):
+        return None
+    try:
+        return config.Rate.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_security_flags(serve: argparse.ArgumentParser) -> None:
+    defaults = config.ServerConfig()
+    for flag, what in (
+        ("--tls-cert", "PEM certificate chain; with --tls-key, serve TLS only"),
+        ("--tls-key", "PEM private key of --tls-cert"),
+        ("--tls-client-ca", "PEM CA: require client certificates it signed (mTLS)"),
+        ("--auth-config", "TOML file of principals, tokens and grants (default: no auth)"),
+    ):
+        _flag(serve, flag, "", _optional_path, metavar="FILE", help=what + "; re-read on change")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=os.environ.get("RUNPLANE_INSECURE", "").lower() in ("1", "true", "yes"),
+        help="serve a non-loopback address without TLS or --auth-config anyway",
+    )
+    _flag(
+        serve,
+        "--max-watches-per-principal",
+        str(defaults.max_watches_per_principal),
+        _positive_int,
+        help="open watch streams one caller may hold (default 1000)",
+    )
+    _flag(
+        serve,
+        "--rate-limit",
+        "off",
+        _rate,
+        metavar="RPS[:BURST]",
+        help="calls per second each caller may make, health checks aside (default off)",
+    )
+    _flag(
+        serve,
+        "--max-streams-per-connection",
+        str(defaults.max_streams_per_connection),
+        _positive_int,
+        help="concurrent calls one connection may hold; more wait (default 2000)",
+    )
+    _flag(
+        serve,
+        "--min-ping-interval",
+        "10s",
+        _duration,
+        help="clients pinging a quiet connection more often are disconnected (default 10s)",
+    )
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,6 +145,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         str.lower,
         choices=["debug", "info", "warning", "error"],
     )
+    _add_security_flags(serve)
     serve.set_defaults(func=_serve)
 
     database = subparsers.add_parser("db", help="manage the database schema")
@@ -91,6 +153,15 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     upgrade = database_commands.add_parser("upgrade", help="apply pending migrations")
     _add_database_url(upgrade)
     upgrade.set_defaults(func=_upgrade)
+
+    auth = subparsers.add_parser("auth", help="make bearer tokens for the auth config")
+    auth_commands = auth.add_subparsers(dest="auth_command", required=True)
+    auth_commands.add_parser(
+        "new-token", help="print a fresh token and the tokens_sha256 entry for it"
+    ).set_defaults(func=_new_token)
+    auth_commands.add_parser(
+        "hash-token", help="read a token on stdin, print its sha256"
+    ).set_defaults(func=_hash_token)
 
 
 def _add_database_url(parser: argparse.ArgumentParser) -> None:
@@ -105,17 +176,30 @@ def _add_database_url(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from runplane.server import app
 
-    app.run(
-        config.ServerConfig(
-            address=args.address,
-            database_url=args.database_url,
-            event_retention=args.event_retention,
-            max_attempts=args.max_attempts,
-            max_struct_bytes=args.max_struct_bytes,
-            shutdown_grace=args.shutdown_grace,
-            log_level=args.log_level,
+    try:
+        app.run(
+            config.ServerConfig(
+                address=args.address,
+                database_url=args.database_url,
+                event_retention=args.event_retention,
+                max_attempts=args.max_attempts,
+                max_struct_bytes=args.max_struct_bytes,
+                shutdown_grace=args.shutdown_grace,
+                log_level=args.log_level,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+                tls_client_ca=args.tls_client_ca,
+                auth_config=args.auth_config,
+                insecure=args.insecure,
+                max_watches_per_principal=args.max_watches_per_principal,
+                rate_limit=args.rate_limit,
+                max_streams_per_connection=args.max_streams_per_connection,
+                min_ping_interval=args.min_ping_interval,
+            )
         )
-    )
+    except config.ConfigError as error:
+        print(f"runplane serve: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -129,4 +213,24 @@ def _upgrade(args: argparse.Namespace) -> int:
     finally:
         database.dispose()
     print(f"database {redact(args.database_url)} is at the latest schema")
+    return 0
+
+
+def _new_token(args: argparse.Namespace) -> int:
+    from runplane.server.identity import hash_token, new_token
+
+    token = new_token()
+    print(f"token: {token}")
+    print(f'tokens_sha256 = ["{hash_token(token)}"]')
+    return 0
+
+
+def _hash_token(args: argparse.Namespace) -> int:
+    from runplane.server.identity import hash_token
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("runplane auth hash-token: no token on stdin", file=sys.stderr)
+        return 2
+    print(hash_token(token))
     return 0

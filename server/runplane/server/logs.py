@@ -40,3 +40,5 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Audit lines are the record of who changed what: kept whatever the level.
+    logging.getLogger("runplane.audit").setLevel(logging.INFO)
