@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -26,12 +27,19 @@ class ServeProcess:
     """One `runplane serve` process; its stderr is drained (and its tail kept) by a thread."""
 
     def __init__(
-        self, address: str, database_url: str, workdir: Path, *args: str, keep: int = 200
+        self,
+        address: str,
+        database_url: str,
+        workdir: Path,
+        *args: str,
+        keep: int = 200,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.address = address
         self.process = subprocess.Popen(
             [RUNPLANE, "serve", "--address", address, "--database-url", database_url, *args],
             cwd=workdir,
+            env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -33,7 +33,7 @@ from datetime import timedelta
 from typing import Any, TypedDict, Unpack
 
 from runplane.client._async_client import AsyncClient
-from runplane.client._channels import TLSConfig
+from runplane.client._channels import TLSConfig, connection
 from runplane.client._errors import LeaseLost, NotFound, RunplaneError
 from runplane.client._models import EventType, Run, RunStatus
 
@@ -208,6 +208,7 @@ class Worker:
         namespace: str | None = None,
         **options: Unpack[WorkerOptions],
     ) -> None:
+        connection(address, tls, token, [])  # bad settings fail here, not in run()
         self._address = address
         self._connection: _Connection = {"tls": tls, "token": token, "namespace": namespace}
         self._handler = handler
