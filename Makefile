@@ -64,8 +64,10 @@ test: check-proto lint $(NODE_TEST_DEPS)
 test-py: $(SETUP)
 	$(BIN)/pytest
 
+## The benchmark (JSON on stdout); e.g. make bench BENCH_ARGS="--tls --auth --scenarios unary"
+## adds TLS + token-auth twins of each target and their cost against plaintext.
 bench: $(SETUP)
-	@$(BIN)/python -m tests.bench.run
+	@$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) proto/node_modules tests/polyglot/node_modules runplane.db runplane.db-*

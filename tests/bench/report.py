@@ -45,6 +45,34 @@ def ratios(results: list[Result]) -> dict[str, dict[str, float | None]]:
     return by_target
 
 
+def _original(target: str) -> str:
+    """The plaintext target a secured twin (``runplane-sqlite+tls+auth``) is a twin of."""
+    return target.split("+", 1)[0]
+
+
+def security_costs(results: list[Result]) -> dict[str, dict[str, float | None]]:
+    """Per secured twin: the share of unary throughput it loses against its original,
+    cell by cell (0.1: 10 % fewer calls per second)."""
+    by_target: dict[str, dict[str, float | None]] = {}
+    for result in results:
+        target = str(result["target"])
+        if result.get("scenario") != "unary" or "+" not in target:
+            continue
+        rpc, concurrency = str(result["rpc"]), int(str(result["concurrency"]))
+        original = _unary_cell(results, _original(target), rpc, concurrency)
+        plain = _number(original, "throughput_per_s")
+        mine = _number(result, "throughput_per_s")
+        cost = round(1 - mine / plain, 3) if mine is not None and plain else None
+        by_target.setdefault(target, {})[f"{rpc}_{concurrency}"] = cost
+    return by_target
+
+
+def _security_cost_32(results: list[Result], target: str) -> float | None:
+    costs = security_costs(results).get(target, {})
+    measured = [cost for key in ("get_32", "create_32") if (cost := costs.get(key)) is not None]
+    return max(measured) if measured else None
+
+
 @dataclass(frozen=True)
 class Goal:
     """A threshold on one figure of a target; ``applies`` picks the targets it judges."""
@@ -140,6 +168,7 @@ GOALS = (
         _watch_cross_replica_p50,
         lambda t: t == "runplane-postgres",
     ),
+    Goal("security_cost_32_max", 0.15, False, _security_cost_32, lambda t: "+" in t),
 )
 
 

@@ -7,7 +7,11 @@ separate load process, and the server is stopped before the next target starts. 
 goes to stderr; stdout gets one JSON document: the machine, every result, runplane/echo
 ratios and the performance goals judged.
 
-    python -m tests.bench.run [--seconds 5] [--targets echo,runplane-sqlite,...]
+    python -m tests.bench.run [--seconds 5] [--targets echo,runplane-sqlite,...] [--tls --auth]
+
+``--tls`` and/or ``--auth`` add a secured twin of each runplane target, measured by the
+unary scenario in the same run; ``security_cost`` then gives, per cell, the throughput
+the twin loses against its plaintext, unauthenticated original.
 
 PostgreSQL is measured when a server URL is known (``--postgres-url``, or the environment's
 RUNPLANE_BENCH_POSTGRES_URL or RUNPLANE_TEST_POSTGRES_URL); each run gets a database of its
@@ -30,10 +34,10 @@ from types import FrameType
 
 import grpc
 
-from tests.bench.report import judge, ratios
+from tests.bench.report import judge, ratios, security_costs
 from tests.bench.scenarios import SCENARIOS as BASE_SCENARIOS
 from tests.bench.scenarios import BenchOptions, Result, Scenario
-from tests.bench.targets import Target, available_targets
+from tests.bench.targets import Security, Target, available_targets
 from tests.bench.watch_scenarios import WATCH_SCENARIOS
 
 SCENARIOS: dict[str, Scenario] = {**BASE_SCENARIOS, **WATCH_SCENARIOS}
@@ -76,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "unless a URL is given or in the environment",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument("--tls", action="store_true", help="add a TLS twin of each target")
+    parser.add_argument("--auth", action="store_true", help="add a token-auth twin")
     args = parser.parse_args(argv)
     for name in args.scenarios:
         if name not in SCENARIOS:
@@ -84,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _select_targets(args: argparse.Namespace) -> list[Target]:
-    available = available_targets(_postgres_url(args))
+    security = Security(args.tls, args.auth) if args.tls or args.auth else None
+    available = available_targets(_postgres_url(args), security)
     names = args.targets or tuple(available)
     unknown = [name for name in names if name not in available]
     if unknown:
@@ -105,6 +112,8 @@ def measure_target(
         _log(f"{target.name}: ready at {server.address}")
         results: list[Result] = []
         for name in scenarios:
+            if target.secured and name != "unary":
+                continue  # a twin is there to price TLS and auth on unary calls
             results.extend(SCENARIOS[name](target, server, options))
         return results
 
@@ -146,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "options": {"seconds": options.seconds, "concurrency": list(options.concurrencies)},
         "results": results,
         "ratios": ratios(results),
+        "security_cost": security_costs(results),
         "targets": goals,
         "failures": failures,
     }

@@ -3,6 +3,10 @@
 A target is a name and a context manager factory that yields the running server to measure
 and cleans up everything it created (process, database file, PostgreSQL database)
 on the way out, whatever happened in between.
+
+With ``--tls`` and/or ``--auth``, each runplane target gets a secured twin measured in the
+same run (``runplane-sqlite+tls+auth``): TLS with a CA and certificate made for the run,
+token authentication with an auth config listing the load generator's token.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from runplane.server.identity import hash_token, new_token
 from tests.bench.processes import RunningServer, running_server
+from tests.support.certificates import CertificateAuthority
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNPLANE = Path(sys.executable).parent / "runplane"
@@ -32,6 +38,40 @@ class Target:
 
     name: str
     start: Starter
+    secured: bool = False
+    """A TLS and/or auth twin: measured by the unary scenario only."""
+
+
+@dataclass(frozen=True)
+class Security:
+    """What a secured twin turns on."""
+
+    tls: bool
+    auth: bool
+
+    @property
+    def suffix(self) -> str:
+        return "".join(part for part, on in (("+tls", self.tls), ("+auth", self.auth)) if on)
+
+    def prepare(self, workdir: Path) -> tuple[list[str], tuple[str, ...]]:
+        """Files for the run in `workdir`: the server's flags, and the load's arguments."""
+        serve: list[str] = []
+        load: list[str] = []
+        if self.tls:
+            ca = CertificateAuthority("runplane bench CA")
+            cert, key = ca.server().write(workdir, "server")
+            serve += ["--tls-cert", str(cert), "--tls-key", str(key)]
+            load += ["--ca-file", str(ca.write(workdir))]
+        if self.auth:
+            token = new_token()
+            config = workdir / "auth.toml"
+            config.write_text(
+                f'[[principal]]\nname = "bench"\ntokens_sha256 = ["{hash_token(token)}"]\n'
+                'grants = [{ namespace = "*", role = "writer" }]\n'
+            )
+            serve += ["--auth-config", str(config)]
+            load += ["--token", token]
+        return serve, tuple(load)
 
 
 @contextlib.contextmanager
@@ -42,15 +82,24 @@ def _echo(workdir: Path) -> Iterator[RunningServer]:
         yield server
 
 
-def _runplane(workdir: Path, database_url: str, name: str) -> AbstractContextManager[RunningServer]:
+def _runplane(
+    workdir: Path, database_url: str, name: str, security: Security | None
+) -> AbstractContextManager[RunningServer]:
     argv = [str(RUNPLANE), "serve", "--address", "127.0.0.1:0", "--database-url", database_url]
-    return running_server(argv, workdir, name, database_url)
+    # The watch scenarios hold thousands of streams from one (anonymous) caller.
+    argv += ["--max-watches-per-principal", "100000"]
+    serve, load = security.prepare(workdir) if security else ([], ())
+    return running_server([*argv, *serve], workdir, name, database_url, load)
 
 
-@contextlib.contextmanager
-def _runplane_sqlite(workdir: Path) -> Iterator[RunningServer]:
-    with _runplane(workdir, f"sqlite:///{workdir / 'bench.db'}", "runplane (SQLite)") as server:
-        yield server
+def runplane_sqlite(security: Security | None = None) -> Starter:
+    @contextlib.contextmanager
+    def start(workdir: Path) -> Iterator[RunningServer]:
+        url = f"sqlite:///{workdir / 'bench.db'}"
+        with _runplane(workdir, url, "runplane (SQLite)", security) as server:
+            yield server
+
+    return start
 
 
 def _with_database(url: str, database: str) -> str:
@@ -71,14 +120,14 @@ def _fresh_postgres_database(admin_url: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-def runplane_postgres(admin_url: str) -> Starter:
+def runplane_postgres(admin_url: str, security: Security | None = None) -> Starter:
     """runplane on a fresh database of the PostgreSQL server that ``admin_url`` reaches."""
 
     @contextlib.contextmanager
     def start(workdir: Path) -> Iterator[RunningServer]:
         with (
             _fresh_postgres_database(admin_url) as database_url,
-            _runplane(workdir, database_url, "runplane (PostgreSQL)") as server,
+            _runplane(workdir, database_url, "runplane (PostgreSQL)", security) as server,
         ):
             yield server
 
@@ -86,12 +135,20 @@ def runplane_postgres(admin_url: str) -> Starter:
 
 
 ECHO = Target("echo", _echo)
-RUNPLANE_SQLITE = Target("runplane-sqlite", _runplane_sqlite)
 
 
-def available_targets(postgres_url: str | None) -> dict[str, Target]:
-    """Every target this machine can run, by name."""
-    targets = {ECHO.name: ECHO, RUNPLANE_SQLITE.name: RUNPLANE_SQLITE}
+def available_targets(
+    postgres_url: str | None, security: Security | None = None
+) -> dict[str, Target]:
+    """Every target this machine can run, by name; each runplane one followed by its
+    secured twin when `security` asks for one."""
+    starters: dict[str, Callable[[Security | None], Starter]] = {"runplane-sqlite": runplane_sqlite}
     if postgres_url:
-        targets["runplane-postgres"] = Target("runplane-postgres", runplane_postgres(postgres_url))
+        starters["runplane-postgres"] = lambda secured: runplane_postgres(postgres_url, secured)
+    targets = {ECHO.name: ECHO}
+    for name, starter in starters.items():
+        targets[name] = Target(name, starter(None))
+        if security is not None:
+            twin = name + security.suffix
+            targets[twin] = Target(twin, starter(security), secured=True)
     return targets

@@ -67,3 +67,26 @@ def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
         "create_32_sqlite_min_per_s",
         "create_1_p99_max_ms",
     }
+
+
+def test_tls_and_auth_twin_is_measured_against_its_plaintext_original() -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "tests.bench.run", "--tls", "--auth", "--scenarios", "unary"),
+            *("--targets", "runplane-sqlite,runplane-sqlite+tls+auth"),
+            *("--seconds", "0.3", "--concurrency", "2", "--rpcs", "get"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+
+    document = json.loads(completed.stdout)
+    cells = [(r["target"], r["rpc"], r["errors"]) for r in document["results"]]
+    assert cells == [("runplane-sqlite", "get", 0), ("runplane-sqlite+tls+auth", "get", 0)]
+    assert set(document["security_cost"]) == {"runplane-sqlite+tls+auth"}
+    assert isinstance(document["security_cost"]["runplane-sqlite+tls+auth"]["get_2"], float)
