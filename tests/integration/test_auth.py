@@ -131,6 +131,21 @@ def test_unknown_or_malformed_tokens_are_invalid(
     assert "unknown-token" not in found.message
 
 
+def test_a_valid_token_under_another_scheme_is_invalid(
+    stub: run_service_pb2_grpc.RunServiceStub,
+) -> None:
+    found = get_run(stub, (("authorization", f"Basic {ADMIN.token}"),))
+    assert (found.code, found.reason) == (grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_INVALID")
+
+
+def test_two_authorization_entries_are_invalid(
+    stub: run_service_pb2_grpc.RunServiceStub,
+) -> None:
+    # Which one would count is a question a proxy and the server could answer apart.
+    found = get_run(stub, bearer(NOBODY.token) + bearer(ADMIN.token))
+    assert (found.code, found.reason) == (grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_INVALID")
+
+
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
 def test_the_bearer_scheme_is_case_insensitive(
     stub: run_service_pb2_grpc.RunServiceStub, scheme: str

@@ -172,15 +172,38 @@ def test_streams_beyond_the_connection_cap_wait_for_a_free_slot(
         cancel(third)
 
 
-def test_a_connection_flooding_pings_is_cut_off(base: ServerConfig) -> None:
-    server = ServerThread(replace(base, min_ping_interval=5.0)).start()
-    flooding = [
-        ("grpc.keepalive_time_ms", 100),
+def pinging_every(milliseconds: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.keepalive_time_ms", milliseconds),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
+
+
+def test_a_client_pinging_no_faster_than_allowed_keeps_its_connection(
+    base: ServerConfig,
+) -> None:
+    server = ServerThread(replace(base, min_ping_interval=0.2)).start()
     try:
-        with grpc.insecure_channel(server.address, options=flooding) as channel:
+        # grpc clients ping at most once a second; grpc's own server default (one ping
+        # per 5 minutes) would close this connection after the third.
+        with grpc.insecure_channel(server.address, options=pinging_every(1000)) as channel:
+            stub = Stub(channel)
+            stream = open_watch(stub, ALICE)
+            time.sleep(5)
+            stub.CreateRun(
+                run_service_pb2.CreateRunRequest(assistant_id="agent"), metadata=bearer(ALICE)
+            )
+            assert len(next(iter(stream)).events) == 1
+            cancel(stream)
+    finally:
+        server.stop()
+
+
+def test_a_connection_flooding_pings_is_cut_off(base: ServerConfig) -> None:
+    server = ServerThread(replace(base, min_ping_interval=5.0)).start()
+    try:
+        with grpc.insecure_channel(server.address, options=pinging_every(100)) as channel:
             stream = open_watch(Stub(channel), ALICE)
             with pytest.raises(grpc.RpcError) as raised:
                 next(stream)
