@@ -171,14 +171,13 @@ class PermissionDenied(RunplaneError):
     reason = "PERMISSION_DENIED"
 
     def __init__(self, principal: str, role_needed: str, namespace: str = "") -> None:
-        where = f"namespace {namespace}" if namespace else "any namespace"
         details = {"role_needed": role_needed}
         if namespace:
             details["namespace"] = namespace
-        super().__init__(
-            f"{principal} may not make this call: it needs the {role_needed} role in {where}",
-            **details,
-        )
+            lacking = f"the {role_needed} role in namespace {namespace}"
+        else:
+            lacking = f"the {role_needed} role, which it holds in no namespace"
+        super().__init__(f"{principal} may not make this call: it needs {lacking}", **details)
 
 
 class TooManyWatches(RunplaneError):
