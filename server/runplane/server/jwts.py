@@ -93,22 +93,8 @@ class JwtVerifier:
                 leeway=LEEWAY_S,
                 options={"require": ["exp", "iss", "aud"]},
             )
-        except jwt.ExpiredSignatureError:
-            raise CredentialsInvalid("the JWT has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise CredentialsInvalid("the JWT is not valid yet (nbf)") from None
-        except jwt.InvalidAudienceError:
-            raise CredentialsInvalid("the JWT is not meant for this audience") from None
-        except jwt.InvalidIssuerError:
-            raise CredentialsInvalid("the JWT was not issued by the configured issuer") from None
-        except jwt.InvalidSignatureError:
-            raise CredentialsInvalid("the JWT's signature does not verify") from None
-        except jwt.InvalidAlgorithmError:
-            raise CredentialsInvalid("the JWT's algorithm is not accepted for this key") from None
-        except jwt.MissingRequiredClaimError as error:
-            raise CredentialsInvalid(f"the JWT lacks the {error.claim} claim") from None
-        except jwt.PyJWTError:
-            raise CredentialsInvalid("the JWT is malformed") from None
+        except jwt.PyJWTError as error:
+            raise CredentialsInvalid(_refusal(error)) from None
         return self._principal(claims)
 
     def _key_for(self, token: str) -> _Key:
@@ -128,6 +114,23 @@ class JwtVerifier:
         if not isinstance(name, str) or not name:
             raise CredentialsInvalid(f"the JWT's {self._principal_claim} claim is not a name")
         return Principal(name, _claimed_grants(claims.get(self._grants_claim, [])))
+
+
+_REFUSALS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "the JWT has expired"),
+    (jwt.ImmatureSignatureError, "the JWT is not valid yet (nbf)"),
+    (jwt.InvalidAudienceError, "the JWT is not meant for this audience"),
+    (jwt.InvalidIssuerError, "the JWT was not issued by the configured issuer"),
+    (jwt.InvalidSignatureError, "the JWT's signature does not verify"),
+    (jwt.InvalidAlgorithmError, "the JWT's algorithm is not accepted for this key"),
+)
+
+
+def _refusal(error: jwt.PyJWTError) -> str:
+    """Why a JWT was refused, in words that quote nothing of it."""
+    if isinstance(error, jwt.MissingRequiredClaimError):
+        return f"the JWT lacks the {error.claim} claim"
+    return next((why for kind, why in _REFUSALS if isinstance(error, kind)), "the JWT is malformed")
 
 
 def _claimed_grants(value: object) -> tuple[Grant, ...]:
