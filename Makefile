@@ -98,8 +98,10 @@ test: check-proto lint $(NODE_TEST_DEPS)
 test-py: $(SETUP)
 	$(BIN)/pytest
 
+## The benchmark (JSON on stdout); e.g. make bench BENCH_ARGS="--tls --auth --scenarios unary"
+## adds TLS + token-auth twins of each target and their cost against plaintext.
 bench: $(SETUP)
-	@$(BIN)/python -m tests.bench.run
+	@$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
 
 ## What metrics and tracing cost: runplane with each on and off, in turn, over 3 rounds
 ## (JSON: telemetry_cost). BENCH_TELEMETRY_TARGETS picks others, e.g. the -postgres ones.

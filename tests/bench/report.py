@@ -63,11 +63,11 @@ def _unary_medians(results: list[Result], target: str) -> dict[str, dict[str, fl
     }
 
 
-def telemetry_cost(
+def variant_cost(
     results: list[Result], baselines: Mapping[str, str]
 ) -> dict[str, dict[str, object]]:
-    """Per variant target (telemetry on): each unary cell's median throughput and server CPU
-    per call against its baseline's (telemetry off), and the throughput ratio."""
+    """Per variant target (a feature on): each unary cell's median throughput and server CPU
+    per call against its baseline's (the feature off), and the throughput ratio."""
     report: dict[str, dict[str, object]] = {}
     for variant, baseline in baselines.items():
         mine, theirs = _unary_medians(results, variant), _unary_medians(results, baseline)
@@ -85,6 +85,22 @@ def telemetry_cost(
             }
         report[variant] = {"baseline": baseline, "unary": cells}
     return report
+
+
+def _cost_32(results: list[Result], target: str) -> float | None:
+    """The larger share of GetRun/CreateRun throughput at 32 in flight that a variant loses
+    against its baseline (0.1: 10 % fewer calls per second), over the rounds' medians."""
+    baseline = target.rsplit("-", 1)[0]
+    if target.endswith("-tls-auth"):
+        baseline = target.removesuffix("-tls-auth")
+    mine, theirs = _unary_medians(results, target), _unary_medians(results, baseline)
+    costs = [
+        1 - on / off
+        for cell in ("get_32", "create_32")
+        if (on := mine.get(cell, {}).get("throughput_per_s"))
+        and (off := theirs.get(cell, {}).get("throughput_per_s"))
+    ]
+    return round(max(costs), 3) if costs else None
 
 
 @dataclass(frozen=True)
@@ -156,6 +172,14 @@ def _end_to_end_16(results: list[Result], target: str) -> float | None:
 
 
 GOALS = (
+    Goal("metrics_cost_32_max", 0.05, False, _cost_32, lambda t: t.endswith("-metrics")),
+    Goal(
+        "tls_auth_cost_32_max",
+        0.15,
+        False,
+        _cost_32,
+        lambda t: t.endswith(("-tls", "-auth", "-tls-auth")),
+    ),
     Goal("get_32_ratio_min", 0.6, True, _get_32_ratio, lambda t: t != REFERENCE),
     Goal(
         "create_32_sqlite_min_per_s",

@@ -8,11 +8,14 @@ goes to stderr; stdout gets one JSON document: the machine, every result, runpla
 ratios and the performance goals judged.
 
     python -m tests.bench.run [--seconds 5] [--targets echo,runplane-sqlite,...] [--rounds 3]
+        [--tls] [--auth]
 
-Variant targets (``runplane-sqlite-metrics``, ``-tracing``) run runplane with telemetry on;
-the JSON's ``telemetry_cost`` compares each with its baseline, cell by cell, as medians over
-``--rounds`` (targets are measured in turn, round after round, so a noisy neighbour hits
-both alike). ``make bench-telemetry`` runs that comparison.
+Variant targets (``runplane-sqlite-metrics``, ``-tracing``, ``-tls``, ``-auth``,
+``-tls-auth``) run runplane with one feature on; the JSON's ``variant_cost`` compares each
+with its baseline, cell by cell, as medians over ``--rounds`` (targets are measured in turn,
+round after round, so a noisy neighbour hits both alike). Variants run the unary scenario
+only. ``make bench-telemetry`` compares metrics and tracing; ``--tls`` and/or ``--auth`` add
+the matching variant of each runplane target selected.
 
 PostgreSQL is measured when a server URL is known (``--postgres-url``, or the environment's
 RUNPLANE_BENCH_POSTGRES_URL or RUNPLANE_TEST_POSTGRES_URL); each run gets a database of its
@@ -35,7 +38,7 @@ from types import FrameType
 
 import grpc
 
-from tests.bench.report import judge, ratios, telemetry_cost
+from tests.bench.report import judge, ratios, variant_cost
 from tests.bench.scenarios import SCENARIOS as BASE_SCENARIOS
 from tests.bench.scenarios import BenchOptions, Result, Scenario
 from tests.bench.targets import Target, available_targets
@@ -74,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--targets", type=_csv, default=None, help="default: every available")
     parser.add_argument("--scenarios", type=_csv, default=tuple(SCENARIOS))
     parser.add_argument("--rounds", type=int, default=1, help="measure every target N times")
+    parser.add_argument("--tls", action="store_true", help="add the TLS variant of each target")
+    parser.add_argument("--auth", action="store_true", help="add the token-auth variant")
     parser.add_argument("--postgres-url", default=None)
     parser.add_argument(
         "--postgres",
@@ -92,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _select_targets(args: argparse.Namespace) -> list[Target]:
     available = available_targets(_postgres_url(args))
     names = args.targets or tuple(name for name, t in available.items() if t.baseline is None)
+    suffix = "-".join(part for part, on in (("tls", args.tls), ("auth", args.auth)) if on)
+    if suffix:
+        variants = [f"{name}-{suffix}" for name in names if f"{name}-{suffix}" in available]
+        names = tuple(dict.fromkeys((*names, *variants)))
     unknown = [name for name in names if name not in available]
     if unknown:
         known = ", ".join(available)
@@ -111,6 +120,8 @@ def measure_target(
         _log(f"{target.name}: ready at {server.address}")
         results: list[Result] = []
         for name in scenarios:
+            if target.baseline is not None and name != "unary":
+                continue  # a variant is there to price its feature on unary calls
             results.extend(SCENARIOS[name](target, server, options))
         return results
 
@@ -155,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "options": {"seconds": options.seconds, "concurrency": list(options.concurrencies)},
         "results": results,
         "ratios": ratios(results),
-        "telemetry_cost": telemetry_cost(
+        "variant_cost": variant_cost(
             results, {t.name: t.baseline for t in targets if t.baseline is not None}
         ),
         "targets": goals,

@@ -4,10 +4,12 @@ A target is a name and a context manager factory that yields the running server 
 and cleans up everything it created (process, database file, PostgreSQL database)
 on the way out, whatever happened in between.
 
-Variants run runplane with telemetry on (``-metrics``: ``--metrics-address``; ``-tracing``:
-``--otlp-endpoint`` to an OTLP receiver in this process) and name their ``baseline``, the
-same server with it off: measured in the same run, the two give telemetry's cost. They run
-only when asked for (``--targets``, or ``make bench-telemetry``).
+Variants run runplane with one feature on and name their ``baseline``, the same server
+with it off: measured in the same run, the two give the feature's cost. ``-metrics`` adds
+``--metrics-address``; ``-tracing`` ``--otlp-endpoint`` to an OTLP receiver in this process;
+``-tls``, ``-auth`` and ``-tls-auth`` serve TLS with a CA and certificate made for the run
+and/or token authentication with an auth config listing the load generator's token. They
+run only when asked for (``--targets``, ``--tls``/``--auth``, ``make bench-telemetry``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from runplane.server.identity import hash_token, new_token
 from tests.bench.processes import RunningServer, running_server
+from tests.support.certificates import CertificateAuthority
 from tests.support.otlp import OtlpReceiver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,37 +54,85 @@ def _echo(workdir: Path) -> Iterator[RunningServer]:
         yield server
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What a variant adds: flags for ``runplane serve``, arguments for the load process."""
+
+    serve: tuple[str, ...] = ()
+    load: tuple[str, ...] = ()
+
+
+Variant = Callable[[Path], AbstractContextManager[Setup]]
+"""Given the run's work folder, prepares what the variant needs while the server runs."""
+
+
+@contextlib.contextmanager
+def _plain(workdir: Path) -> Iterator[Setup]:
+    yield Setup()
+
+
+@contextlib.contextmanager
+def _metrics_on(workdir: Path) -> Iterator[Setup]:
+    yield Setup(("--metrics-address", "127.0.0.1:0"))
+
+
+@contextlib.contextmanager
+def _tracing_on(workdir: Path) -> Iterator[Setup]:
+    with OtlpReceiver(keep=False) as sink:
+        yield Setup(("--otlp-endpoint", sink.endpoint))
+
+
+def _tls(workdir: Path) -> Setup:
+    ca = CertificateAuthority("runplane bench CA")
+    cert, key = ca.server().write(workdir, "server")
+    return Setup(
+        ("--tls-cert", str(cert), "--tls-key", str(key)), ("--ca-file", str(ca.write(workdir)))
+    )
+
+
+def _auth(workdir: Path) -> Setup:
+    token = new_token()
+    config = workdir / "auth.toml"
+    config.write_text(
+        f'[[principal]]\nname = "bench"\ntokens_sha256 = ["{hash_token(token)}"]\n'
+        'grants = [{ namespace = "*", role = "writer" }]\n'
+    )
+    return Setup(("--auth-config", str(config)), ("--token", token))
+
+
+@contextlib.contextmanager
+def _tls_on(workdir: Path) -> Iterator[Setup]:
+    yield _tls(workdir)
+
+
+@contextlib.contextmanager
+def _auth_on(workdir: Path) -> Iterator[Setup]:
+    yield _auth(workdir)
+
+
+@contextlib.contextmanager
+def _tls_and_auth_on(workdir: Path) -> Iterator[Setup]:
+    tls, auth = _tls(workdir), _auth(workdir)
+    yield Setup(tls.serve + auth.serve, tls.load + auth.load)
+
+
 def _runplane(
-    workdir: Path, database_url: str, name: str, *flags: str
+    workdir: Path, database_url: str, name: str, setup: Setup
 ) -> AbstractContextManager[RunningServer]:
     argv = [str(RUNPLANE), "serve", "--address", "127.0.0.1:0", "--database-url", database_url]
-    return running_server([*argv, *flags], workdir, name, database_url)
+    # The watch scenarios hold thousands of streams from one (anonymous) caller.
+    argv += ["--max-watches-per-principal", "100000"]
+    return running_server([*argv, *setup.serve], workdir, name, database_url, setup.load)
 
 
-Flags = Callable[[], AbstractContextManager[tuple[str, ...]]]
-
-
-@contextlib.contextmanager
-def _no_flags() -> Iterator[tuple[str, ...]]:
-    yield ()
-
-
-@contextlib.contextmanager
-def _metrics_on() -> Iterator[tuple[str, ...]]:
-    yield ("--metrics-address", "127.0.0.1:0")
-
-
-@contextlib.contextmanager
-def _tracing_on() -> Iterator[tuple[str, ...]]:
-    with OtlpReceiver(keep=False) as sink:
-        yield ("--otlp-endpoint", sink.endpoint)
-
-
-def runplane_sqlite(flags: Flags = _no_flags) -> Starter:
+def runplane_sqlite(variant: Variant = _plain) -> Starter:
     @contextlib.contextmanager
     def start(workdir: Path) -> Iterator[RunningServer]:
         url = f"sqlite:///{workdir / 'bench.db'}"
-        with flags() as extra, _runplane(workdir, url, "runplane (SQLite)", *extra) as server:
+        with (
+            variant(workdir) as setup,
+            _runplane(workdir, url, "runplane (SQLite)", setup) as server,
+        ):
             yield server
 
     return start
@@ -104,15 +156,15 @@ def _fresh_postgres_database(admin_url: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-def runplane_postgres(admin_url: str, flags: Flags = _no_flags) -> Starter:
+def runplane_postgres(admin_url: str, variant: Variant = _plain) -> Starter:
     """runplane on a fresh database of the PostgreSQL server that ``admin_url`` reaches."""
 
     @contextlib.contextmanager
     def start(workdir: Path) -> Iterator[RunningServer]:
         with (
-            flags() as extra,
+            variant(workdir) as setup,
             _fresh_postgres_database(admin_url) as database_url,
-            _runplane(workdir, database_url, "runplane (PostgreSQL)", *extra) as server,
+            _runplane(workdir, database_url, "runplane (PostgreSQL)", setup) as server,
         ):
             yield server
 
@@ -120,7 +172,13 @@ def runplane_postgres(admin_url: str, flags: Flags = _no_flags) -> Starter:
 
 
 ECHO = Target("echo", _echo)
-VARIANTS: dict[str, Flags] = {"metrics": _metrics_on, "tracing": _tracing_on}
+VARIANTS: dict[str, Variant] = {
+    "metrics": _metrics_on,
+    "tracing": _tracing_on,
+    "tls": _tls_on,
+    "auth": _auth_on,
+    "tls-auth": _tls_and_auth_on,
+}
 
 
 def available_targets(postgres_url: str | None) -> dict[str, Target]:

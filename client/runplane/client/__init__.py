@@ -2,7 +2,7 @@
 
     from runplane.client import Client, MultitaskStrategy
 
-    with Client("127.0.0.1:50051") as client:
+    with Client("127.0.0.1:50051") as client:   # or tls=True, token=..., namespace=...
         run = client.create_run("agent", multitask_strategy=MultitaskStrategy.REJECT)
         for run in client.list_runs(thread_id=run.thread_id):
             print(run.run_id, run.status)
@@ -13,6 +13,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from runplane.client._channels import TLSConfig
 from runplane.client._client import Client
 from runplane.client._errors import (
     Aborted,
@@ -27,6 +28,7 @@ from runplane.client._errors import (
     NotFound,
     OutOfRange,
     PermissionDenied,
+    RateLimited,
     ResourceExhausted,
     RevisionCompacted,
     RevisionMismatch,
@@ -35,6 +37,7 @@ from runplane.client._errors import (
     RunplaneError,
     RunTerminal,
     ThreadBusy,
+    TooManyWatches,
     Unauthenticated,
     Unavailable,
     Unimplemented,
@@ -96,6 +99,7 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
+    "RateLimited",
     "ResourceExhausted",
     "RetryPolicy",
     "RevisionCompacted",
@@ -109,7 +113,9 @@ __all__ = [
     "RunStatus",
     "RunTerminal",
     "RunplaneError",
+    "TLSConfig",
     "ThreadBusy",
+    "TooManyWatches",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

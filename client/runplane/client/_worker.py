@@ -44,6 +44,7 @@ from typing import Any, TypedDict, Unpack
 
 from runplane.client import _tracing
 from runplane.client._async_client import AsyncClient
+from runplane.client._channels import TLSConfig, connection
 from runplane.client._errors import LeaseLost, NotFound, RunplaneError
 from runplane.client._models import EventType, Run, RunStatus
 
@@ -287,15 +288,35 @@ class WorkerOptions(TypedDict, total=False):
     stop_grace: timedelta | float
 
 
+class _Connection(TypedDict):
+    tls: bool | TLSConfig
+    token: str | None
+    namespace: str | None
+
+
 class Worker:
     """`AsyncWorker` for a plain function, run in a thread as `handler(run, stop)`.
 
     `stop` is set when the run is lost or handed back: the handler should then return
     soon, since a thread cannot be cancelled and the worker waits for it to end.
+
+    It connects to `address` as `Client` does: `tls`, `token`, and `namespace` (where
+    it claims; default: every namespace where its principal is a worker).
     """
 
-    def __init__(self, address: str, handler: Handler, **options: Unpack[WorkerOptions]) -> None:
+    def __init__(
+        self,
+        address: str,
+        handler: Handler,
+        *,
+        tls: bool | TLSConfig = False,
+        token: str | None = None,
+        namespace: str | None = None,
+        **options: Unpack[WorkerOptions],
+    ) -> None:
+        connection(address, tls, token, [])  # bad settings fail here, not in run()
         self._address = address
+        self._connection: _Connection = {"tls": tls, "token": token, "namespace": namespace}
         self._handler = handler
         self.worker_id: str = options.get("worker_id") or default_worker_id()
         self._options: WorkerOptions = {**options, "worker_id": self.worker_id}
@@ -312,7 +333,7 @@ class Worker:
 
     def _serve(self, work: Callable[[AsyncWorker], Awaitable[Any]]) -> Any:
         async def main() -> Any:
-            async with AsyncClient(self._address) as client:
+            async with AsyncClient(self._address, **self._connection) as client:
                 worker = AsyncWorker(client, self._in_thread, **self._options)
                 self._current = worker
                 if self._stopping.is_set() and not worker.stopping:

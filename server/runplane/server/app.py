@@ -17,12 +17,16 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from runplane.server import logs, validation
+from runplane.server import identity, logs, transport, validation
 from runplane.server.cache import RunCache
 from runplane.server.claims import ClaimService
 from runplane.server.config import ServerConfig
 from runplane.server.doorbell import Doorbell
+from runplane.server.guard import CallGuard
+from runplane.server.identity import Authenticator
+from runplane.server.limits import RateLimiter, WatchCounter
 from runplane.server.periodic import PeriodicTask
+from runplane.server.reloading import Reloadable, Reloader
 from runplane.server.runs import RunService
 from runplane.server.servicer import RunServicer
 from runplane.server.store.database import Database, redact
@@ -39,16 +43,6 @@ log = logging.getLogger("runplane.server")
 
 RUN_SERVICE_NAME = run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
 
-_SERVER_OPTIONS = [
-    # A second server on a taken port must fail, not silently share it.
-    ("grpc.so_reuseport", 0),
-    # Bursts of thousands of new streams must queue, not be refused.
-    ("grpc.server.max_pending_requests", 65536),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-]
-
 
 @dataclass
 class RunningServer:
@@ -64,9 +58,11 @@ class RunningServer:
     hub: WatchHub
     compactor: Compactor
     telemetry: Telemetry
+    reloader: Reloader
+    """Re-reads the certificates and the auth config; `reloader.reload_now()` on SIGHUP."""
     background: list[PeriodicTask]
     """Tasks that live as long as the server: compaction, the sweeper, the change
-    listener (the hub runs its own tailer)."""
+    listener, the reloader (the hub runs its own tailer)."""
     listener: ChangeListener | None
 
     async def stop(self, grace: float | None = None) -> None:
@@ -84,7 +80,40 @@ class RunningServer:
         await asyncio.to_thread(self.telemetry.close)
 
 
+@dataclass(frozen=True)
+class _Edges:
+    """What stands between the network and the servicer: TLS, the call guard, and the
+    reloader of the files they were made from."""
+
+    certificates: transport.ServerCertificates | None
+    guard: CallGuard
+    reloader: Reloader
+    reloads: bool
+    """Some file (certificates, auth config) is watched for changes."""
+
+    def bind(self, server: grpc.aio.Server, address: str) -> int:
+        if self.certificates is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, self.certificates.credentials())
+
+
+def _edges(config: ServerConfig) -> _Edges:
+    """The security settings, checked and loaded: a refusal leaves nothing behind."""
+    transport.check_exposure(config)
+    tls = transport.tls_files(config)
+    certificates = transport.ServerCertificates(tls) if tls is not None else None
+    authenticator = Authenticator(config.auth_config) if config.auth_config else None
+    guard = CallGuard(
+        authenticator,
+        WatchCounter(config.max_watches_per_principal),
+        RateLimiter(config.rate_limit) if config.rate_limit else None,
+    )
+    reloadable: list[Reloadable] = [s for s in (certificates, authenticator) if s is not None]
+    return _Edges(certificates, guard, Reloader(reloadable), bool(reloadable))
+
+
 async def start_server(config: ServerConfig) -> RunningServer:
+    edges = _edges(config)  # first: no database file is made for a refused start
     telemetry = Telemetry.configure(config)
     database = Database(config.database_url, timer=telemetry.metrics)
     await asyncio.to_thread(upgrade, database.engine)
@@ -108,7 +137,11 @@ async def start_server(config: ServerConfig) -> RunningServer:
         listener = ChangeListener(database.url, changed_on_some_replica)
         background.append(PeriodicTask("change-listener", listener.listen, interval=0))
     telemetry.attach(database, hub, compactor)
-    server = grpc.aio.server(interceptors=telemetry.interceptors(), options=_SERVER_OPTIONS)
+    # Telemetry outermost, so calls the guard refuses are counted and traced too.
+    server = grpc.aio.server(
+        interceptors=[*telemetry.interceptors(principal=identity.caller_name), edges.guard],
+        options=transport.options(config),
+    )
     database.on_commit(doorbell.ring_for)
     cache = None if database.shared else RunCache()
     if cache is not None:
@@ -126,9 +159,12 @@ async def start_server(config: ServerConfig) -> RunningServer:
     reflection.enable_server_reflection(
         (RUN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(config.address)
+    port = edges.bind(server, config.address)
     telemetry.serve(config.metrics_address)
     await server.start()
+    if edges.reloads:
+        reload = PeriodicTask("reload", edges.reloader.check, interval=config.reload_interval)
+        background.append(reload)
     for task in background:
         task.start()
     for name in ("", RUN_SERVICE_NAME):
@@ -144,6 +180,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         hub=hub,
         compactor=compactor,
         telemetry=telemetry,
+        reloader=edges.reloader,
         background=background,
         listener=listener,
     )
@@ -156,6 +193,7 @@ async def serve(config: ServerConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     running = await start_server(config)
+    loop.add_signal_handler(signal.SIGHUP, running.reloader.reload_now)
     # What start-up allocated (modules, SQLAlchemy, protobuf descriptors) lives as long
     # as the process: keep it out of the collector's full passes, which otherwise stall
     # the event loop for tens of milliseconds under a watch fan-out (p99 95 -> 65 ms
@@ -173,6 +211,8 @@ async def serve(config: ServerConfig) -> None:
             "address": running.address,
             "database": redact(config.database_url),
             **running.telemetry.described(),
+            "tls": "mtls" if config.tls_client_ca else "on" if config.tls_cert else "off",
+            "auth": "on" if config.auth_config else "off",
         },
     )
     await stopping.wait()

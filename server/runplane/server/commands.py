@@ -1,4 +1,5 @@
-"""`runplane serve` and `runplane db upgrade`: the server's commands of the runplane CLI.
+"""`runplane serve`, `runplane db upgrade` and `runplane auth`: the server's commands of the
+runplane CLI.
 
 They plug into the client's `runplane` command through the `runplane.commands` entry
 points (pyproject.toml). Their flags are the flag fields of `ServerConfig` and
@@ -8,12 +9,13 @@ so a client-only install can say what is missing.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import click
 
 from runplane.client.cli_support import CommandError, settings_from
-from runplane.server.config import ServerConfig, database_url_flag
+from runplane.server.config import ConfigError, ServerConfig, database_url_flag
 
 _INSTALL_HINT = "pip install 'runplane[server]'"
 
@@ -42,7 +44,10 @@ def serve(config: ServerConfig) -> None:
         from runplane.server import app
     except ImportError as missing:
         raise _server_dependencies_missing(missing) from None
-    app.run(config)
+    try:
+        app.run(config)
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
 
 
 @click.group()
@@ -65,3 +70,29 @@ def upgrade(settings: DatabaseSettings) -> None:
     finally:
         database.dispose()
     click.echo(f"database {redact(settings.database_url)} is at the latest schema")
+
+
+@click.group()
+def auth() -> None:
+    """Make bearer tokens for the --auth-config file."""
+
+
+@auth.command("new-token")
+def new_token() -> None:
+    """Print a fresh random token and the tokens_sha256 entry for it."""
+    from runplane.server.identity import hash_token, new_token
+
+    token = new_token()
+    click.echo(f"token: {token}")
+    click.echo(f'tokens_sha256 = ["{hash_token(token)}"]')
+
+
+@auth.command("hash-token")
+def hash_token() -> None:
+    """Read a token on stdin and print its sha256, for tokens_sha256."""
+    from runplane.server.identity import hash_token
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        raise CommandError("no token on stdin", exit_code=2)
+    click.echo(hash_token(token))

@@ -7,12 +7,40 @@ tuning knobs for tests and benchmarks. A new serve flag is one field here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from runplane.client.cli_support import flag, positive_int, seconds, switch
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///runplane.db"
+
+
+class ConfigError(ValueError):
+    """Settings or a file they name that cannot be used; the message says where and why."""
+
+
+_RATE = re.compile(r"(\d+(?:\.\d+)?)(?::(\d+))?")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    per_second: float
+    burst: int
+    """Calls allowed at once after a quiet spell."""
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """`RPS` or `RPS:BURST` (the burst defaults to one second's worth, at least 1)."""
+        match = _RATE.fullmatch(text.strip())
+        if match is None:
+            raise ValueError(f"not a rate: {text!r} (examples: 100, 100:200, 0.5:5)")
+        per_second = float(match.group(1))
+        burst = int(match.group(2)) if match.group(2) else max(1, int(per_second))
+        if per_second <= 0 or burst < 1:
+            raise ValueError(f"a rate needs RPS > 0 and BURST >= 1, got {text!r}")
+        return cls(per_second, burst)
 
 
 def database_url_flag() -> str:
@@ -83,9 +111,60 @@ class ServerConfig:
         "the OTEL_* variables turn tracing on).",
     )
     """Where to export traces; empty: as the OTEL_* variables say (off by default)."""
+    tls_cert: Path | None = flag(
+        None,
+        parse=Path,
+        metavar="FILE",
+        help="PEM certificate chain; with --tls-key, serve TLS only.",
+    )
+    tls_key: Path | None = flag(
+        None, parse=Path, metavar="FILE", help="PEM private key of --tls-cert."
+    )
+    tls_client_ca: Path | None = flag(
+        None,
+        parse=Path,
+        metavar="FILE",
+        help="PEM CA: require client certificates it signed (mTLS).",
+    )
+    """Clients must present a certificate this CA signed (mTLS)."""
+    auth_config: Path | None = flag(
+        None,
+        parse=Path,
+        metavar="FILE",
+        help="TOML file of principals, tokens and grants (default: no authentication, every "
+        "caller is admin).",
+    )
+    insecure: bool = switch(
+        help="Serve a non-loopback address without TLS or --auth-config all the same."
+    )
+    max_watches_per_principal: int = flag(
+        "1000", parse=positive_int, metavar="N", help="Open watch streams one caller may hold."
+    )
+    rate_limit: Rate | None = flag(
+        None,
+        parse=Rate.parse,
+        metavar="RPS[:BURST]",
+        help="Calls per second (and burst) each caller may make (default: no limit).",
+    )
+    max_streams_per_connection: int = flag(
+        "2000",
+        parse=positive_int,
+        metavar="N",
+        help="Concurrent calls one connection may hold.",
+    )
+    """Kept above the watch limit, so a single-channel client meets TOO_MANY_WATCHES
+    before its calls queue."""
+    min_ping_interval: float = flag(
+        "10s",
+        parse=seconds,
+        metavar="DURATION",
+        help="Clients pinging a quiet connection more often than this are disconnected.",
+    )
     compaction_interval: float = 30.0
     """Seconds between compaction rounds (the contract asks for at most 30)."""
     watch_poll_interval: float = 1.0
     """Seconds between looks at the event log when no doorbell rang (a fallback)."""
     watch_buffer: int = 1024
     """Events queued per watch stream before it falls back to reading the event log."""
+    reload_interval: float = 1.0
+    """Seconds between looks at the certificate and auth config files for changes."""

@@ -59,3 +59,5 @@ def configure(level: str, log_format: str = "logfmt") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Audit lines are the record of who changed what: kept whatever the level.
+    logging.getLogger("runplane.audit").setLevel(logging.INFO)
