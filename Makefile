@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SETUP := $(VENV)/.setup-done
+# The exact versions the service is built and tested with; `make lock` writes it.
+LOCK := requirements.lock
+# The lock tool, pinned here so that `make lock` needs nothing installed by hand.
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
 BUF := proto/node_modules/.bin/buf
 NODE_TEST_DEPS := tests/polyglot/node_modules/.package-lock.json
 # buf reads google/api/field_behavior.proto (imported by the proto) and the
@@ -16,13 +21,18 @@ TS_STUBS := tests/polyglot/src/gen
 TS_GENERATE := $(BUF) generate proto --template proto/buf.gen.yaml
 export RUNPLANE_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: setup run test test-py proto check-proto lint bench clean
+.PHONY: setup lock run test test-py proto check-proto lint bench bench-telemetry clean
 
 setup: $(SETUP)
 
-$(SETUP): pyproject.toml
+# The lock first (hashes checked), then the project itself from what is installed:
+# with no index to fall back on, a dependency missing from the lock fails here.
+$(SETUP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-index \
+		--no-build-isolation -e '.[server,dev]' \
+		|| { echo "$(LOCK) does not match pyproject.toml: run 'make lock'" >&2; exit 1; }
 	touch $@
 
 $(BUF): proto/package.json proto/package-lock.json
@@ -37,6 +47,21 @@ proto/third_party/google/%.proto: $(SETUP)
 	mkdir -p $(@D)
 	$(BIN)/python -c 'import google.api, pathlib, shutil, sys; \
 	shutil.copy(pathlib.Path(google.api.__path__[0]).parent / sys.argv[1], sys.argv[2])' $*.proto $@
+
+$(UV):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+
+## Rewrite requirements.lock from pyproject.toml, keeping the versions it has where they
+## still fit; `make lock ARGS=--upgrade` (or `ARGS='--upgrade-package NAME'`) moves on.
+lock: $(UV)
+	$(UV) pip compile pyproject.toml --extra server --extra dev --universal --python-version 3.11 \
+		--generate-hashes --quiet --custom-compile-command 'make lock' --output-file $(LOCK) $(ARGS)
+	@{ echo "# The exact versions of every dependency of the service build ('make setup')."; \
+	  echo "# After changing dependencies in pyproject.toml, run 'make lock' and commit both."; \
+	  echo "# It keeps every version that still fits; 'make lock ARGS=--upgrade' moves all to"; \
+	  echo "# the newest allowed, 'make lock ARGS=\"--upgrade-package NAME\"' moves one."; \
+	  cat $(LOCK); } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
 
 ## Serve on 127.0.0.1:50051 with the embedded SQLite default (./runplane.db).
 run: $(SETUP)
@@ -73,8 +98,17 @@ test: check-proto lint $(NODE_TEST_DEPS)
 test-py: $(SETUP)
 	$(BIN)/pytest
 
+## The benchmark (JSON on stdout); e.g. make bench BENCH_ARGS="--tls --auth --scenarios unary"
+## adds TLS + token-auth twins of each target and their cost against plaintext.
 bench: $(SETUP)
-	@$(BIN)/python -m tests.bench.run
+	@$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+
+## What metrics and tracing cost: runplane with each on and off, in turn, over 3 rounds
+## (JSON: telemetry_cost). BENCH_TELEMETRY_TARGETS picks others, e.g. the -postgres ones.
+BENCH_TELEMETRY_TARGETS ?= runplane-sqlite,runplane-sqlite-metrics,runplane-sqlite-tracing
+bench-telemetry: $(SETUP)
+	@$(BIN)/python -m tests.bench.run --scenarios unary --rounds 3 \
+		--targets $(BENCH_TELEMETRY_TARGETS)
 
 clean:
 	rm -rf $(VENV) proto/node_modules tests/polyglot/node_modules tests/polyglot/build runplane.db runplane.db-*

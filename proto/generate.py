@@ -49,6 +49,7 @@ def generate(out_root: Path) -> None:
     init = out_dir / "__init__.py"
     if not init.exists():
         init.write_text('"""Generated runplane.v1 protobuf and gRPC stubs (see `make proto`)."""\n')
+    (out_dir / "py.typed").touch()  # the stubs are typed (.pyi): mypy reads them when installed
 
 
 def main() -> None:

@@ -4,10 +4,12 @@ It runs in its own process so that its CPU use never shares an interpreter (or a
 the server it measures; the harness starts it once per cell:
 
     python -m tests.bench.load --address HOST:PORT --rpc get|create --concurrency N --seconds S
+        [--ca-file CA.crt] [--token TOKEN]
 
 N asyncio tasks share one grpc.aio channel and call back to back through the raw generated
 stub. After a short warm-up (connection set-up, first-call caches) every call's latency is
-recorded with ``time.perf_counter_ns``. Prints one JSON object on stdout.
+recorded with ``time.perf_counter_ns``. Prints one JSON object on stdout. With
+``--ca-file`` the channel is TLS; with ``--token`` every call carries it as a bearer token.
 
 With ``--server-pid`` (Linux) it also reports the server's CPU over the timed window: on a
 2-core machine shared with the load generator, throughput alone cannot tell a slow server
@@ -25,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -35,6 +38,7 @@ CALL_TIMEOUT_S = 10.0
 GET_POOL_SIZE = 200
 
 Call = Callable[[], Awaitable[object]]
+Metadata = tuple[tuple[str, str], ...]
 
 
 def create_request() -> run_service_pb2.CreateRunRequest:
@@ -47,27 +51,34 @@ def create_request() -> run_service_pb2.CreateRunRequest:
     )
 
 
-async def prepare_create(stub: run_service_pb2_grpc.RunServiceAsyncStub) -> Call:
+async def prepare_create(
+    stub: run_service_pb2_grpc.RunServiceAsyncStub, metadata: Metadata
+) -> Call:
     def call() -> Awaitable[object]:
-        return stub.CreateRun(create_request(), timeout=CALL_TIMEOUT_S)
+        return stub.CreateRun(create_request(), timeout=CALL_TIMEOUT_S, metadata=metadata)
 
     return call
 
 
-async def prepare_get(stub: run_service_pb2_grpc.RunServiceAsyncStub) -> Call:
+async def prepare_get(stub: run_service_pb2_grpc.RunServiceAsyncStub, metadata: Metadata) -> Call:
     """Creates a pool of runs first, then reads them round-robin (no single hot row)."""
     created = await asyncio.gather(
-        *(stub.CreateRun(create_request(), timeout=CALL_TIMEOUT_S) for _ in range(GET_POOL_SIZE))
+        *(
+            stub.CreateRun(create_request(), timeout=CALL_TIMEOUT_S, metadata=metadata)
+            for _ in range(GET_POOL_SIZE)
+        )
     )
     requests = itertools.cycle([run_service_pb2.GetRunRequest(run_id=r.run_id) for r in created])
 
     def call() -> Awaitable[object]:
-        return stub.GetRun(next(requests), timeout=CALL_TIMEOUT_S)
+        return stub.GetRun(next(requests), timeout=CALL_TIMEOUT_S, metadata=metadata)
 
     return call
 
 
-PREPARERS: dict[str, Callable[[run_service_pb2_grpc.RunServiceAsyncStub], Awaitable[Call]]] = {
+PREPARERS: dict[
+    str, Callable[[run_service_pb2_grpc.RunServiceAsyncStub, Metadata], Awaitable[Call]]
+] = {
     "create": prepare_create,
     "get": prepare_get,
 }
@@ -135,11 +146,18 @@ async def measure(
     seconds: float,
     warmup: float,
     server_pid: int | None,
+    ca_pem: bytes | None = None,
+    token: str | None = None,
 ) -> dict[str, object]:
-    async with grpc.aio.insecure_channel(address) as channel:
+    if ca_pem is None:
+        channel = grpc.aio.insecure_channel(address)
+    else:
+        channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca_pem))
+    metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    async with channel:
         stub = run_service_pb2_grpc.RunServiceStub(channel)
         await channel.channel_ready()
-        call = await PREPARERS[rpc](stub)
+        call = await PREPARERS[rpc](stub, metadata)
 
         warm_until = time.perf_counter_ns() + int(warmup * 1e9)
         await asyncio.gather(*(drive(call, warm_until, None) for _ in range(concurrency)))
@@ -190,6 +208,8 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=float, default=None, help="default: a fifth of --seconds, at most 1 s"
     )
+    parser.add_argument("--ca-file", help="connect with TLS, trusting this CA")
+    parser.add_argument("--token", help="send as a bearer token with every call")
     args = parser.parse_args()
     warmup = min(1.0, args.seconds / 5) if args.warmup is None else args.warmup
     result = asyncio.run(
@@ -200,6 +220,8 @@ def main() -> None:
             seconds=args.seconds,
             warmup=warmup,
             server_pid=args.server_pid,
+            ca_pem=Path(args.ca_file).read_bytes() if args.ca_file else None,
+            token=args.token,
         )
     )
     print(json.dumps(result), flush=True)

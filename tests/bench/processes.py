@@ -30,6 +30,8 @@ class RunningServer:
     pid: int
     database_url: str | None = None
     """For runplane targets: the database, so a scenario can start a replica on it."""
+    load_args: tuple[str, ...] = ()
+    """What a load process needs to reach it besides the address (CA file, token)."""
 
 
 class ServerFailedError(RuntimeError):
@@ -69,7 +71,11 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 @contextlib.contextmanager
 def running_server(
-    argv: Sequence[str], cwd: Path, name: str, database_url: str | None = None
+    argv: Sequence[str],
+    cwd: Path,
+    name: str,
+    database_url: str | None = None,
+    load_args: tuple[str, ...] = (),
 ) -> Iterator[RunningServer]:
     """Starts ``argv``, yields it once it announced its address, and stops it on the way out.
 
@@ -100,7 +106,7 @@ def running_server(
             raise ServerFailedError(
                 f"{name} {what} before announcing 'ready address=...'; last stderr lines:\n{tail}"
             )
-        yield RunningServer(watcher.address, process.pid, database_url)
+        yield RunningServer(watcher.address, process.pid, database_url, load_args)
     finally:
         _stop(process)
         watcher.join(timeout=STOP_TIMEOUT_S)

@@ -6,7 +6,9 @@ because timings on a shared 2-core machine are evidence, not a verdict.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from tests.bench.scenarios import Result
@@ -43,6 +45,62 @@ def ratios(results: list[Result]) -> dict[str, dict[str, float | None]]:
         ratio = round(mine / echo, 3) if mine is not None and echo else None
         by_target.setdefault(str(result["target"]), {})[f"{rpc}_{concurrency}_vs_echo"] = ratio
     return by_target
+
+
+def _unary_medians(results: list[Result], target: str) -> dict[str, dict[str, float]]:
+    """Per ``{rpc}_{concurrency}`` cell: median throughput and server CPU per call over
+    the rounds (cells with a figure missing leave it out)."""
+    figures: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        if result.get("scenario") == "unary" and result["target"] == target:
+            cell = figures[f"{result['rpc']}_{result['concurrency']}"]
+            for key in ("throughput_per_s", "server_cpu_us_per_call"):
+                if (value := _number(result, key)) is not None:
+                    cell[key].append(value)
+    return {
+        cell: {key: statistics.median(values) for key, values in found.items()}
+        for cell, found in figures.items()
+    }
+
+
+def variant_cost(
+    results: list[Result], baselines: Mapping[str, str]
+) -> dict[str, dict[str, object]]:
+    """Per variant target (a feature on): each unary cell's median throughput and server CPU
+    per call against its baseline's (the feature off), and the throughput ratio."""
+    report: dict[str, dict[str, object]] = {}
+    for variant, baseline in baselines.items():
+        mine, theirs = _unary_medians(results, variant), _unary_medians(results, baseline)
+        cells: dict[str, object] = {}
+        for cell, figures in mine.items():
+            base = theirs.get(cell, {})
+            on, off = figures.get("throughput_per_s"), base.get("throughput_per_s")
+            cells[cell] = {
+                "throughput_per_s": {"on": on, "off": off},
+                "throughput_ratio": round(on / off, 3) if on and off else None,
+                "server_cpu_us_per_call": {
+                    "on": figures.get("server_cpu_us_per_call"),
+                    "off": base.get("server_cpu_us_per_call"),
+                },
+            }
+        report[variant] = {"baseline": baseline, "unary": cells}
+    return report
+
+
+def _cost_32(results: list[Result], target: str) -> float | None:
+    """The larger share of GetRun/CreateRun throughput at 32 in flight that a variant loses
+    against its baseline (0.1: 10 % fewer calls per second), over the rounds' medians."""
+    baseline = target.rsplit("-", 1)[0]
+    if target.endswith("-tls-auth"):
+        baseline = target.removesuffix("-tls-auth")
+    mine, theirs = _unary_medians(results, target), _unary_medians(results, baseline)
+    costs = [
+        1 - on / off
+        for cell in ("get_32", "create_32")
+        if (on := mine.get(cell, {}).get("throughput_per_s"))
+        and (off := theirs.get(cell, {}).get("throughput_per_s"))
+    ]
+    return round(max(costs), 3) if costs else None
 
 
 @dataclass(frozen=True)
@@ -114,6 +172,14 @@ def _end_to_end_16(results: list[Result], target: str) -> float | None:
 
 
 GOALS = (
+    Goal("metrics_cost_32_max", 0.05, False, _cost_32, lambda t: t.endswith("-metrics")),
+    Goal(
+        "tls_auth_cost_32_max",
+        0.15,
+        False,
+        _cost_32,
+        lambda t: t.endswith(("-tls", "-auth", "-tls-auth")),
+    ),
     Goal("get_32_ratio_min", 0.6, True, _get_32_ratio, lambda t: t != REFERENCE),
     Goal(
         "create_32_sqlite_min_per_s",

@@ -7,7 +7,15 @@ separate load process, and the server is stopped before the next target starts. 
 goes to stderr; stdout gets one JSON document: the machine, every result, runplane/echo
 ratios and the performance goals judged.
 
-    python -m tests.bench.run [--seconds 5] [--targets echo,runplane-sqlite,...]
+    python -m tests.bench.run [--seconds 5] [--targets echo,runplane-sqlite,...] [--rounds 3]
+        [--tls] [--auth]
+
+Variant targets (``runplane-sqlite-metrics``, ``-tracing``, ``-tls``, ``-auth``,
+``-tls-auth``) run runplane with one feature on; the JSON's ``variant_cost`` compares each
+with its baseline, cell by cell, as medians over ``--rounds`` (targets are measured in turn,
+round after round, so a noisy neighbour hits both alike). Variants run the unary scenario
+only. ``make bench-telemetry`` compares metrics and tracing; ``--tls`` and/or ``--auth`` add
+the matching variant of each runplane target selected.
 
 PostgreSQL is measured when a server URL is known (``--postgres-url``, or the environment's
 RUNPLANE_BENCH_POSTGRES_URL or RUNPLANE_TEST_POSTGRES_URL); each run gets a database of its
@@ -30,7 +38,7 @@ from types import FrameType
 
 import grpc
 
-from tests.bench.report import judge, ratios
+from tests.bench.report import judge, ratios, variant_cost
 from tests.bench.scenarios import SCENARIOS as BASE_SCENARIOS
 from tests.bench.scenarios import BenchOptions, Result, Scenario
 from tests.bench.targets import Target, available_targets
@@ -68,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rpcs", type=_csv, default=("create", "get"))
     parser.add_argument("--targets", type=_csv, default=None, help="default: every available")
     parser.add_argument("--scenarios", type=_csv, default=tuple(SCENARIOS))
+    parser.add_argument("--rounds", type=int, default=1, help="measure every target N times")
+    parser.add_argument("--tls", action="store_true", help="add the TLS variant of each target")
+    parser.add_argument("--auth", action="store_true", help="add the token-auth variant")
     parser.add_argument("--postgres-url", default=None)
     parser.add_argument(
         "--postgres",
@@ -85,7 +96,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _select_targets(args: argparse.Namespace) -> list[Target]:
     available = available_targets(_postgres_url(args))
-    names = args.targets or tuple(available)
+    names = args.targets or tuple(name for name, t in available.items() if t.baseline is None)
+    suffix = "-".join(part for part, on in (("tls", args.tls), ("auth", args.auth)) if on)
+    if suffix:
+        variants = [f"{name}-{suffix}" for name in names if f"{name}-{suffix}" in available]
+        names = tuple(dict.fromkeys((*names, *variants)))
     unknown = [name for name in names if name not in available]
     if unknown:
         known = ", ".join(available)
@@ -105,6 +120,8 @@ def measure_target(
         _log(f"{target.name}: ready at {server.address}")
         results: list[Result] = []
         for name in scenarios:
+            if target.baseline is not None and name != "unary":
+                continue  # a variant is there to price its feature on unary calls
             results.extend(SCENARIOS[name](target, server, options))
         return results
 
@@ -127,12 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     load_average = [round(x, 2) for x in os.getloadavg()]  # the machine is shared
     results: list[Result] = []
     failures: list[dict[str, str]] = []
-    for target in targets:
-        try:
-            results.extend(measure_target(target, args.scenarios, options))
-        except Exception as error:  # one broken target must not hide the others' figures
-            _log(f"{target.name}: FAILED: {error}")
-            failures.append({"target": target.name, "error": str(error)})
+    for round_ in range(args.rounds):
+        for target in targets:
+            try:
+                cells = measure_target(target, args.scenarios, options)
+            except Exception as error:  # one broken target must not hide the others' figures
+                _log(f"{target.name}: FAILED: {error}")
+                failures.append({"target": target.name, "error": str(error)})
+                continue
+            results.extend({**cell, "round": round_} for cell in cells)
 
     goals = judge(results, [t.name for t in targets])
     document = {
@@ -146,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         "options": {"seconds": options.seconds, "concurrency": list(options.concurrencies)},
         "results": results,
         "ratios": ratios(results),
+        "variant_cost": variant_cost(
+            results, {t.name: t.baseline for t in targets if t.baseline is not None}
+        ),
         "targets": goals,
         "failures": failures,
     }

@@ -48,6 +48,7 @@ def run_load(server: RunningServer, rpc: str, concurrency: int, seconds: float) 
         "tests.bench.load",
         *("--address", server.address, "--server-pid", str(server.pid), "--rpc", rpc),
         *("--concurrency", str(concurrency), "--seconds", str(seconds)),
+        *server.load_args,
     ]
     # Generous: set-up creates a pool of runs before the timed part. On timeout or Ctrl-C,
     # subprocess.run kills the child before re-raising.

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT_KEYS = {
@@ -29,13 +30,10 @@ RESULT_KEYS = {
 }
 
 
-def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
+def bench(*args: str) -> dict[str, Any]:
+    """`make bench`'s harness run with `args`: its JSON document, once it exited 0."""
     completed = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "tests.bench.run"),
-            *("--targets", "echo", "--seconds", "0.5", "--concurrency", "2"),
-        ],
+        [sys.executable, "-m", "tests.bench.run", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -43,8 +41,12 @@ def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
+    document: dict[str, Any] = json.loads(completed.stdout)
+    return document
 
-    document = json.loads(completed.stdout)
+
+def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
+    document = bench("--targets", "echo", "--seconds", "0.5", "--concurrency", "2")
     assert set(document) >= {"machine", "results", "ratios", "targets", "failures"}
     assert document["machine"]["cpus"] >= 1
     assert document["failures"] == []
@@ -67,3 +69,15 @@ def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
         "create_32_sqlite_min_per_s",
         "create_1_p99_max_ms",
     }
+
+
+def test_tls_and_auth_variant_is_measured_against_its_plaintext_baseline() -> None:
+    document = bench(
+        *("--tls", "--auth", "--scenarios", "unary", "--targets", "runplane-sqlite"),
+        *("--seconds", "0.3", "--concurrency", "2", "--rpcs", "get"),
+    )
+    cells = [(r["target"], r["rpc"], r["errors"]) for r in document["results"]]
+    assert cells == [("runplane-sqlite", "get", 0), ("runplane-sqlite-tls-auth", "get", 0)]
+    cost = document["variant_cost"]["runplane-sqlite-tls-auth"]
+    assert cost["baseline"] == "runplane-sqlite"
+    assert isinstance(cost["unary"]["get_2"]["throughput_ratio"], float)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ from runplane.client import (
     RunEvent,
     RunStatus,
 )
-from runplane.client.cli import main
 from runplane.server.config import ServerConfig
 from tests.support.servers import ServerThread
 
@@ -165,45 +163,3 @@ def test_watch_below_the_retention_raises_revision_compacted(tmp_path: Path) -> 
             assert raised.value.current_revision == run.revision
     finally:
         server.stop()
-
-
-# -- CLI ------------------------------------------------------------------------------------
-
-
-def test_cli_watch_prints_a_line_per_change_and_wait_prints_the_run(
-    server_address: str, client: Client, capsys: pytest.CaptureFixture[str]
-) -> None:
-    run = client.create_run("agent")
-    status: list[int] = []
-    watcher = in_background(
-        lambda: status.append(
-            main(["--address", server_address, "runs", "watch", "--run-id", run.run_id])
-        )
-    )
-    time.sleep(0.3)
-    client.cancel_run(run.run_id)
-    watcher.join(10)
-    lines = capsys.readouterr().out.splitlines()
-    assert status == [0]
-    assert [line.split()[:4] for line in lines] == [
-        [str(run.revision), "initial", run.run_id, "pending"],
-        [str(run.revision + 1), "updated", run.run_id, "interrupted"],
-    ]
-
-    assert main(["--address", server_address, "--output", "json", "runs", "wait", run.run_id]) == 0
-    assert json.loads(capsys.readouterr().out)["status"] == "interrupted"
-
-
-def test_cli_watch_json_lines_from_a_revision(
-    server_address: str, client: Client, capsys: pytest.CaptureFixture[str]
-) -> None:
-    run = client.create_run("agent")
-    client.cancel_run(run.run_id)
-    argv = ["--address", server_address, "--output", "json", "runs", "watch"]
-    status = main([*argv, "--run-id", run.run_id, "--start-revision", str(run.revision)])
-    documents = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert status == 0
-    assert [(d["type"], d["revision"], d["run"]["status"]) for d in documents] == [
-        ("created", run.revision, "pending"),
-        ("updated", run.revision + 1, "interrupted"),
-    ]

@@ -57,6 +57,8 @@ def server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             event_retention=1.0,
             compaction_interval=3600,
             watch_buffer=WATCH_BUFFER,
+            # The burst test opens 2000 streams as one (anonymous) caller.
+            max_watches_per_principal=10_000,
         )
         running = ServerThread(config).start()
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -25,16 +26,25 @@ def free_port() -> int:
 class ServeProcess:
     """One `runplane serve` process; its stderr is drained (and its tail kept) by a thread."""
 
-    def __init__(self, address: str, database_url: str, workdir: Path, *args: str) -> None:
+    def __init__(
+        self,
+        address: str,
+        database_url: str,
+        workdir: Path,
+        *args: str,
+        keep: int = 200,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.address = address
         self.process = subprocess.Popen(
             [RUNPLANE, "serve", "--address", address, "--database-url", database_url, *args],
             cwd=workdir,
+            env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.logs: deque[str] = deque(maxlen=200)
+        self.logs: deque[str] = deque(maxlen=keep)
         self._ready = threading.Event()
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()

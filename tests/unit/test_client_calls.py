@@ -36,7 +36,9 @@ from runplane.client import (
     RunplaneError,
     RunStatus,
     ThreadBusy,
+    TLSConfig,
     Unavailable,
+    Worker,
 )
 from runplane.v1 import run_pb2, run_service_pb2
 
@@ -66,6 +68,7 @@ class Stall:
 class Received:
     request: Any
     time_remaining: float
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,12 +90,29 @@ class ScriptedRunService:
                     response_serializer=response_type.SerializeToString,
                 )
                 for rpc, (request_type, response_type) in _MESSAGES.items()
+            }
+            | {
+                "WatchRuns": grpc.unary_stream_rpc_method_handler(
+                    self._watch,
+                    request_deserializer=run_service_pb2.WatchRunsRequest.FromString,
+                    response_serializer=run_service_pb2.WatchRunsResponse.SerializeToString,
+                )
             },
         )
 
+    def _watch(
+        self, request: run_service_pb2.WatchRunsRequest, context: grpc.ServicerContext
+    ) -> Iterator[run_service_pb2.WatchRunsResponse]:
+        """One CREATED event of `proto_run()`, then the stream ends."""
+        metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
+        self.received["WatchRuns"].append(Received(request, context.time_remaining(), metadata))
+        event = run_pb2.RunEvent(type=run_pb2.EVENT_TYPE_CREATED, revision=1, run=proto_run())
+        yield run_service_pb2.WatchRunsResponse(events=[event], revision=1)
+
     def _answerer(self, rpc: str) -> Callable[[Any, grpc.ServicerContext], Message]:
         def answer(request: Any, context: grpc.ServicerContext) -> Message:
-            self.received[rpc].append(Received(request, context.time_remaining()))
+            metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
+            self.received[rpc].append(Received(request, context.time_remaining(), metadata))
             outcomes = self.script[rpc]
             outcome = outcomes.pop(0) if len(outcomes) > 1 else outcomes[0]
             if isinstance(outcome, status_pb2.Status):
@@ -465,3 +485,95 @@ def test_delete_run_returns_none(service: ScriptedRunService, client: Client) ->
 
     assert client.delete_run(RUN_ID, force=True) is None
     assert service.received["DeleteRun"][0].request.force is True
+
+
+def test_the_namespace_goes_with_creates_listings_and_claims(
+    service: ScriptedRunService, address: str
+) -> None:
+    service.script["CreateRun"] = [proto_run()]
+    service.script["ListRuns"] = [run_service_pb2.ListRunsResponse()]
+    service.script["ClaimRun"] = [run_service_pb2.ClaimRunResponse()]
+    with Client(address, namespace="shop", retry_policy=FAST_RETRY) as client:
+        client.create_run("agent")
+        client.create_run("agent", namespace="lab")
+        list(client.list_runs())
+        list(client.list_runs(namespace=""))  # every namespace the caller may read
+        client.claim_run("w1")
+        next(iter(client.watch_runs()))
+        next(iter(client.watch_runs(namespace="lab")))
+    with Client(address, retry_policy=FAST_RETRY) as client:
+        client.create_run("agent")
+    creates = [r.request.namespace for r in service.received["CreateRun"]]
+    assert creates == ["shop", "lab", ""]
+    assert [r.request.filter.namespace for r in service.received["ListRuns"]] == ["shop", ""]
+    assert [r.request.namespace for r in service.received["ClaimRun"]] == ["shop"]
+    assert [r.request.filter.namespace for r in service.received["WatchRuns"]] == ["shop", "lab"]
+
+
+def test_the_async_client_sends_its_namespace_too(
+    service: ScriptedRunService, address: str
+) -> None:
+    service.script["CreateRun"] = [proto_run()]
+
+    async def create() -> None:
+        async with AsyncClient(address, namespace="shop") as client:
+            await client.create_run("agent")
+
+    asyncio.run(create())
+    assert service.received["CreateRun"][0].request.namespace == "shop"
+
+
+@FLAVOURS
+def test_the_token_goes_with_every_call(
+    service: ScriptedRunService, address: str, flavour: str
+) -> None:
+    service.script["GetRun"] = [proto_run()]
+    service.script["CreateRun"] = [proto_run()]
+
+    async def calls() -> None:
+        async with AsyncClient(address, token="tok-1") as client:
+            await client.create_run("agent")
+            await client.get_run(RUN_ID)
+
+    if flavour == "sync":
+        with Client(address, token="tok-1") as client:
+            client.create_run("agent")
+            client.get_run(RUN_ID)
+    else:
+        asyncio.run(calls())
+    received = service.received["CreateRun"] + service.received["GetRun"]
+    assert [r.metadata.get("authorization") for r in received] == ["Bearer tok-1"] * 2
+
+
+def test_without_a_token_no_authorization_is_sent(
+    service: ScriptedRunService, client: Client
+) -> None:
+    service.script["GetRun"] = [proto_run()]
+    client.get_run(RUN_ID)
+    assert "authorization" not in service.received["GetRun"][0].metadata
+
+
+@pytest.mark.parametrize("address", ["10.0.0.7:50051", "runplane.internal:50051", ":50051"])
+def test_a_token_is_never_sent_in_plaintext_beyond_loopback(address: str) -> None:
+    with pytest.raises(ValueError, match="refusing to send a token in plaintext"):
+        Client(address, token="tok")
+    with pytest.raises(ValueError, match="refusing to send a token in plaintext"):
+        Worker(address, lambda run, stop: None, token="tok")
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:50051", "localhost:50051", "[::1]:50051", "unix:/tmp/runplane.sock"]
+)
+def test_a_token_may_go_in_plaintext_to_loopback(address: str) -> None:
+    Client(address, token="tok").close()
+
+
+@pytest.mark.parametrize("token", ["", " tok", "tok\n", "a\nb"])
+def test_malformed_tokens_are_refused_locally(token: str) -> None:
+    with pytest.raises(ValueError, match="token"):
+        Client("127.0.0.1:50051", token=token)
+
+
+def test_tls_config_needs_a_certificate_and_its_key_together() -> None:
+    with pytest.raises(ValueError, match="together"):
+        TLSConfig(cert_file="client.crt")

@@ -2,7 +2,7 @@
 
     from runplane.client import Client, MultitaskStrategy
 
-    with Client("127.0.0.1:50051") as client:
+    with Client("127.0.0.1:50051") as client:   # or tls=True, token=..., namespace=...
         run = client.create_run("agent", multitask_strategy=MultitaskStrategy.REJECT)
         for run in client.list_runs(thread_id=run.thread_id):
             print(run.run_id, run.status)
@@ -11,7 +11,9 @@
 (`Run`, `RunStatus`, dicts, datetimes) and raise `RunplaneError` subclasses.
 """
 
-from runplane.client._async_client import AsyncClient
+from typing import TYPE_CHECKING, Any
+
+from runplane.client._channels import TLSConfig
 from runplane.client._client import Client
 from runplane.client._errors import (
     Aborted,
@@ -26,13 +28,16 @@ from runplane.client._errors import (
     NotFound,
     OutOfRange,
     PermissionDenied,
+    RateLimited,
     ResourceExhausted,
     RevisionCompacted,
     RevisionMismatch,
+    RunDeleted,
     RunInflight,
     RunplaneError,
     RunTerminal,
     ThreadBusy,
+    TooManyWatches,
     Unauthenticated,
     Unavailable,
     Unimplemented,
@@ -50,7 +55,29 @@ from runplane.client._models import (
 )
 from runplane.client._pagers import AsyncRunPager, RunPager
 from runplane.client._retry import RetryPolicy
-from runplane.client._worker import AsyncWorker, Worker
+
+if TYPE_CHECKING:
+    from runplane.client._async_client import AsyncClient
+    from runplane.client._worker import AsyncWorker, Worker
+
+# Imported on first use: they bring asyncio, which the CLI and sync callers never need
+# (a third of the CLI's start-up).
+_LAZY = {
+    "AsyncClient": "runplane.client._async_client",
+    "AsyncWorker": "runplane.client._worker",
+    "Worker": "runplane.client._worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Aborted",
@@ -72,11 +99,13 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
+    "RateLimited",
     "ResourceExhausted",
     "RetryPolicy",
     "RevisionCompacted",
     "RevisionMismatch",
     "Run",
+    "RunDeleted",
     "RunEvent",
     "RunInflight",
     "RunPage",
@@ -84,7 +113,9 @@ __all__ = [
     "RunStatus",
     "RunTerminal",
     "RunplaneError",
+    "TLSConfig",
     "ThreadBusy",
+    "TooManyWatches",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

@@ -9,7 +9,8 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import grpc
 
-from runplane.client import _requests
+from runplane.client import _requests, _tracing
+from runplane.client._channels import TLSConfig, connection
 from runplane.client._models import Run, RunEvent
 from runplane.client._pagers import AsyncRunPager
 from runplane.client._requests import RunListing, UnaryCall, client_method
@@ -68,6 +69,7 @@ class AsyncClient:
 
     Use it as an async context manager (or await `close()`). Methods are the
     `Client` ones, as coroutines; `list_runs` returns a pager for `async for`.
+    It connects as `Client` does: `tls`, `token` and `namespace` mean the same.
     """
 
     def __init__(
@@ -77,8 +79,17 @@ class AsyncClient:
         default_deadline: float = 10.0,
         channel_options: Sequence[tuple[str, Any]] = (),
         retry_policy: RetryPolicy = DEFAULT_RETRY,
+        tls: bool | TLSConfig = False,
+        token: str | None = None,
+        namespace: str | None = None,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=list(channel_options))
+        reach = connection(address, tls, token, list(channel_options))
+        if reach.credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=reach.options)
+        else:
+            self._channel = grpc.aio.secure_channel(address, reach.credentials, reach.options)
+        self._metadata = reach.metadata
+        self._namespace = namespace or ""
         self._stub = run_service_pb2_grpc.RunServiceStub(self._channel)
         self._default_deadline = default_deadline
         self._retry_policy = retry_policy
@@ -100,20 +111,26 @@ class AsyncClient:
     async def _call(self, call: UnaryCall[Any, _T]) -> _T:
         attempts = call.attempts(self._default_deadline, self._retry_policy)
         send = getattr(self._stub, call.rpc)
-        while True:
-            try:
-                response = await send(call.request, timeout=attempts.remaining())
-            except grpc.RpcError as error:
-                await asyncio.sleep(attempts.backoff_or_raise(error))
-            else:
-                return call.convert(response)
+        with _tracing.call_span(call.rpc) as traced:
+            metadata = (*self._metadata, *traced)
+            while True:
+                try:
+                    response = await send(
+                        call.request, timeout=attempts.remaining(), metadata=metadata
+                    )
+                except grpc.RpcError as error:
+                    await asyncio.sleep(attempts.backoff_or_raise(error))
+                else:
+                    return call.convert(response)
 
     async def _watch(self, watch: WatchCall) -> AsyncIterator[RunEvent]:
-        resumption = watch.start()
+        resumption = watch.start(self._retry_policy)
         send = getattr(self._stub, watch.rpc)
+        metadata = (*self._metadata, *_tracing.stream_metadata())
         while True:
-            call = send(resumption.request(), timeout=resumption.remaining())
+            call = send(resumption.request(), timeout=resumption.remaining(), metadata=metadata)
             try:
+                resumption.headers(await call.initial_metadata())
                 async for response in call:
                     for event in resumption.receive(response):
                         yield event

@@ -49,12 +49,24 @@ def runs_json(runs: Run | Iterable[Run]) -> str:
     return _dumps([_plain(run) for run in runs])
 
 
+# Changes are printed as they happen, so the columns have fixed widths.
+_EVENT_LINE = "{:>8}  {:<8}  {:<36}  {:<11}  {}"
+
+
+def event_header() -> str:
+    """The header of the `runs watch` table, printed before the first change."""
+    return _EVENT_LINE.format("REVISION", "EVENT", "RUN_ID", "STATUS", "ASSISTANT")
+
+
 def event_line(event: RunEvent) -> str:
-    """One aligned line per change, printed as it happens: fixed widths, no header to wait for."""
+    """One line per change, aligned under `event_header()`."""
     run = event.run
-    return (
-        f"{event.revision:>8}  {event.type.value:<8}  {run.run_id}  {run.status.value:<11}  "
-        f"{_clip(run.assistant_id, _ASSISTANT_WIDTH)}"
+    return _EVENT_LINE.format(
+        event.revision,
+        event.type.value,
+        run.run_id,
+        run.status.value,
+        _clip(run.assistant_id, _ASSISTANT_WIDTH),
     ).rstrip()
 
 
@@ -66,6 +78,16 @@ def event_json(event: RunEvent) -> str:
 
 def deletion_json(run_id: str) -> str:
     return _dumps({"run_id": run_id, "deleted": True})
+
+
+def rollback_details(run: Run) -> str:
+    """A run that `cancel --rollback` deleted: said first, then its last state."""
+    return f"deleted run {run.run_id}; its last state:\n{run_details(run)}"
+
+
+def rollback_json(run: Run) -> str:
+    """The last state of a rolled-back run, marked `"deleted": true`."""
+    return _dumps({**_plain(run), "deleted": True})
 
 
 def _plain(run: Run) -> dict[str, Any]:

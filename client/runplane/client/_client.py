@@ -9,7 +9,8 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import grpc
 
-from runplane.client import _requests
+from runplane.client import _requests, _tracing
+from runplane.client._channels import TLSConfig, connection
 from runplane.client._models import Run, RunEvent
 from runplane.client._pagers import RunPager
 from runplane.client._requests import RunListing, UnaryCall, client_method
@@ -63,6 +64,10 @@ class Client:
     Use it as a context manager (or call `close()`) to release the channel. Every
     call is bounded by `default_deadline` seconds unless given its own `deadline`;
     failures raise `RunplaneError` subclasses, never `grpc.RpcError`.
+
+    `tls=True` (or a `TLSConfig`) connects over TLS; `token` is sent as a bearer
+    token with every call (in plaintext only to a loopback address); `namespace` is
+    the namespace creates, listings, watches and claims use unless given their own.
     """
 
     def __init__(
@@ -72,8 +77,17 @@ class Client:
         default_deadline: float = 10.0,
         channel_options: Sequence[tuple[str, Any]] = (),
         retry_policy: RetryPolicy = DEFAULT_RETRY,
+        tls: bool | TLSConfig = False,
+        token: str | None = None,
+        namespace: str | None = None,
     ) -> None:
-        self._channel = grpc.insecure_channel(address, options=list(channel_options))
+        reach = connection(address, tls, token, list(channel_options))
+        if reach.credentials is None:
+            self._channel = grpc.insecure_channel(address, options=reach.options)
+        else:
+            self._channel = grpc.secure_channel(address, reach.credentials, reach.options)
+        self._metadata = reach.metadata
+        self._namespace = namespace or ""
         self._stub = run_service_pb2_grpc.RunServiceStub(self._channel)
         self._default_deadline = default_deadline
         self._retry_policy = retry_policy
@@ -95,20 +109,24 @@ class Client:
     def _call(self, call: UnaryCall[Any, _T]) -> _T:
         attempts = call.attempts(self._default_deadline, self._retry_policy)
         send = getattr(self._stub, call.rpc)
-        while True:
-            try:
-                response = send(call.request, timeout=attempts.remaining())
-            except grpc.RpcError as error:
-                time.sleep(attempts.backoff_or_raise(error))
-            else:
-                return call.convert(response)
+        with _tracing.call_span(call.rpc) as traced:
+            metadata = (*self._metadata, *traced)
+            while True:
+                try:
+                    response = send(call.request, timeout=attempts.remaining(), metadata=metadata)
+                except grpc.RpcError as error:
+                    time.sleep(attempts.backoff_or_raise(error))
+                else:
+                    return call.convert(response)
 
     def _watch(self, watch: WatchCall) -> Iterator[RunEvent]:
-        resumption = watch.start()
+        resumption = watch.start(self._retry_policy)
         send = getattr(self._stub, watch.rpc)
+        metadata = (*self._metadata, *_tracing.stream_metadata())
         while True:
-            call = send(resumption.request(), timeout=resumption.remaining())
+            call = send(resumption.request(), timeout=resumption.remaining(), metadata=metadata)
             try:
+                resumption.headers(call.initial_metadata())
                 for response in call:
                     yield from resumption.receive(response)
                 return

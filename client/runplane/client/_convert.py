@@ -135,6 +135,7 @@ def run_from_proto(message: run_pb2.Run) -> Run:
         cancel_reason=message.cancel_reason,
         worker_id=message.worker_id,
         timeout=duration_from_proto(message.timeout) if message.HasField("timeout") else None,
+        trace_context=dict(message.trace_context),
     )
 
 

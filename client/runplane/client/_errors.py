@@ -12,9 +12,12 @@ or for the reason where callers act on it:
     ├── InvalidArgument
     ├── DeadlineExceeded
     ├── NotFound
+    │   └── RunDeleted           wait_run: the run was deleted before it ended
     ├── AlreadyExists
-    ├── PermissionDenied
+    ├── PermissionDenied         `role_needed` (and `namespace`) in its metadata
     ├── ResourceExhausted
+    │   ├── RateLimited          reason RATE_LIMITED: over the rate; see retry_delay
+    │   └── TooManyWatches       reason TOO_MANY_WATCHES: close a watch first
     ├── FailedPrecondition
     │   ├── ThreadBusy           reason THREAD_BUSY: REJECT met an inflight run
     │   ├── RunTerminal          reason RUN_TERMINAL: cancelling a finished run
@@ -28,7 +31,7 @@ or for the reason where callers act on it:
     ├── Internal
     ├── Unavailable
     ├── DataLoss
-    └── Unauthenticated
+    └── Unauthenticated          reason CREDENTIALS_MISSING or CREDENTIALS_INVALID
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class RunplaneError(Exception):
         domain: str = "",
         metadata: dict[str, str] | None = None,
         field_violations: list[tuple[str, str]] | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -63,6 +67,8 @@ class RunplaneError(Exception):
         self.domain = domain
         self.metadata = metadata or {}
         self.field_violations = field_violations or []
+        self.retry_delay = retry_delay
+        """Seconds the server asked the caller to wait before retrying (RetryInfo)."""
 
     def __str__(self) -> str:
         text = f"{self.code.name}: {self.message}"
@@ -89,6 +95,10 @@ class DeadlineExceeded(RunplaneError):
 
 class NotFound(RunplaneError):
     code = grpc.StatusCode.NOT_FOUND
+
+
+class RunDeleted(NotFound):
+    """`wait_run` saw the run deleted (rolled back, or deleted with force) before it ended."""
 
 
 class AlreadyExists(RunplaneError):
@@ -160,6 +170,14 @@ class LeaseLost(FailedPrecondition):
     """The worker no longer holds the run (interrupted, timed out, re-claimed): stop."""
 
 
+class RateLimited(ResourceExhausted):
+    """The caller is over its request rate: retry after `retry_delay` seconds."""
+
+
+class TooManyWatches(ResourceExhausted):
+    """The caller holds as many open watches as the server allows."""
+
+
 class RevisionMismatch(Aborted):
     """The run changed since the revision the caller expected: re-read and retry."""
 
@@ -206,6 +224,8 @@ _BY_REASON: dict[str, type[RunplaneError]] = {
     "LEASE_LOST": LeaseLost,
     "REVISION_MISMATCH": RevisionMismatch,
     "REVISION_COMPACTED": RevisionCompacted,
+    "RATE_LIMITED": RateLimited,
+    "TOO_MANY_WATCHES": TooManyWatches,
 }
 
 
@@ -223,11 +243,16 @@ def from_grpc_error(error: grpc.RpcError) -> RunplaneError:
     rich = _rich_status(error.trailing_metadata() or ())
     info = error_details_pb2.ErrorInfo()
     bad_request = error_details_pb2.BadRequest()
+    retry = error_details_pb2.RetryInfo()
+    retry_delay = None
     for detail in rich.details:
         if detail.Is(info.DESCRIPTOR):
             detail.Unpack(info)
         elif detail.Is(bad_request.DESCRIPTOR):
             detail.Unpack(bad_request)
+        elif detail.Is(retry.DESCRIPTOR):
+            detail.Unpack(retry)
+            retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
     cls = _BY_CODE.get(code, Unknown)
     reason_cls = _BY_REASON.get(info.reason) if info.domain == ERROR_DOMAIN else None
     if reason_cls is not None and issubclass(reason_cls, cls):
@@ -238,6 +263,7 @@ def from_grpc_error(error: grpc.RpcError) -> RunplaneError:
         domain=info.domain,
         metadata=dict(info.metadata),
         field_violations=[(v.field, v.description) for v in bad_request.field_violations],
+        retry_delay=retry_delay,
     )
 
 

@@ -97,6 +97,9 @@ class Run:
     cancel_reason: str
     worker_id: str
     timeout: timedelta | None
+    trace_context: dict[str, str]
+    """The W3C trace context (`traceparent`, `tracestate`) of the call that created the
+    run, which a worker continues; empty when the creator was not traced."""
 
 
 @dataclass(frozen=True)

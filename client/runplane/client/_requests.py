@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from google.protobuf import empty_pb2, field_mask_pb2
 from google.protobuf.message import Message
@@ -31,7 +31,7 @@ from runplane.client._convert import (
 )
 from runplane.client._models import CancelAction, MultitaskStrategy, Run, RunPage, RunStatus
 from runplane.client._retry import NO_RETRY, Attempts, RetryPolicy
-from runplane.client._watching import WatchCall
+from runplane.client._watching import ReconnectHook, WatchCall
 from runplane.v1 import run_pb2, run_service_pb2
 
 _Response = TypeVar("_Response", bound=Message)
@@ -81,16 +81,30 @@ def client_method(definition: Callable[..., Any], method: _Method) -> _Method:
     """Dress a client's `method` as `definition`: name, docstring and signature (plus self).
 
     The explicit `__signature__` keeps `help()` and `inspect.signature` right on
-    bound methods, which would otherwise drop the first real parameter.
+    bound methods, which would otherwise drop the first real parameter. A definition
+    taking `namespace` gets the client's own (`self._namespace`) when the caller
+    gives none.
     """
-    functools.update_wrapper(method, definition, assigned=("__name__", "__qualname__", "__doc__"))
     signature = inspect.signature(definition)
+    if "namespace" in signature.parameters:
+        method = _in_client_namespace(method)
+    functools.update_wrapper(method, definition, assigned=("__name__", "__qualname__", "__doc__"))
     self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
     method.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[self_parameter, *signature.parameters.values()],
         return_annotation=inspect.Signature.empty,
     )
     return method
+
+
+def _in_client_namespace(method: _Method) -> _Method:
+    @functools.wraps(method)
+    def defaulted(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("namespace") is None:
+            kwargs["namespace"] = self._namespace
+        return method(self, *args, **kwargs)
+
+    return cast(_Method, defaulted)
 
 
 def create_run(
@@ -104,9 +118,11 @@ def create_run(
     request_id: str | None = None,
     timeout: timedelta | float | None = None,
     start_after: datetime | None = None,
+    namespace: str | None = None,
     deadline: float | None = None,
 ) -> UnaryCall[run_pb2.Run, Run]:
-    """Create a run of `assistant_id`, on `thread_id` or on a new thread.
+    """Create a run of `assistant_id`, on `thread_id` or on a new thread, in `namespace`
+    (default: the client's namespace, else the server's `default`).
 
     `multitask_strategy` (default enqueue) decides what happens to the thread's
     inflight runs: reject raises `ThreadBusy`, interrupt and rollback supersede
@@ -122,6 +138,7 @@ def create_run(
         thread_id=thread_id or "",
         run_id=run_id or "",
         request_id=request_id or "",
+        namespace=namespace or "",
     )
     if metadata is not None:
         request.metadata.CopyFrom(struct_to_proto(metadata))
@@ -152,6 +169,7 @@ def list_runs(
     metadata: dict[str, Any] | None = None,
     order_by: str = "created_at desc",
     page_size: int = 0,
+    namespace: str | None = None,
     deadline: float | None = None,
 ) -> RunListing:
     """The runs matching every filter given, newest first unless `order_by="created_at asc"`.
@@ -160,9 +178,11 @@ def list_runs(
     when needed (the first one on first iteration); `pages()` yields whole pages.
     `metadata` matches runs whose metadata contains every key given with an equal
     value. `page_size` 0 lets the server choose (50); `deadline` applies per page.
+    `namespace` (default: the client's) limits the listing to one namespace; ""
+    means every namespace the caller may read.
     """
     request = run_service_pb2.ListRunsRequest(
-        filter=_run_filter(thread_id, assistant_id, statuses, metadata),
+        filter=_run_filter(thread_id, assistant_id, statuses, metadata, namespace),
         page_size=page_size,
         order_by=order_by,
     )
@@ -238,15 +258,18 @@ def claim_run(
     assistant_ids: Iterable[str] | None = None,
     lease_duration: timedelta | float = 30.0,
     wait: timedelta | float = 0.0,
+    namespace: str | None = None,
     deadline: float | None = None,
 ) -> UnaryCall[run_service_pb2.ClaimRunResponse, Run | None]:
     """Claim the oldest claimable PENDING run for `worker_id`, or None if there is none.
 
     The server long-polls up to `wait` (at most 60 s) for one to become claimable;
     the default deadline is extended by `wait`. Keep the claim with `heartbeat_run`
-    within `lease_duration`.
+    within `lease_duration`. `namespace` (default: the client's) claims only there;
+    "" claims in every namespace where the caller is a worker.
     """
     request = run_service_pb2.ClaimRunRequest(
+        namespace=namespace or "",
         worker_id=worker_id,
         assistant_ids=list(assistant_ids or ()),
         lease_duration=duration_to_proto(lease_duration),
@@ -303,6 +326,8 @@ def watch_runs(
     include_initial: bool = False,
     progress_interval: timedelta | float | None = None,
     reconnect: bool = True,
+    on_reconnect: ReconnectHook | None = None,
+    namespace: str | None = None,
     deadline: float | None = None,
 ) -> WatchCall:
     """Iterate the changes of runs matching the filters (as `list_runs`), as `RunEvent`s.
@@ -315,18 +340,20 @@ def watch_runs(
     The iterator never ends by itself: stop iterating to close it. If the connection
     drops or the server restarts, it reconnects and resumes right after the last
     revision it gave you: no gap, no duplicate (`reconnect=False` raises `Unavailable`
-    instead). If the server no longer has that history, it raises `RevisionCompacted`:
-    list again and watch from the listing's revision + 1. `deadline` bounds the whole
-    watch, reconnections included.
+    instead); `on_reconnect(error)` is called once per drop. A server that cannot be
+    reached at the start is retried as a read is, then `Unavailable` is raised. If the
+    server no longer has that history, it raises `RevisionCompacted`: list again and
+    watch from the listing's revision + 1. `namespace` as in `list_runs`. `deadline`
+    bounds the whole watch, reconnections included.
     """
     request = run_service_pb2.WatchRunsRequest(
-        filter=_run_filter(thread_id, assistant_id, statuses, metadata),
+        filter=_run_filter(thread_id, assistant_id, statuses, metadata, namespace),
         start_revision=start_revision,
         include_initial=include_initial,
     )
     if progress_interval is not None:
         request.progress_interval.CopyFrom(duration_to_proto(progress_interval))
-    return WatchCall("WatchRuns", request, deadline, reconnect=reconnect)
+    return WatchCall("WatchRuns", request, deadline, reconnect=reconnect, on_reconnect=on_reconnect)
 
 
 def watch_run(
@@ -334,6 +361,7 @@ def watch_run(
     *,
     start_revision: int = 0,
     reconnect: bool = True,
+    on_reconnect: ReconnectHook | None = None,
     deadline: float | None = None,
 ) -> WatchCall:
     """Iterate one run's changes as `RunEvent`s: its current state first (INITIAL),
@@ -344,16 +372,23 @@ def watch_run(
     unknown run.
     """
     request = run_service_pb2.WatchRunRequest(run_id=run_id, start_revision=start_revision)
-    return WatchCall("WatchRun", request, deadline, reconnect=reconnect)
+    return WatchCall("WatchRun", request, deadline, reconnect=reconnect, on_reconnect=on_reconnect)
 
 
-def wait_run(run_id: str, *, timeout: float | None = None) -> WatchCall:
+def wait_run(
+    run_id: str,
+    *,
+    timeout: timedelta | float | None = None,
+    on_reconnect: ReconnectHook | None = None,
+) -> WatchCall:
     """Block until the run is terminal and return it (SUCCESS, ERROR, TIMEOUT, INTERRUPTED).
 
-    Raises `NotFound` if the run does not exist or is deleted before it ends, and
-    `DeadlineExceeded` after `timeout` seconds (None: wait as long as it takes).
+    Raises `NotFound` if the run does not exist, `RunDeleted` if it is deleted before
+    it ends, and `DeadlineExceeded` after `timeout` (None: wait as long as it takes).
+    Resumes after a dropped connection as `watch_run` does.
     """
-    return watch_run(run_id, deadline=timeout)
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    return watch_run(run_id, deadline=seconds, on_reconnect=on_reconnect)
 
 
 def _run_filter(
@@ -361,8 +396,10 @@ def _run_filter(
     assistant_id: str | None,
     statuses: Iterable[RunStatus | str] | None,
     metadata: dict[str, Any] | None,
+    namespace: str | None,
 ) -> run_service_pb2.RunFilter:
     run_filter = run_service_pb2.RunFilter(
+        namespace=namespace or "",
         thread_id=thread_id or "",
         assistant_id=assistant_id or "",
         statuses=[run_status_to_proto(status) for status in statuses or ()],

@@ -1,288 +1,562 @@
 """The `runplane` command: manage runs from a shell, and host the server's commands.
 
-    runplane runs create --assistant-id agent --strategy reject
-    runplane --output json runs list --status pending running --limit 20
+    runplane runs create --assistant-id agent --strategy reject --kwargs @input.json
+    runplane runs list --status pending,running --limit 20 -o json
     runplane runs watch --status running       # one line per change, live
     runplane runs wait RUN_ID --timeout 10m    # blocks until the run ends
 
-Exit status: 0 on success, 1 when the server refuses the call, 2 for bad usage.
-Every subcommand, the server's `serve` and `db upgrade` included, is a function
-`(args) -> int` stored as `args.func`.
+The global flags (`ClientSettings`) are accepted anywhere on the command line. The
+server's `serve` and `db` commands plug in through the `runplane.commands` entry
+points: the client never imports the server. docs/cli.md is the reference.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import itertools
 import json
-import os
-import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import click
+from click.core import ParameterSource
 
 from runplane.client._cli_output import (
     deletion_json,
+    event_header,
     event_json,
     event_line,
+    rollback_details,
+    rollback_json,
     run_details,
     runs_json,
     runs_table,
 )
 from runplane.client._client import Client
-from runplane.client._errors import RunplaneError
-from runplane.client._models import CancelAction, MultitaskStrategy, Run, RunStatus
+from runplane.client._errors import DeadlineExceeded, RunDeleted, RunplaneError
+from runplane.client._models import CancelAction, MultitaskStrategy, Run, RunEvent, RunStatus
+from runplane.client.cli_support import (
+    CommandError,
+    ParamType,
+    Parsed,
+    add_flag,
+    flag,
+    flag_fields,
+    positive_int,
+    seconds,
+)
+from runplane.client.durations import parse_duration
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
 _MAX_PAGE_SIZE = 1000
+_GLOBALS = "runplane.globals"
+PLUGIN_GROUP = "runplane.commands"
+
+# `runs wait`: the exit status says how the run ended (docs/cli.md, "Exit status").
+WAIT_EXIT = {
+    RunStatus.SUCCESS: 0,
+    RunStatus.ERROR: 3,
+    RunStatus.TIMEOUT: 4,
+    RunStatus.INTERRUPTED: 5,
+}
+WAIT_DELETED = 5
+WAIT_GAVE_UP = 124
+"""`--timeout` expired with the run still inflight: the status of timeout(1)."""
+INTERRUPTED_BY_USER = 130
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help or a usage error: return the status, don't exit
-        return int(exit_.code or 0)
-    command: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return command(args)
-    except RunplaneError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+@dataclass(frozen=True)
+class ClientSettings:
+    """The global flags of the client commands, accepted anywhere on the command line.
 
+    A new one is one field here (see `cli_support.flag`), used in `client()`.
+    """
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="runplane", description="Runs of AI assistants on threads."
+    address: str = flag("127.0.0.1:50051", metavar="HOST:PORT", help="Server address.")
+    output: str = flag(
+        "table", short="-o", choices=("table", "json"), help="Output format: table or json."
     )
-    parser.add_argument(
-        "--address",
-        default=os.environ.get("RUNPLANE_ADDRESS", "127.0.0.1:50051"),
-        help="server address (default: $RUNPLANE_ADDRESS or 127.0.0.1:50051)",
+    deadline: float = flag(
+        "10s", parse=seconds, metavar="DURATION", help="Time limit of each call, e.g. 500ms, 1m."
     )
-    parser.add_argument("--output", choices=["table", "json"], default="table")
-    parser.add_argument(
-        "--deadline", type=float, default=10.0, help="seconds per call (default 10)"
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_runs_commands(commands)
-    _add_server_commands(commands)
-    return parser
+
+    def client(self) -> Client:
+        return Client(self.address, default_deadline=self.deadline)
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
 
 
-def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`serve` and `db`, when the server is installed alongside (it ships separately)."""
-    try:
-        from runplane.server.commands import add_commands
-    except ImportError:
-        return
-    add_commands(commands)
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """Keep a global flag's value for the command that runs: given on the command line
+    at any level (the last one wins), else from its variable or default."""
+    assert param.name is not None
+    given: dict[str, Any] = ctx.meta.setdefault(_GLOBALS, {})
+    if param.name not in given or (
+        ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
+    ):
+        given[param.name] = value
 
 
-def _add_runs_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    runs = commands.add_parser("runs", help="create, inspect and cancel runs")
-    actions = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
-
-    create = actions.add_parser("create", help="create a run")
-    create.add_argument("--assistant-id", required=True)
-    create.add_argument("--thread-id", help="existing thread (default: a new thread)")
-    create.add_argument("--metadata", type=_json_object, help="JSON object")
-    create.add_argument("--kwargs", type=_json_object, help="JSON object: the run's arguments")
-    create.add_argument(
-        "--strategy",
-        type=MultitaskStrategy,
-        choices=list(MultitaskStrategy),
-        help="what to do with the thread's inflight runs (default: enqueue)",
-    )
-    create.add_argument("--run-id", help="client-chosen run id (UUID)")
-    create.add_argument("--request-id", help="idempotency key: a repeat returns the same run")
-    create.add_argument("--timeout", type=_duration, help="run time limit, e.g. 90s, 15m, 1h")
-    create.set_defaults(func=_create)
-
-    get = actions.add_parser("get", help="show one run")
-    get.add_argument("run_id", metavar="RUN_ID")
-    get.set_defaults(func=_get)
-
-    listing = actions.add_parser("list", help="list runs, newest first")
-    _add_filter_arguments(listing, status_help=f"any of: {', '.join(RunStatus)}")
-    listing.add_argument("--order", choices=["asc", "desc"], default="desc")
-    listing.add_argument("--limit", type=_positive_int, help="at most this many runs")
-    listing.set_defaults(func=_list)
-
-    cancel = actions.add_parser("cancel", help="interrupt (or roll back) an inflight run")
-    cancel.add_argument("run_id", metavar="RUN_ID")
-    cancel.add_argument("--rollback", action="store_true", help="delete the run instead")
-    cancel.add_argument("--reason", default="", help="recorded as the run's cancel_reason")
-    cancel.set_defaults(func=_cancel)
-
-    watch = actions.add_parser(
-        "watch", help="print each change of matching runs as it happens (Ctrl-C to stop)"
-    )
-    _add_filter_arguments(watch, status_help="runs in any of these, before or after a change")
-    watch.add_argument("--run-id", help="one run: its state, then its changes until it ends")
-    watch.add_argument(
-        "--start-revision", type=_positive_int, help="replay from this revision (inclusive)"
-    )
-    watch.add_argument(
-        "--initial", action="store_true", help="first print the matching runs as they are"
-    )
-    watch.set_defaults(func=_watch)
-
-    wait = actions.add_parser("wait", help="wait until a run is terminal, then show it")
-    wait.add_argument("run_id", metavar="RUN_ID")
-    wait.add_argument("--timeout", type=_duration, help="give up after this long, e.g. 5m")
-    wait.set_defaults(func=_wait)
-
-    delete = actions.add_parser("delete", help="delete a run")
-    delete.add_argument("run_id", metavar="RUN_ID")
-    delete.add_argument("--force", action="store_true", help="even if it is inflight")
-    delete.set_defaults(func=_delete)
+def _global_flags(command: _Function) -> _Function:
+    for name, spec in reversed(flag_fields(ClientSettings)):
+        command = add_flag(command, name, spec, expose_value=False, callback=_remember)
+    return command
 
 
-def _add_filter_arguments(parser: argparse.ArgumentParser, status_help: str) -> None:
-    """The RunFilter fields, shared by `runs list` and `runs watch`."""
-    parser.add_argument("--thread-id")
-    parser.add_argument("--assistant-id")
-    parser.add_argument(
-        "--status",
-        dest="statuses",
-        type=RunStatus,
-        choices=list(RunStatus),
-        nargs="+",
-        action="extend",
-        metavar="STATUS",
-        help=status_help,
-    )
-    parser.add_argument("--metadata", type=_json_object, help="JSON object runs must contain")
+def _client_command(command: _Function) -> _Function:
+    """A client command: the global flags, and `settings` as its first argument."""
+
+    @functools.wraps(command)
+    def with_settings(*args: Any, **kwargs: Any) -> Any:
+        given = click.get_current_context().meta.get(_GLOBALS, {})
+        return command(ClientSettings(**given), *args, **kwargs)
+
+    return cast(_Function, _global_flags(with_settings))
 
 
-def _create(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        run = client.create_run(
-            args.assistant_id,
-            thread_id=args.thread_id,
-            metadata=args.metadata,
-            kwargs=args.kwargs,
-            multitask_strategy=args.strategy,
-            run_id=args.run_id,
-            request_id=args.request_id,
-            timeout=args.timeout,
-        )
-    return _print_run(args, run)
+@functools.cache
+def _plugins() -> dict[str, EntryPoint]:
+    """Commands other packages add (the server's `serve` and `db`), not imported yet."""
+    from importlib.metadata import entry_points
+
+    return {entry.name: entry for entry in entry_points(group=PLUGIN_GROUP)}
 
 
-def _get(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        run = client.get_run(args.run_id)
-    return _print_run(args, run)
+class _Runplane(click.Group):
+    """The root group: loads plugin commands when asked for, and turns failed calls
+    into one `error:` line instead of a traceback."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_plugins()})
 
-def _list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        pager = client.list_runs(
-            thread_id=args.thread_id,
-            assistant_id=args.assistant_id,
-            statuses=args.statuses,
-            metadata=args.metadata,
-            order_by=f"created_at {args.order}",
-            page_size=min(args.limit or 0, _MAX_PAGE_SIZE),
-        )
-        runs = list(itertools.islice(pager, args.limit))
-    if args.output == "json":
-        print(runs_json(runs))
-    else:
-        print(runs_table(runs, datetime.now(UTC)))
-    return 0
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in _plugins():
+            command = _plugins()[cmd_name].load()
+        return command
 
-
-def _cancel(args: argparse.Namespace) -> int:
-    action = CancelAction.ROLLBACK if args.rollback else CancelAction.INTERRUPT
-    with _client(args) as client:
-        run = client.cancel_run(args.run_id, action=action, reason=args.reason)
-    return _print_run(args, run)
-
-
-def _delete(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        client.delete_run(args.run_id, force=args.force)
-    print(deletion_json(args.run_id) if args.output == "json" else f"deleted run {args.run_id}")
-    return 0
-
-
-def _watch(args: argparse.Namespace) -> int:
-    show = event_json if args.output == "json" else event_line
-    with _client(args) as client:
-        if args.run_id:
-            events = client.watch_run(args.run_id, start_revision=args.start_revision or 0)
-        else:
-            events = client.watch_runs(
-                thread_id=args.thread_id,
-                assistant_id=args.assistant_id,
-                statuses=args.statuses,
-                metadata=args.metadata,
-                start_revision=args.start_revision or 0,
-                include_initial=args.initial,
-            )
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            for event in events:
-                print(show(event), flush=True)
+            return super().invoke(ctx)
+        except RunplaneError as error:
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(1)
+        except CommandError as error:
+            click.echo(f"error: {error.message}", err=True)
+            ctx.exit(error.exit_code)
         except KeyboardInterrupt:
-            return 130
-    return 0
+            ctx.exit(INTERRUPTED_BY_USER)
 
 
-def _wait(args: argparse.Namespace) -> int:
-    timeout = None if args.timeout is None else args.timeout.total_seconds()
-    with _client(args) as client:
-        try:
-            run = client.wait_run(args.run_id, timeout=timeout)
-        except KeyboardInterrupt:
-            return 130
-    return _print_run(args, run)
+@click.group(cls=_Runplane, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="runplane", prog_name="runplane", message="%(prog)s %(version)s")
+@_global_flags
+def cli() -> None:
+    """Runs of AI assistants on conversation threads.
+
+    The options below are global: they go anywhere on the command line of the `runs`
+    commands, and each reads its RUNPLANE_ variable when not given. Shell completion:
+    runplane completion --help. Reference: docs/cli.md.
+    """
 
 
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.address, default_deadline=args.deadline)
+def main() -> None:
+    """The `runplane` console script."""
+    cli.main(prog_name="runplane", complete_var="_RUNPLANE_COMPLETE")
 
 
-def _print_run(args: argparse.Namespace, run: Run) -> int:
-    print(runs_json(run) if args.output == "json" else run_details(run))
-    return 0
+# -- values typed on the command line ------------------------------------------------------
+
+
+_stdin = {"read": False}
+"""Whether a flag has read standard input: it can feed only one."""
 
 
 def _json_object(text: str) -> dict[str, Any]:
+    """A JSON object given inline, as `@FILE`, or as `-`/`@-` for standard input."""
+    if text in ("-", "@-"):
+        if _stdin["read"]:
+            raise ValueError("standard input can feed only one flag")
+        _stdin["read"] = True
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as file:
+                text = file.read()
+        except OSError as error:
+            raise ValueError(f"cannot read {text[1:]}: {error.strerror}") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from None
+        raise ValueError(f"not valid JSON: {error}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError('must be a JSON object, like \'{"key": "value"}\'')
+        raise ValueError('must be a JSON object, like \'{"key": "value"}\'')
     return value
 
 
-def _duration(text: str) -> timedelta:
-    """`90s`, `15m`, `1h30m`, `500ms`, or a bare number of seconds."""
+def _start_after(text: str) -> datetime:
+    """A time (ISO 8601; without an offset, local time) or a duration from now."""
     try:
-        return timedelta(seconds=float(text))
+        return datetime.now(UTC) + parse_duration(text)
     except ValueError:
         pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m or 1h30m")
-    return timedelta(seconds=sum(float(n) * _DURATION_UNITS[unit] for n, unit in parts))
-
-
-def _positive_int(text: str) -> int:
     try:
-        value = int(text)
+        moment = datetime.fromisoformat(text)
     except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
+        raise ValueError(
+            f"{text!r} is neither a time like 2030-01-31T09:00:00Z nor a duration like 10m"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+class _Statuses(ParamType):
+    """Run statuses, comma-separated; the option may also be repeated."""
+
+    name = "status"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "STATUS[,STATUS...]"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> list[RunStatus]:
+        if isinstance(value, list):
+            return value
+        try:
+            return [RunStatus(word.strip()) for word in str(value).split(",") if word.strip()]
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[click.shell_completion.CompletionItem]:
+        done, _, last = incomplete.rpartition(",")
+        prefix = f"{done}," if done else ""
+        return [
+            click.shell_completion.CompletionItem(prefix + status.value)
+            for status in RunStatus
+            if status.value.startswith(last.lower())
+        ]
+
+
+def _complete_run_ids(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """The newest runs' ids, from the server; nothing if it cannot be asked quickly."""
+    settings = ClientSettings(**ctx.meta.get(_GLOBALS, {}))
+    try:
+        with Client(settings.address, default_deadline=1.0) as client:
+            runs = itertools.islice(client.list_runs(page_size=100), 100)
+            return [
+                click.shell_completion.CompletionItem(run.run_id, help=run.status.value)
+                for run in runs
+                if run.run_id.startswith(incomplete)
+            ]
+    except RunplaneError:
+        return []
+
+
+_JSON = Parsed(_json_object, "JSON|@FILE|-")
+_DURATION = Parsed(parse_duration, "DURATION")
+_POSITIVE = Parsed(positive_int, "N")
+
+
+def _run_id_argument(command: _Function) -> _Function:
+    return click.argument("run_id", metavar="RUN_ID", shell_complete=_complete_run_ids)(command)
+
+
+def _filter_options(status_help: str) -> Callable[[_Function], _Function]:
+    """The RunFilter's flags, shared by `runs list` and `runs watch`."""
+
+    def decorate(command: _Function) -> _Function:
+        for option in reversed(
+            [
+                click.option("--thread-id", help="Runs of this thread."),
+                click.option("--assistant-id", help="Runs of this assistant."),
+                click.option(
+                    "--status",
+                    "statuses",
+                    type=_Statuses(),
+                    multiple=True,
+                    help=status_help + f" ({', '.join(RunStatus)}); comma-separated or repeated.",
+                ),
+                click.option(
+                    "--metadata", type=_JSON, help="JSON object the runs' metadata contains."
+                ),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _statuses(given: Iterable[list[RunStatus]]) -> list[RunStatus]:
+    return [status for statuses in given for status in statuses]
+
+
+# -- runs --------------------------------------------------------------------------------
+
+
+@cli.group()
+@_global_flags
+def runs() -> None:
+    """Create, inspect, change, cancel, watch and wait for runs."""
+
+
+@runs.command()
+@click.option("--assistant-id", required=True, help="The assistant to run.")
+@click.option("--thread-id", help="An existing thread (default: a new thread).")
+@click.option("--metadata", type=_JSON, help="JSON object: the run's metadata.")
+@click.option("--kwargs", type=_JSON, help="JSON object: the run's arguments.")
+@click.option(
+    "--strategy",
+    type=click.Choice([strategy.value for strategy in MultitaskStrategy], case_sensitive=False),
+    help="What to do with the thread's inflight runs (default: enqueue).",
+)
+@click.option("--run-id", help="Client-chosen run id (a UUID).")
+@click.option("--request-id", help="Idempotency key: a repeat returns the run first created.")
+@click.option("--timeout", type=_DURATION, help="The run's time limit once running, e.g. 15m.")
+@click.option(
+    "--start-after",
+    type=Parsed(_start_after, "TIME|DURATION"),
+    help="Not claimable before this time (2030-01-31T09:00:00Z) or this long from now (10m).",
+)
+@_client_command
+def create(
+    settings: ClientSettings,
+    *,
+    assistant_id: str,
+    thread_id: str | None,
+    metadata: dict[str, Any] | None,
+    kwargs: dict[str, Any] | None,
+    strategy: str | None,
+    run_id: str | None,
+    request_id: str | None,
+    timeout: timedelta | None,
+    start_after: datetime | None,
+) -> None:
+    """Create a run."""
+    with settings.client() as client:
+        run = client.create_run(
+            assistant_id,
+            thread_id=thread_id,
+            metadata=metadata,
+            kwargs=kwargs,
+            multitask_strategy=strategy,
+            run_id=run_id,
+            request_id=request_id,
+            timeout=timeout,
+            start_after=start_after,
+        )
+    _show_run(settings, run)
+
+
+@runs.command()
+@_run_id_argument
+@_client_command
+def get(settings: ClientSettings, *, run_id: str) -> None:
+    """Show one run."""
+    with settings.client() as client:
+        _show_run(settings, client.get_run(run_id))
+
+
+@runs.command("list")
+@_filter_options("Runs in any of these statuses")
+@click.option(
+    "--order",
+    type=click.Choice(["asc", "desc"]),
+    default="desc",
+    show_default=True,
+    help="By creation time.",
+)
+@click.option("--limit", type=_POSITIVE, help="At most this many runs.")
+@_client_command
+def list_(
+    settings: ClientSettings,
+    *,
+    thread_id: str | None,
+    assistant_id: str | None,
+    statuses: tuple[list[RunStatus], ...],
+    metadata: dict[str, Any] | None,
+    order: str,
+    limit: int | None,
+) -> None:
+    """List runs, newest first."""
+    with settings.client() as client:
+        pager = client.list_runs(
+            thread_id=thread_id,
+            assistant_id=assistant_id,
+            statuses=_statuses(statuses),
+            metadata=metadata,
+            order_by=f"created_at {order}",
+            page_size=min(limit or 0, _MAX_PAGE_SIZE),
+        )
+        found = list(itertools.islice(pager, limit))
+    click.echo(runs_json(found) if settings.json else runs_table(found, datetime.now(UTC)))
+
+
+@runs.command()
+@_run_id_argument
+@click.option("--metadata", type=_JSON, help="JSON object: the run's new metadata (replaces it).")
+@click.option("--kwargs", type=_JSON, help="JSON object: the run's new arguments (while pending).")
+@click.option(
+    "--expected-revision",
+    type=_POSITIVE,
+    help="Change it only if it is still at this revision (else exit 1, REVISION_MISMATCH).",
+)
+@_client_command
+def update(
+    settings: ClientSettings,
+    *,
+    run_id: str,
+    metadata: dict[str, Any] | None,
+    kwargs: dict[str, Any] | None,
+    expected_revision: int | None,
+) -> None:
+    """Replace a run's metadata and/or kwargs."""
+    if metadata is None and kwargs is None:
+        raise click.UsageError("give --metadata, --kwargs or both")
+    with settings.client() as client:
+        run = client.update_run(
+            run_id, metadata=metadata, kwargs=kwargs, expected_revision=expected_revision or 0
+        )
+    _show_run(settings, run)
+
+
+@runs.command()
+@_run_id_argument
+@click.option("--rollback", is_flag=True, help="Delete the run instead of interrupting it.")
+@click.option("--reason", default="", help="Recorded as the run's cancel_reason.")
+@_client_command
+def cancel(settings: ClientSettings, *, run_id: str, rollback: bool, reason: str) -> None:
+    """Interrupt an inflight run (or, with --rollback, delete it)."""
+    action = CancelAction.ROLLBACK if rollback else CancelAction.INTERRUPT
+    with settings.client() as client:
+        run = client.cancel_run(run_id, action=action, reason=reason)
+    if not rollback:
+        _show_run(settings, run)
+    else:
+        click.echo(rollback_json(run) if settings.json else rollback_details(run))
+
+
+@runs.command()
+@_run_id_argument
+@click.option("--force", is_flag=True, help="Even if it is inflight.")
+@_client_command
+def delete(settings: ClientSettings, *, run_id: str, force: bool) -> None:
+    """Delete a run."""
+    with settings.client() as client:
+        client.delete_run(run_id, force=force)
+    click.echo(deletion_json(run_id) if settings.json else f"deleted run {run_id}")
+
+
+@runs.command()
+@_filter_options("Runs in any of these statuses, before or after a change")
+@click.option("--run-id", help="One run: its state, then its changes until it ends.")
+@click.option("--start-revision", type=_POSITIVE, help="Replay from this revision (inclusive).")
+@click.option("--initial", is_flag=True, help="First show the matching runs as they are.")
+@_client_command
+def watch(
+    settings: ClientSettings,
+    *,
+    thread_id: str | None,
+    assistant_id: str | None,
+    statuses: tuple[list[RunStatus], ...],
+    metadata: dict[str, Any] | None,
+    run_id: str | None,
+    start_revision: int | None,
+    initial: bool,
+) -> None:
+    """Show each change of matching runs as it happens, until Ctrl-C.
+
+    Table lines or, with -o json, one JSON object per line. A dropped connection is
+    resumed with nothing lost or repeated; `reconnecting...` goes to stderr meanwhile.
+    """
+    with settings.client() as client:
+        events: Iterator[RunEvent]
+        if run_id:
+            events = client.watch_run(
+                run_id, start_revision=start_revision or 0, on_reconnect=_say_reconnecting
+            )
+        else:
+            events = client.watch_runs(
+                thread_id=thread_id,
+                assistant_id=assistant_id,
+                statuses=_statuses(statuses),
+                metadata=metadata,
+                start_revision=start_revision or 0,
+                include_initial=initial,
+                on_reconnect=_say_reconnecting,
+            )
+        show = event_json if settings.json else event_line
+        if not settings.json:
+            click.echo(event_header())
+        for event in events:
+            click.echo(show(event))
+            sys.stdout.flush()
+
+
+@runs.command()
+@_run_id_argument
+@click.option("--timeout", type=_DURATION, help="Give up after this long, e.g. 5m (exit 124).")
+@_client_command
+def wait(settings: ClientSettings, *, run_id: str, timeout: timedelta | None) -> None:
+    """Wait until a run ends, then show it; the exit status says how it ended.
+
+    0 success, 3 error, 4 timeout, 5 interrupted or deleted, 124 still inflight when
+    --timeout expired, 1 any other failure (the run does not exist, the server is
+    unreachable...).
+    """
+    with settings.client() as client:
+        try:
+            run = client.wait_run(run_id, timeout=timeout, on_reconnect=_say_reconnecting)
+        except RunDeleted as deleted:
+            raise CommandError(deleted.message, WAIT_DELETED) from None
+        except DeadlineExceeded:
+            raise CommandError(
+                f"run {run_id} had not ended after {timeout}", WAIT_GAVE_UP
+            ) from None
+    _show_run(settings, run)
+    click.get_current_context().exit(WAIT_EXIT[run.status])
+
+
+def _say_reconnecting(error: RunplaneError) -> None:
+    click.echo("reconnecting...", err=True)
+
+
+def _show_run(settings: ClientSettings, run: Run) -> None:
+    click.echo(runs_json(run) if settings.json else run_details(run))
+
+
+# -- completion ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    bash:  source <(runplane completion bash)      # in ~/.bashrc
+    zsh:   source <(runplane completion zsh)       # in ~/.zshrc
+    fish:  runplane completion fish > ~/.config/fish/completions/runplane.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None
+    click.echo(completer(cli, {}, "runplane", "_RUNPLANE_COMPLETE").source())
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

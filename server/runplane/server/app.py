@@ -12,7 +12,6 @@ import gc
 import logging
 import signal
 import socket
-import sys
 from dataclasses import dataclass
 
 import grpc
@@ -20,20 +19,25 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from runplane.server import logs, validation
+from runplane.server import identity, logs, transport, validation
 from runplane.server.cache import RunCache
 from runplane.server.claims import ClaimService
 from runplane.server.config import ServerConfig
 from runplane.server.doorbell import Doorbell
 from runplane.server.errors import CannotStart
+from runplane.server.guard import CallGuard
+from runplane.server.identity import Authenticator
+from runplane.server.limits import RateLimiter, WatchCounter
 from runplane.server.pages import PageTokens
 from runplane.server.periodic import PeriodicTask
+from runplane.server.reloading import Reloadable, Reloader
 from runplane.server.runs import RunService
 from runplane.server.servicer import RunServicer, add_to_server
 from runplane.server.store.database import Database, redact
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.notifications import ChangeListener
 from runplane.server.sweeper import SWEEP_INTERVAL_S, Sweeper
+from runplane.server.telemetry import Telemetry
 from runplane.server.watch.compaction import Compactor
 from runplane.server.watch.hub import WatchHub
 from runplane.server.watch.streams import WatchService
@@ -42,16 +46,6 @@ from runplane.v1 import run_service_pb2
 log = logging.getLogger("runplane.server")
 
 RUN_SERVICE_NAME = run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
-
-_SERVER_OPTIONS = [
-    # A second server on a taken port must fail, not silently share it.
-    ("grpc.so_reuseport", 0),
-    # Bursts of thousands of new streams must queue, not be refused.
-    ("grpc.server.max_pending_requests", 65536),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-]
 
 
 _QUIET_S = 0.25
@@ -74,9 +68,12 @@ class RunningServer:
     database: Database
     hub: WatchHub
     compactor: Compactor
+    telemetry: Telemetry
+    reloader: Reloader
+    """Re-reads the certificates and the auth config; `reloader.reload_now()` on SIGHUP."""
     background: list[PeriodicTask]
     """Tasks that live as long as the server: compaction, the sweeper, the change
-    listener (the hub runs its own tailer)."""
+    listener, the reloader (the hub runs its own tailer)."""
     listener: ChangeListener | None
 
     async def stop(self, grace: float | None = None) -> None:
@@ -88,8 +85,6 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.servicer.drain()
         await self.hub.close()
-        # Calls still running after the grace are cancelled by grpc; a write among them
-        # commits or not, as it would if the client had gone.
         # In-flight calls finish; new ones are refused until callers have heard and
         # gone quiet (a while at most: some retry in a loop), then grpc stops.
         # Calls still running after the grace are cancelled by grpc.
@@ -107,6 +102,39 @@ class RunningServer:
         if self.listener is not None:
             await self.listener.close()
         await asyncio.to_thread(self.database.dispose)
+        await asyncio.to_thread(self.telemetry.close)
+
+
+@dataclass(frozen=True)
+class _Edges:
+    """What stands between the network and the servicer: TLS, the call guard, and the
+    reloader of the files they were made from."""
+
+    certificates: transport.ServerCertificates | None
+    guard: CallGuard
+    reloader: Reloader
+    reloads: bool
+    """Some file (certificates, auth config) is watched for changes."""
+
+    def bind(self, server: grpc.aio.Server, address: str) -> int:
+        if self.certificates is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, self.certificates.credentials())
+
+
+def _edges(config: ServerConfig) -> _Edges:
+    """The security settings, checked and loaded: a refusal leaves nothing behind."""
+    transport.check_exposure(config)
+    tls = transport.tls_files(config)
+    certificates = transport.ServerCertificates(tls) if tls is not None else None
+    authenticator = Authenticator(config.auth_config) if config.auth_config else None
+    guard = CallGuard(
+        authenticator,
+        WatchCounter(config.max_watches_per_principal),
+        RateLimiter(config.rate_limit) if config.rate_limit else None,
+    )
+    reloadable: list[Reloadable] = [s for s in (certificates, authenticator) if s is not None]
+    return _Edges(certificates, guard, Reloader(reloadable), bool(reloadable))
 
 
 def _check_address(address: str) -> None:
@@ -131,20 +159,35 @@ def _check_address(address: str) -> None:
 
 async def start_server(config: ServerConfig) -> RunningServer:
     """Bind, open and migrate the database, start serving. A configuration that cannot
-    work raises CannotStart, and a SQLite file created meanwhile is removed."""
+    work raises ConfigError or CannotStart, and a SQLite file created meanwhile is
+    removed."""
+    # Settings and the address first: a refused start makes no database file.
+    edges = _edges(config)
     _check_address(config.address)
-    database = Database(config.database_url)
+    telemetry = Telemetry.configure(config)
     try:
-        return await _start(config, database)
+        database = Database(config.database_url, timer=telemetry.metrics)
+    except BaseException:
+        telemetry.close()
+        raise
+    try:
+        return await _start(config, edges, telemetry, database)
     except BaseException:
         await asyncio.to_thread(database.dispose, discard_new_files=True)
+        await asyncio.to_thread(telemetry.close)
         raise
 
 
-async def _start(config: ServerConfig, database: Database) -> RunningServer:
-    server = grpc.aio.server(options=_SERVER_OPTIONS)
+async def _start(
+    config: ServerConfig, edges: _Edges, telemetry: Telemetry, database: Database
+) -> RunningServer:
+    # Telemetry outermost, so calls the guard refuses are counted and traced too.
+    server = grpc.aio.server(
+        interceptors=[*telemetry.interceptors(principal=identity.caller_name), edges.guard],
+        options=transport.options(config),
+    )
     try:
-        port = server.add_insecure_port(config.address)
+        port = edges.bind(server, config.address)
     except RuntimeError:
         raise CannotStart(f"cannot serve {config.address}: the address is in use") from None
     await asyncio.to_thread(upgrade, database.engine)
@@ -168,6 +211,7 @@ async def _start(config: ServerConfig, database: Database) -> RunningServer:
 
         listener = ChangeListener(database.url, changed_on_some_replica)
         background.append(PeriodicTask("change-listener", listener.listen, interval=0))
+    telemetry.attach(database, hub, compactor)
     database.on_commit(doorbell.ring_for)
     cache = None if database.shared else RunCache()
     if cache is not None:
@@ -178,14 +222,18 @@ async def _start(config: ServerConfig, database: Database) -> RunningServer:
     watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
     servicer = RunServicer(runs, claims, watches, limits)
     add_to_server(servicer, server)
-    sweeper = Sweeper(database, config.max_attempts)
+    sweeper = Sweeper(database, config.max_attempts, on_sweep=telemetry.swept)
     background.append(PeriodicTask("sweeper", sweeper.sweep, interval=SWEEP_INTERVAL_S))
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (RUN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    telemetry.serve(config.metrics_address)
     await server.start()
+    if edges.reloads:
+        reload = PeriodicTask("reload", edges.reloader.check, interval=config.reload_interval)
+        background.append(reload)
     for task in background:
         task.start()
     for name in ("", RUN_SERVICE_NAME):
@@ -201,6 +249,8 @@ async def _start(config: ServerConfig, database: Database) -> RunningServer:
         database=database,
         hub=hub,
         compactor=compactor,
+        telemetry=telemetry,
+        reloader=edges.reloader,
         background=background,
         listener=listener,
     )
@@ -213,6 +263,7 @@ async def serve(config: ServerConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     running = await start_server(config)
+    loop.add_signal_handler(signal.SIGHUP, running.reloader.reload_now)
     # What start-up allocated (modules, SQLAlchemy, protobuf descriptors) lives as long
     # as the process: keep it out of the collector's full passes, which otherwise stall
     # the event loop for tens of milliseconds under a watch fan-out (p99 95 -> 65 ms
@@ -224,7 +275,16 @@ async def serve(config: ServerConfig) -> None:
     # that stall the loop. Rarer, larger young collections: with 1000 watchers after
     # make bench's unary load, p99 84 -> 60 ms (echo broadcast 47 ms), unary unchanged.
     gc.set_threshold(50_000, 50, 10)
-    log.info("ready", extra={"address": running.address, "database": redact(config.database_url)})
+    log.info(
+        "ready",
+        extra={
+            "address": running.address,
+            "database": redact(config.database_url),
+            **running.telemetry.described(),
+            "tls": "mtls" if config.tls_client_ca else "on" if config.tls_cert else "off",
+            "auth": "on" if config.auth_config else "off",
+        },
+    )
     await stopping.wait()
     log.info("shutting down", extra={"grace_s": config.shutdown_grace})
     await running.stop()
@@ -232,11 +292,5 @@ async def serve(config: ServerConfig) -> None:
 
 
 def run(config: ServerConfig) -> None:
-    """`runplane serve`: a configuration that cannot start is one line on stderr and
-    exit status 1."""
-    logs.configure(config.log_level)
-    try:
-        asyncio.run(serve(config))
-    except CannotStart as error:
-        print(f"runplane serve: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    logs.configure(config.log_level, config.log_format)
+    asyncio.run(serve(config))

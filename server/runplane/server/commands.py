@@ -1,142 +1,99 @@
-"""`runplane serve` and `runplane db upgrade`, registered into the runplane CLI."""
+"""`runplane serve`, `runplane db upgrade` and `runplane auth`: the server's commands of the
+runplane CLI.
+
+They plug into the client's `runplane` command through the `runplane.commands` entry
+points (pyproject.toml). Their flags are the flag fields of `ServerConfig` and
+`DatabaseSettings`. The server's dependencies are imported only when a command runs,
+so a client-only install can say what is missing.
+"""
 
 from __future__ import annotations
 
-import argparse
-import os
-from collections.abc import Callable
-from typing import Any
+import sys
+from dataclasses import dataclass
 
-from runplane.server import config
+import click
+
+from runplane.client.cli_support import CommandError, settings_from
+from runplane.server.config import ConfigError, ServerConfig, database_url_flag
+
+_INSTALL_HINT = "pip install 'runplane[server]'"
 
 
-def _flag(
-    parser: argparse.ArgumentParser,
-    flag: str,
-    default: str,
-    parse: Callable[[str], Any] = str,
-    **options: Any,
-) -> None:
-    """Add `flag` and its RUNPLANE_<FLAG> environment twin. The flag wins over the
-    variable, the variable over `default`; all three are parsed by `parse`."""
-    variable = "RUNPLANE_" + flag.removeprefix("--").upper().replace("-", "_")
-    parser.add_argument(
-        flag, type=parse, default=parse(os.environ.get(variable, default)), **options
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    database_url: str = database_url_flag()
+
+
+def _server_dependencies_missing(missing: ImportError) -> CommandError:
+    return CommandError(
+        f"the server's dependencies are not installed ({missing.name} is missing): {_INSTALL_HINT}"
     )
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+@click.command()
+@settings_from(ServerConfig, "config")
+def serve(config: ServerConfig) -> None:
+    """Run the runplane server: RunService, health and reflection.
 
-
-def _struct_bytes(text: str) -> int:
-    value = _positive_int(text)
-    if value > config.MAX_STRUCT_BYTES:
-        raise argparse.ArgumentTypeError(
-            f"must be at most {config.MAX_STRUCT_BYTES}, so that a run fits in a message"
-        )
-    return value
-
-
-def _duration(text: str) -> float:
+    Every flag can also be set through its RUNPLANE_<FLAG> variable, e.g.
+    RUNPLANE_DATABASE_URL. It logs one `msg=ready` line with the bound address, and
+    exits 0 after SIGTERM or SIGINT once in-flight calls have finished.
+    """
     try:
-        return config.parse_duration(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    defaults = config.ServerConfig()
-    serve = subparsers.add_parser(
-        "serve",
-        help="run the runplane server",
-        description="Serve RunService, health and reflection. Every flag can also be set "
-        "through RUNPLANE_<FLAG>, e.g. RUNPLANE_DATABASE_URL.",
-    )
-    _flag(serve, "--address", defaults.address)
-    _add_database_url(serve)
-    _flag(
-        serve,
-        "--event-retention",
-        "24h",
-        _duration,
-        help="how long the event log keeps changes for watchers to resume (default 24h)",
-    )
-    _flag(
-        serve,
-        "--max-attempts",
-        str(defaults.max_attempts),
-        _positive_int,
-        help="claims of a run before an expired lease makes it ERROR (default 3)",
-    )
-    _flag(
-        serve,
-        "--max-struct-bytes",
-        str(defaults.max_struct_bytes),
-        _struct_bytes,
-        help="largest metadata, kwargs or result accepted, in bytes "
-        f"(default 262144, at most {config.MAX_STRUCT_BYTES})",
-    )
-    _flag(
-        serve,
-        "--shutdown-grace",
-        "10s",
-        _duration,
-        help="time in-flight calls get to finish on SIGTERM (default 10s)",
-    )
-    _flag(
-        serve,
-        "--log-level",
-        "info",
-        str.lower,
-        choices=["debug", "info", "warning", "error"],
-    )
-    serve.set_defaults(func=_serve)
-
-    database = subparsers.add_parser("db", help="manage the database schema")
-    database_commands = database.add_subparsers(dest="db_command", required=True)
-    upgrade = database_commands.add_parser("upgrade", help="apply pending migrations")
-    _add_database_url(upgrade)
-    upgrade.set_defaults(func=_upgrade)
-
-
-def _add_database_url(parser: argparse.ArgumentParser) -> None:
-    _flag(
-        parser,
-        "--database-url",
-        config.DEFAULT_DATABASE_URL,
-        help="SQLAlchemy URL: sqlite:///runplane.db (default) or postgresql://user@host/db",
-    )
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from runplane.server import app
-
-    app.run(
-        config.ServerConfig(
-            address=args.address,
-            database_url=args.database_url,
-            event_retention=args.event_retention,
-            max_attempts=args.max_attempts,
-            max_struct_bytes=args.max_struct_bytes,
-            shutdown_grace=args.shutdown_grace,
-            log_level=args.log_level,
-        )
-    )
-    return 0
-
-
-def _upgrade(args: argparse.Namespace) -> int:
-    from runplane.server.store.database import Database, redact
-    from runplane.server.store.migrate import upgrade
-
-    database = Database(args.database_url)
+        from runplane.server import app
+        from runplane.server.errors import CannotStart
+    except ImportError as missing:
+        raise _server_dependencies_missing(missing) from None
     try:
-        upgrade(database.engine)
+        app.run(config)
+    except (ConfigError, CannotStart) as error:
+        raise CommandError(str(error)) from None
+
+
+@click.group()
+def db() -> None:
+    """Manage the database schema (the server also migrates at start-up)."""
+
+
+@db.command()
+@settings_from(DatabaseSettings)
+def upgrade(settings: DatabaseSettings) -> None:
+    """Apply the pending migrations."""
+    try:
+        from runplane.server.store.database import Database, redact
+        from runplane.server.store.migrate import upgrade as upgrade_schema
+    except ImportError as missing:
+        raise _server_dependencies_missing(missing) from None
+    database = Database(settings.database_url)
+    try:
+        upgrade_schema(database.engine)
     finally:
         database.dispose()
-    print(f"database {redact(args.database_url)} is at the latest schema")
-    return 0
+    click.echo(f"database {redact(settings.database_url)} is at the latest schema")
+
+
+@click.group()
+def auth() -> None:
+    """Make bearer tokens for the --auth-config file."""
+
+
+@auth.command("new-token")
+def new_token() -> None:
+    """Print a fresh random token and the tokens_sha256 entry for it."""
+    from runplane.server.identity import hash_token, new_token
+
+    token = new_token()
+    click.echo(f"token: {token}")
+    click.echo(f'tokens_sha256 = ["{hash_token(token)}"]')
+
+
+@auth.command("hash-token")
+def hash_token() -> None:
+    """Read a token on stdin and print its sha256, for tokens_sha256."""
+    from runplane.server.identity import hash_token
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        raise CommandError("no token on stdin", exit_code=2)
+    click.echo(hash_token(token))

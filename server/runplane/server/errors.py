@@ -150,6 +150,63 @@ class ServerShuttingDown(RunplaneError):
         super().__init__(f"the server is shutting down; {then}")
 
 
+class CredentialsMissing(RunplaneError):
+    """Authentication is on and the call carried neither a token nor a client certificate."""
+
+    reason = "CREDENTIALS_MISSING"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this server requires credentials: an 'authorization: Bearer <token>' metadata "
+            "entry or a client certificate"
+        )
+
+
+class CredentialsInvalid(RunplaneError):
+    """The credential presented is unknown, malformed, expired or badly signed."""
+
+    reason = "CREDENTIALS_INVALID"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"credentials rejected: {why}")
+
+
+class PermissionDenied(RunplaneError):
+    reason = "PERMISSION_DENIED"
+
+    def __init__(self, principal: str, role_needed: str, namespace: str = "") -> None:
+        details = {"role_needed": role_needed}
+        if namespace:
+            details["namespace"] = namespace
+            lacking = f"the {role_needed} role in namespace {namespace}"
+        else:
+            lacking = f"the {role_needed} role, which it holds in no namespace"
+        super().__init__(f"{principal} may not make this call: it needs {lacking}", **details)
+
+
+class TooManyWatches(RunplaneError):
+    reason = "TOO_MANY_WATCHES"
+
+    def __init__(self, principal: str, limit: int) -> None:
+        super().__init__(
+            f"{principal} already has {limit} open watches, the most this server allows; "
+            "close one first",
+            limit=str(limit),
+        )
+
+
+class RateLimited(RunplaneError):
+    """The caller exceeded its request rate; `retry_delay` seconds until a call is allowed."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, principal: str, retry_delay: float) -> None:
+        super().__init__(
+            f"{principal} is over its request rate; retry in {retry_delay:.3f} s",
+        )
+        self.retry_delay = retry_delay
+
+
 class CannotStart(Exception):
     """The server cannot start as configured (its port, its database): one line for the
     operator, who must fix the configuration; never a gRPC status."""

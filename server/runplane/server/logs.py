@@ -1,10 +1,17 @@
-"""Structured logs: one logfmt line per record (`ts=... level=... msg=... key=value`)."""
+"""Structured logs, one record per line: logfmt (`ts=... level=... msg=... key=value`) or
+a JSON object with the same fields.
+
+Fields come only from `extra=` of the call that logs: nothing here looks at requests, so
+what reaches a line is what the code chose to log (never metadata, kwargs or tokens).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
+from typing import Any
 
 # Attributes every LogRecord has; anything else came in through `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
@@ -18,27 +25,41 @@ def _value(value: object) -> str:
     return f'"{escaped}"'
 
 
-class LogfmtFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
+class _StructuredFormatter(logging.Formatter):
+    def fields(self, record: logging.LogRecord) -> dict[str, Any]:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        fields = {
+        fields: dict[str, Any] = {
             "ts": f"{stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
         fields.update({key: value for key, value in vars(record).items() if key not in _STANDARD})
-        line = " ".join(f"{key}={_value(value)}" for key, value in fields.items())
         if record.exc_info:
-            line += " traceback=" + _value(self.formatException(record.exc_info))
-        return line
+            fields["traceback"] = self.formatException(record.exc_info)
+        return fields
 
 
-def configure(level: str) -> None:
+class LogfmtFormatter(_StructuredFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{key}={_value(value)}" for key, value in self.fields(record).items())
+
+
+class JsonFormatter(_StructuredFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.fields(record), default=str, ensure_ascii=False)
+
+
+FORMATTERS: dict[str, type[logging.Formatter]] = {"logfmt": LogfmtFormatter, "json": JsonFormatter}
+
+
+def configure(level: str, log_format: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
+    handler.setFormatter(FORMATTERS[log_format]())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Audit lines are the record of who changed what: kept whatever the level.
+    logging.getLogger("runplane.audit").setLevel(logging.INFO)
     # Alembic narrates every start-up at INFO ("Context impl SQLiteImpl."...).
     logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))

@@ -33,6 +33,9 @@ from runplane.server.watch.streams import WatchService
 from runplane.server.watch.watcher import Delivery
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 
+WATCH_OPEN_METADATA = (("runplane-watch", "open"),)
+"""The headers of a watch stream that started: the bundled clients look for them."""
+
 log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
@@ -199,6 +202,10 @@ def _watch(
             if (undecodable := _undecodable.get()) is not None:
                 raise undecodable
             deliveries = await opener(self, request, context)
+            # Headers now rather than with the first message, which may be a while
+            # coming: they tell the client the watch is open, so it resumes it after a
+            # drop instead of failing as it does when the server cannot be reached.
+            await context.send_initial_metadata(WATCH_OPEN_METADATA)
             messages = self._event_messages
             async for delivery in deliveries:
                 if delivery.events and delivery.events[0].type is EventType.INITIAL:

@@ -2,13 +2,15 @@
 
 Each status carries a google.rpc.Status in the `grpc-status-details-bin` trailer
 (grpcio-status) with an ErrorInfo (domain runplane.dev, the error's reason and
-details) and, for bad input, a BadRequest listing every field violation.
+details), for bad input a BadRequest listing every field violation, and for a
+caller over its rate a RetryInfo saying when to come back.
 """
 
 from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -29,10 +31,15 @@ _CODES: dict[type[errors.RunplaneError], int] = {
     errors.StoreUnavailable: code_pb2.UNAVAILABLE,
     errors.RevisionCompacted: code_pb2.OUT_OF_RANGE,
     errors.ServerShuttingDown: code_pb2.UNAVAILABLE,
+    errors.CredentialsMissing: code_pb2.UNAUTHENTICATED,
+    errors.CredentialsInvalid: code_pb2.UNAUTHENTICATED,
+    errors.PermissionDenied: code_pb2.PERMISSION_DENIED,
+    errors.TooManyWatches: code_pb2.RESOURCE_EXHAUSTED,
+    errors.RateLimited: code_pb2.RESOURCE_EXHAUSTED,
 }
 
 
-def _packed(detail: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+def _packed(detail: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(detail)
     return packed
@@ -50,6 +57,10 @@ def from_error(error: errors.RunplaneError) -> grpc.Status:
             for v in error.violations
         ]
         details.append(_packed(error_details_pb2.BadRequest(field_violations=violations)))
+    if isinstance(error, errors.RateLimited):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(1, int(error.retry_delay * 1e9)))
+        details.append(_packed(retry))
     status = status_pb2.Status(code=_CODES[type(error)], message=error.message, details=details)
     return rpc_status.to_status(status)
 

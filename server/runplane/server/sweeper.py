@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 from runplane.server.records import Change, ChangeType, Run, RunStatus, now_us
 from runplane.server.store.database import Database
@@ -52,10 +53,17 @@ def _settle(run: Run, now: int, max_attempts: int) -> Run:
     )
 
 
+SweepListener = Callable[[list[Run]], None]
+"""Told of each completed pass and the runs it settled (metrics)."""
+
+
 class Sweeper:
-    def __init__(self, database: Database, max_attempts: int) -> None:
+    def __init__(
+        self, database: Database, max_attempts: int, on_sweep: SweepListener | None = None
+    ) -> None:
         self._db = database
         self._max_attempts = max_attempts
+        self._on_sweep = on_sweep
 
     async def sweep(self) -> list[Run]:
         """One pass; returns the runs it changed."""
@@ -73,6 +81,8 @@ class Sweeper:
             return unit.apply(changes)
 
         settled = await self._db.write(settle_stuck)
+        if self._on_sweep is not None:
+            self._on_sweep(settled)
         for run in settled:
             log.info(
                 "swept stuck run",

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, exc
 from sqlalchemy.engine import make_url
@@ -45,6 +45,23 @@ CommitListener = Callable[[list[Change]], None]
 Work = Callable[[UnitOfWork], T]
 
 
+class TransactionTimer(Protocol):
+    """Told how long each transaction took (called from the threads that run them)."""
+
+    def read(self, seconds: float) -> None: ...
+
+    def write(self, seconds: float, group_size: int) -> None:
+        """One commit of `group_size` write transactions grouped together."""
+
+
+class _Untimed:
+    def read(self, seconds: float) -> None:
+        pass
+
+    def write(self, seconds: float, group_size: int) -> None:
+        pass
+
+
 def redact(url: str) -> str:
     """The URL without its password, for logs."""
     return make_url(url).render_as_string(hide_password=True)
@@ -53,10 +70,11 @@ def redact(url: str) -> str:
 class Database:
     """Owns the engines and worker threads; runs units of work for the async server."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timer: TransactionTimer | None = None) -> None:
         """Raises CannotStart for a URL that names no database runplane can use, or a
         SQLite file it could not create or write."""
         self.url = normalize_url(url)
+        self._timer = timer or _Untimed()
         self._dialect = dialect_of(self.url)
         self._new_files = self._dialect.new_files(self.url)
         self._listeners: list[CommitListener] = []
@@ -68,7 +86,7 @@ class Database:
         self._point_unit: UnitOfWork | None = None
         self._point_connection: Connection | None = None
         self._faults = FaultLog()
-        self._writer = GroupWriter(self._write_engine, self._publish, self._faults)
+        self._writer = GroupWriter(self._write_engine, self._publish, self._timer, self._faults)
 
     @property
     def engine(self) -> Engine:
@@ -107,15 +125,23 @@ class Database:
         `work` should be a single indexed lookup: on SQLite it runs on the event loop.
         """
         if not snapshot and self._dialect.point_reads_on_loop:
-            with _translate_errors(self._faults):
-                return work(self._point_reader())
+            started = time.perf_counter()
+            try:
+                with _translate_errors(self._faults):
+                    return work(self._point_reader())
+            finally:
+                self._timer.read(time.perf_counter() - started)
 
         def transaction() -> T:
-            with _translate_errors(self._faults), self._read_engine.connect() as connection:
-                if snapshot:
-                    self._dialect.begin_snapshot(connection)
-                with connection.begin():
-                    return work(UnitOfWork(connection, self._dialect))
+            started = time.perf_counter()
+            try:
+                with _translate_errors(self._faults), self._read_engine.connect() as connection:
+                    if snapshot:
+                        self._dialect.begin_snapshot(connection)
+                    with connection.begin():
+                        return work(UnitOfWork(connection, self._dialect))
+            finally:
+                self._timer.read(time.perf_counter() - started)
 
         return await asyncio.get_running_loop().run_in_executor(self._read_pool, transaction)
 
@@ -175,9 +201,12 @@ class GroupWriter:
 
     MAX_GROUP = 64
 
-    def __init__(self, engine: Engine, publish: CommitListener, faults: FaultLog) -> None:
+    def __init__(
+        self, engine: Engine, publish: CommitListener, timer: TransactionTimer, faults: FaultLog
+    ) -> None:
         self._engine = engine
         self._publish = publish
+        self._timer = timer
         self._faults = faults
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="runplane-db-write", daemon=True)
@@ -205,7 +234,9 @@ class GroupWriter:
                     self._queue.put(None)  # finish this group, then stop
                     break
                 group.append(queued)
+            started = time.perf_counter()
             outcomes, changes = self._commit(group)
+            self._timer.write(time.perf_counter() - started, len(group))
             group[0].loop.call_soon_threadsafe(self._deliver, group, outcomes, changes)
 
     def _deliver(self, group: list[_Job[Any]], outcomes: list[Any], changes: list[Change]) -> None:

@@ -23,6 +23,8 @@ class Compactor:
     def __init__(self, database: Database, retention: float) -> None:
         self._db = database
         self._retention_us = int(retention * 1_000_000)
+        self.compact_revision = 0
+        """Where the log began after this replica's last round (0 before its first)."""
 
     async def compact_now(self) -> LogState | None:
         """One round: batches until nothing older than the retention is left.
@@ -35,6 +37,7 @@ class Compactor:
             if done is None:
                 return None
             if done.removed < BATCH_SIZE:
+                self.compact_revision = done.state.compact_revision
                 log.debug(
                     "event log compacted", extra={"compact_revision": done.state.compact_revision}
                 )

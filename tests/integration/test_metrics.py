@@ -1,0 +1,255 @@
+"""`/metrics` of a real server after scripted workloads: the exact counts they imply.
+
+Each test starts its own server with `--metrics-address 127.0.0.1:0` on SQLite and on
+PostgreSQL, drives it through raw stubs or the client, scrapes `/metrics` over HTTP and
+reads the samples with prometheus_client's parser.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import generate_latest
+
+from runplane.client import Client, RunStatus
+from runplane.server.config import ServerConfig
+from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
+from tests.support.databases import database_url
+from tests.support.scrape import Samples, parse, rpc, scrape, value
+from tests.support.servers import ServerThread
+from tests.support.watching import cancel
+
+
+@pytest.fixture
+def metered(backend: str, tmp_path: Path) -> Iterator[ServerThread]:
+    """A fresh server with metrics on (every count starts at zero) and max_attempts 2."""
+    with database_url(backend, tmp_path) as url:
+        config = ServerConfig(
+            address="127.0.0.1:0", database_url=url, metrics_address="127.0.0.1:0", max_attempts=2
+        )
+        running = ServerThread(config).start()
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+def handled(method: str, code: str, samples: Samples) -> float:
+    return rpc(samples, "grpc_server_handled_total", method, grpc_code=code)
+
+
+def _metrics_address(server: ServerThread) -> str:
+    endpoint = server.running.telemetry.endpoint
+    assert endpoint is not None
+    return endpoint.address
+
+
+def _create(stub: run_service_pb2_grpc.RunServiceStub, **fields: object) -> run_pb2.Run:
+    request = run_service_pb2.CreateRunRequest(assistant_id="metered", **fields)  # type: ignore[arg-type]
+    run: run_pb2.Run = stub.CreateRun(request, timeout=10)
+    return run
+
+
+def test_grpc_series_count_every_call_with_its_code(metered: ServerThread) -> None:
+    with grpc.insecure_channel(metered.address) as channel:
+        stub = run_service_pb2_grpc.RunServiceStub(channel)
+        thread = str(uuid.uuid4())
+        reject = run_pb2.MULTITASK_STRATEGY_REJECT
+        busy = _create(stub, thread_id=thread, multitask_strategy=reject)
+        _create(stub)
+        _create(stub)
+        with pytest.raises(grpc.RpcError) as refused:
+            _create(stub, thread_id=thread, multitask_strategy=reject)
+        assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # THREAD_BUSY
+        stub.GetRun(run_service_pb2.GetRunRequest(run_id=busy.run_id), timeout=10)
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.GetRun(run_service_pb2.GetRunRequest(run_id=str(uuid.uuid4())), timeout=10)
+        assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as unserved:
+            stub.GetStats(run_service_pb2.GetStatsRequest(), timeout=10)
+        assert unserved.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        # A long poll cut by its deadline: the server's handler is cancelled at the deadline.
+        with pytest.raises(grpc.RpcError) as late:
+            stub.ClaimRun(
+                run_service_pb2.ClaimRunRequest(
+                    worker_id="w", assistant_ids=["nobody"], wait=_seconds(30)
+                ),
+                timeout=0.5,
+            )
+        assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+    samples = scrape(_metrics_address(metered))
+    assert rpc(samples, "grpc_server_started_total", "CreateRun") == 4
+    assert handled("CreateRun", "OK", samples) == 3
+    assert handled("CreateRun", "FailedPrecondition", samples) == 1
+    assert rpc(samples, "grpc_server_msg_received_total", "CreateRun") == 4
+    assert rpc(samples, "grpc_server_msg_sent_total", "CreateRun") == 3  # none for the refusal
+    assert rpc(samples, "grpc_server_handling_seconds_count", "CreateRun") == 4
+    assert handled("GetRun", "OK", samples) == 1
+    assert handled("GetRun", "NotFound", samples) == 1
+    assert handled("GetStats", "Unimplemented", samples) == 1
+    assert handled("ClaimRun", "DeadlineExceeded", samples) == 1
+
+
+def test_stream_series_count_messages_events_and_ends(metered: ServerThread) -> None:
+    with grpc.insecure_channel(metered.address) as channel:
+        stub = run_service_pb2_grpc.RunServiceStub(channel)
+        busy = _create(stub)
+        # A WatchRun that ends by itself: the run's state, then the change that ends it.
+        stream = iter(
+            stub.WatchRun(run_service_pb2.WatchRunRequest(run_id=busy.run_id), timeout=10)
+        )
+        first = next(stream)
+        stub.CancelRun(run_service_pb2.CancelRunRequest(run_id=busy.run_id), timeout=10)
+        watched = [first, *stream]
+        assert [len(message.events) for message in watched] == [1, 1]
+
+        # A WatchRuns that the client cancels after the opening bookmark and two creates.
+        call = stub.WatchRuns(run_service_pb2.WatchRunsRequest(), timeout=10)
+        feed = iter(call)
+        received = [next(feed)]
+        _create(stub)
+        _create(stub)
+        while sum(len(message.events) for message in received) < 2:
+            received.append(next(feed))
+        cancel(call)
+
+    samples = _eventually(metered, lambda s: handled("WatchRuns", "Canceled", s) == 1)
+    assert handled("CancelRun", "OK", samples) == 1
+    assert rpc(samples, "grpc_server_started_total", "WatchRun") == 1
+    assert handled("WatchRun", "OK", samples) == 1
+    assert rpc(samples, "grpc_server_msg_sent_total", "WatchRun") == len(watched)
+    # Streams are timed to their first message: one observation per stream.
+    assert rpc(samples, "grpc_server_handling_seconds_count", "WatchRun") == 1
+    assert rpc(samples, "grpc_server_msg_sent_total", "WatchRuns") >= len(received)
+    assert rpc(samples, "grpc_server_handling_seconds_count", "WatchRuns") == 1
+    events = sum(len(message.events) for message in [*watched, *received])
+    assert value(samples, "runplane_watch_events_sent_total") == events
+    assert value(samples, "runplane_watch_streams") == 0
+    assert value(samples, "runplane_store_revision") == 4  # three creates and a cancel
+
+
+def test_bidi_stream_counts_each_message_both_ways(metered: ServerThread) -> None:
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="runplane.v1.RunService"),
+    ]
+    with grpc.insecure_channel(metered.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
+    assert len(responses) == 2
+
+    samples = scrape(_metrics_address(metered))
+    labels = {
+        "grpc_service": "grpc.reflection.v1alpha.ServerReflection",
+        "grpc_method": "ServerReflectionInfo",
+        "grpc_type": "bidi_stream",
+    }
+    assert value(samples, "grpc_server_started_total", **labels) == 1
+    assert value(samples, "grpc_server_msg_received_total", **labels) == 2
+    assert value(samples, "grpc_server_msg_sent_total", **labels) == 2
+    assert value(samples, "grpc_server_handled_total", grpc_code="OK", **labels) == 1
+
+
+def test_watch_ended_by_shutdown_counts_unavailable(backend: str, tmp_path: Path) -> None:
+    with database_url(backend, tmp_path) as url:
+        config = ServerConfig(
+            address="127.0.0.1:0", database_url=url, metrics_address="127.0.0.1:0"
+        )
+        server = ServerThread(config).start()
+        try:
+            with grpc.insecure_channel(server.address) as channel:
+                stub = run_service_pb2_grpc.RunServiceStub(channel)
+                feed = iter(stub.WatchRuns(run_service_pb2.WatchRunsRequest(), timeout=30))
+                next(feed)  # the opening bookmark: the stream is open
+                assert value(scrape(_metrics_address(server)), "runplane_watch_streams") == 1
+                server.call(server.running.stop(grace=5))
+                with pytest.raises(grpc.RpcError) as ended:
+                    list(feed)
+                assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+            # The endpoint closed with the server: read the registry it served.
+            metrics = server.running.telemetry.metrics
+            assert metrics is not None
+            samples = parse(generate_latest(metrics.registry).decode())
+        finally:
+            server.stop()
+    assert rpc(samples, "grpc_server_handled_total", "WatchRuns", grpc_code="Unavailable") == 1
+    assert value(samples, "runplane_watch_streams") == 0
+
+
+def test_domain_series_follow_a_scripted_lifecycle(metered: ServerThread) -> None:
+    with Client(metered.address) as client:
+        # A: claimed twice, its lease lapsing each time: requeued, then failed (2 attempts).
+        lapsing = client.create_run("lapsing")
+        assert client.claim_run("w", assistant_ids=["lapsing"], lease_duration=0.2) is not None
+        _wait_for(client, lapsing.run_id, RunStatus.PENDING)
+        assert client.claim_run("w", assistant_ids=["lapsing"], lease_duration=0.2) is not None
+        _wait_for(client, lapsing.run_id, RunStatus.ERROR)
+        # B: runs past its timeout.
+        slow = client.create_run("slow", timeout=0.3)
+        assert client.claim_run("w", assistant_ids=["slow"], lease_duration=60) is not None
+        _wait_for(client, slow.run_id, RunStatus.TIMEOUT)
+        # C: succeeds. D: interrupted before anyone claimed it.
+        done = client.create_run("done")
+        assert client.claim_run("w", assistant_ids=["done"]) is not None
+        client.complete_run(done.run_id, "w", RunStatus.SUCCESS)
+        dropped = client.create_run("dropped")
+        client.cancel_run(dropped.run_id)
+
+    samples = scrape(_metrics_address(metered))
+
+    def transitions(status: str) -> float:
+        return value(samples, "runplane_run_transitions_total", namespace="default", status=status)
+
+    assert transitions("pending") == 5  # four creates, one requeue
+    assert transitions("running") == 4  # A twice, B, C
+    assert transitions("error") == 1
+    assert transitions("timeout") == 1
+    assert transitions("success") == 1
+    assert transitions("interrupted") == 1
+    for outcome in ("timeout", "requeued", "failed"):
+        assert value(samples, "runplane_sweeps_total", outcome=outcome) == 1
+    for status in ("error", "timeout", "success"):
+        assert value(samples, "runplane_run_duration_seconds_count", status=status) == 1
+    assert value(samples, "runplane_run_duration_seconds_count", status="interrupted") == 0
+    # B ran from its claim until the sweeper saw it past 0.3 s.
+    assert value(samples, "runplane_run_duration_seconds_sum", status="timeout") >= 0.3
+    assert value(samples, "runplane_claim_wait_seconds_count") == 4
+    assert value(samples, "runplane_sweeper_last_success_timestamp_seconds") > time.time() - 10
+    writes = value(samples, "runplane_db_transaction_seconds_count", kind="write")
+    assert writes >= 1
+    assert value(samples, "runplane_db_group_commit_size_count") == writes
+    # Every committed transaction is in some group: at least the changes made here.
+    assert value(samples, "runplane_db_group_commit_size_sum") >= 13
+    assert value(samples, "runplane_db_transaction_seconds_count", kind="read") >= 1
+
+
+def _seconds(value: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(value * 1e9))
+    return duration
+
+
+def _wait_for(client: Client, run_id: str, status: RunStatus, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while (run := client.get_run(run_id)).status is not status:
+        assert time.monotonic() < deadline, f"run stayed {run.status}, never {status}"
+        time.sleep(0.05)
+
+
+def _eventually(
+    server: ServerThread, done: Callable[[Samples], bool], timeout: float = 10
+) -> Samples:
+    """Scrape until `done(samples)`: a stream's end is counted after its client saw it."""
+    deadline = time.monotonic() + timeout
+    while not done(samples := scrape(_metrics_address(server))):
+        assert time.monotonic() < deadline, "the metrics never showed the workload's end"
+        time.sleep(0.05)
+    return samples
