@@ -87,9 +87,7 @@ def test_create_run_carries_the_new_fields_as_given() -> None:
 texts = st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=["Cs"]))
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | texts,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
     max_leaves=30,
 )
 
