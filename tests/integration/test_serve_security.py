@@ -181,7 +181,7 @@ def test_audit_lines_survive_a_quiet_log_level(tmp_path: Path) -> None:
     audit = [line for line in logs.splitlines() if "logger=runplane.audit" in line]
     assert len(audit) == 1, logs
     assert (
-        f'principal=anonymous method=CreateRun namespace="" run_id={run.run_id} code=OK'
+        f"principal=anonymous method=CreateRun namespace=default run_id={run.run_id} code=OK"
         in (audit[0])
     )
 
