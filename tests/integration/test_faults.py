@@ -178,20 +178,24 @@ def test_connections_killed_mid_write_lose_nothing_acknowledged() -> None:
                 writers = [threading.Thread(target=write) for _ in range(8)]
                 for writer in writers:
                     writer.start()
+                killed = 0
                 with psycopg.connect(
                     admin.render_as_string(hide_password=False), autocommit=True
                 ) as connection:
                     for _ in range(15):
                         time.sleep(0.1)
-                        connection.execute(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = %s AND pid <> pg_backend_pid()",
+                        found = connection.execute(
+                            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                            "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                             (name,),
-                        )
+                        ).fetchone()
+                        killed += found[0] if found else 0
                 done.set()
                 for writer in writers:
                     writer.join(30)
-                assert writes.refused, "no write met a killed connection"
+                # A group whose connection died is retried member by member on fresh
+                # connections, so writers may never notice; reads may see UNAVAILABLE.
+                assert killed > 15
                 assert len(writes.acknowledged) > 20
                 assert serving(channel)
                 writes.check(stub)

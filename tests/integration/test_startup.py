@@ -36,7 +36,7 @@ def failed_start(workdir: Path, *args: str) -> str:
     lines = result.stderr.splitlines()
     assert result.returncode == 1, result.stderr
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("runplane serve: ")
+    assert lines[0].startswith("error: ")
     assert "Traceback" not in result.stderr
     assert sorted(workdir.iterdir()) == before
     return lines[0]
@@ -57,7 +57,8 @@ def test_a_port_in_use(tmp_path: Path, taken_port: int) -> None:
 
 
 def test_an_address_that_is_not_one(tmp_path: Path) -> None:
-    assert "not a host:port address" in failed_start(tmp_path, "--address", "nowhere")
+    line = failed_start(tmp_path, "--insecure", "--address", "nowhere")
+    assert "not a host:port address" in line
 
 
 @pytest.mark.postgres
