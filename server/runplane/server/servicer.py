@@ -16,7 +16,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -266,7 +266,8 @@ class EventMessages:
         if found is None:
             found = []
             size = 0
-            for response, response_size in self._cut(delivery):
+            encoded = (self._encoded(event) for event in delivery.events)
+            for response, response_size in _batched(encoded, delivery.revision):
                 found.append(response)
                 size += response_size
             self._responses.put(key, found, size)
@@ -274,22 +275,17 @@ class EventMessages:
 
     async def initial(self, delivery: Delivery) -> AsyncIterator[run_service_pb2.WatchRunsResponse]:
         """An initial state (INITIAL events, all at the revision R it was read at) as
-        messages under the size limit, each at R, converted a slice at a time so that
-        other calls are served meanwhile. The stream's next message, a bookmark at R,
-        says it is complete."""
-        batch: list[run_pb2.RunEvent] = []
-        size = 0
+        messages under the size limit, each at R; the stream's next message, a bookmark at
+        R, says it is complete. Converted a slice at a time, so that other calls are
+        served meanwhile, and never kept: no other stream sends the same."""
+        encoded = []
         for index, event in enumerate(delivery.events):
             if index and not index % _CONVERT_SLICE:
                 await asyncio.sleep(0)
             message = convert.event_to_proto(event)
-            message_size = message.ByteSize()
-            if batch and size + message_size > MAX_MESSAGE_BYTES:
-                yield run_service_pb2.WatchRunsResponse(events=batch, revision=delivery.revision)
-                batch, size = [], 0
-            batch.append(message)
-            size += message_size
-        yield run_service_pb2.WatchRunsResponse(events=batch, revision=delivery.revision)
+            encoded.append((message, message.ByteSize()))
+        for response, _ in _batched(encoded, delivery.revision):
+            yield response
 
     def _encoded(self, event: RunEvent) -> tuple[run_pb2.RunEvent, int]:
         """The event's message and its size in bytes."""
@@ -300,21 +296,23 @@ class EventMessages:
             self._events.put(event.revision, found, found[1])
         return found
 
-    def _cut(self, delivery: Delivery) -> Iterator[tuple[run_service_pb2.WatchRunsResponse, int]]:
-        """The messages of a delivery, and their sizes."""
-        batch: list[run_pb2.RunEvent] = []
-        size = 0
-        for event in delivery.events:
-            message, message_size = self._encoded(event)
-            if batch and size + message_size > MAX_MESSAGE_BYTES:
-                yield (
-                    run_service_pb2.WatchRunsResponse(events=batch, revision=batch[-1].revision),
-                    size,
-                )
-                batch, size = [], 0
-            batch.append(message)
-            size += message_size
-        yield run_service_pb2.WatchRunsResponse(events=batch, revision=delivery.revision), size
+
+def _batched(
+    encoded: Iterable[tuple[run_pb2.RunEvent, int]], revision: int
+) -> Iterator[tuple[run_service_pb2.WatchRunsResponse, int]]:
+    """Events (with their sizes) as messages of at most MAX_MESSAGE_BYTES unless one
+    event alone is larger, and the size of each; every message but the last carries
+    its last event's revision (events of one revision are never apart but INITIAL
+    events, which all carry the state's), the last one `revision`."""
+    batch: list[run_pb2.RunEvent] = []
+    size = 0
+    for message, message_size in encoded:
+        if batch and size + message_size > MAX_MESSAGE_BYTES:
+            yield run_service_pb2.WatchRunsResponse(events=batch, revision=batch[-1].revision), size
+            batch, size = [], 0
+        batch.append(message)
+        size += message_size
+    yield run_service_pb2.WatchRunsResponse(events=batch, revision=revision), size
 
 
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
