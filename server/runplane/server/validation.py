@@ -49,6 +49,7 @@ MAX_REPORTED_VIOLATIONS = 10
 """Violations listed in one error: the details travel in a trailer, which clients cap."""
 ECHO = 80
 """Characters of a caller's value quoted back in an error message, at most."""
+NUL_REFUSED = "contains a NUL character, which no string may contain"
 # Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 # Duration's valid range: about +-10,000 years. In microseconds, a Duration added to
@@ -139,9 +140,6 @@ class _Violations:
             )
             return None
         return value
-
-
-NUL_REFUSED = "contains a NUL character, which no string may contain"
 
 
 def _echo(value: str) -> str:
