@@ -24,12 +24,11 @@ from tests.support.hostile import (
     assert_clean,
     nested,
     raw_call,
-    refused,
     store_revision,
     struct,
 )
 from tests.support.servers import ServerThread
-from tests.support.stubs import Failure
+from tests.support.stubs import Failure, refused
 from tests.support.watching import cancel
 
 pb = run_service_pb2

@@ -3,16 +3,14 @@ not decode; and how a test sees that the server refused it and changed nothing."
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import grpc
-import pytest
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runplane.v1 import run_service_pb2, run_service_pb2_grpc
-from tests.support.stubs import Failure, failure
+from tests.support.stubs import Failure
 
 RUN_SERVICE = run_service_pb2.DESCRIPTOR.services_by_name["RunService"]
 ALLOWED_DEPTH = 31
@@ -44,12 +42,6 @@ def struct(document: dict[str, Any]) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.update(document)
     return message
-
-
-def refused(call: Callable[[], object]) -> Failure:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return failure(caught.value)
 
 
 def store_revision(stub: run_service_pb2_grpc.RunServiceStub) -> int:
