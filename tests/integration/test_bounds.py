@@ -382,16 +382,25 @@ def test_filters_too_large_for_the_store_are_refused_with_the_limit(stub: Stub) 
 # -- Sizes of runs and responses ---------------------------------------------------------------
 
 
-def big(tag: str, size: int = 250_000) -> dict[str, Any]:
-    return {"tag": tag, "blob": "x" * size}
+def big(tag: str, size: int = 250_000, char: str = "x") -> dict[str, Any]:
+    return {"tag": tag, "blob": char * size}
 
 
-def test_a_page_too_large_for_one_response_is_cut_and_continues(stub: Stub) -> None:
+@pytest.mark.parametrize(("runs", "blob", "char"), [(12, 250_000, "x"), (90, 4_000, "\x01")])
+def test_a_page_too_large_for_one_response_is_cut_and_continues(
+    stub: Stub, runs: int, blob: int, char: str
+) -> None:
+    """Large runs: the page is cut as it is sent. Many runs that look large in memory
+    (a control character takes 4 characters in their repr, 1 byte on the wire): the page
+    is cut as it is read, before the response would be."""
     thread_id = new_id()
     created = [
-        create(stub, thread_id=thread_id, metadata=big("m"), kwargs=big("k")) for _ in range(12)
+        create(
+            stub, thread_id=thread_id, metadata=big("m", blob, char), kwargs=big("k", blob, char)
+        )
+        for _ in range(runs)
     ]
-    request = pb.ListRunsRequest(filter=pb.RunFilter(thread_id=thread_id), page_size=12)
+    request = pb.ListRunsRequest(filter=pb.RunFilter(thread_id=thread_id), page_size=runs)
     seen: list[str] = []
     pages = 0
     while True:
