@@ -16,8 +16,10 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
+from runplane.server.config import ServerConfig
 from runplane.server.sweeper import Sweeper
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
+from tests.support.databases import fresh_postgres_database
 from tests.support.hostile import (
     ALLOWED_DEPTH,
     RUN_SERVICE,
@@ -357,6 +359,30 @@ def test_a_token_of_another_query_keeps_its_clear_message(stub: Stub) -> None:
     token = page_token(stub, run_filter)
     found = refused_unchanged(stub, lambda: stub.ListRuns(pb.ListRunsRequest(page_token=token)))
     assert "different filter or order_by" in found.violations["page_token"]
+
+
+@pytest.mark.postgres
+def test_replicas_accept_each_others_tokens() -> None:
+    """The key is the database's: a token one replica issued pages on with another."""
+    with fresh_postgres_database() as url:
+        replicas = [
+            ServerThread(ServerConfig(address="127.0.0.1:0", database_url=url)).start()
+            for _ in range(2)
+        ]
+        try:
+            with (
+                grpc.insecure_channel(replicas[0].address) as first,
+                grpc.insecure_channel(replicas[1].address) as second,
+            ):
+                one = run_service_pb2_grpc.RunServiceStub(first)
+                other = run_service_pb2_grpc.RunServiceStub(second)
+                run_filter = pb.RunFilter(thread_id=new_id())
+                token = page_token(one, run_filter)
+                request = pb.ListRunsRequest(filter=run_filter, page_size=1, page_token=token)
+                assert len(other.ListRuns(request).runs) == 1
+        finally:
+            for replica in replicas:
+                replica.stop()
 
 
 # -- Filter sizes ------------------------------------------------------------------------------
