@@ -24,15 +24,10 @@ _REPLICA_POLL_S = 5.0
 
 
 class ClaimService:
-    def __init__(
-        self,
-        database: Database,
-        doorbell: Doorbell,
-        limits: validation.Limits | None = None,
-    ) -> None:
+    def __init__(self, database: Database, doorbell: Doorbell, limits: validation.Limits) -> None:
         self._db = database
         self._doorbell = doorbell
-        self._limits = limits or validation.Limits()
+        self._limits = limits
         self._draining = False
 
     def drain(self) -> None:

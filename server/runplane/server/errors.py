@@ -103,7 +103,7 @@ class RevisionMismatch(RunplaneError):
 
 class StoreUnavailable(RunplaneError):
     """The database cannot serve the call now (down, unreachable, out of disk space...):
-    nothing was written, and the call may be retried."""
+    a write happened whole or not at all, and the call may be retried."""
 
     reason = "STORE_UNAVAILABLE"
 

@@ -279,12 +279,12 @@ class _GroupFailed(Exception):
 
 @contextlib.contextmanager
 def _translate_errors(faults: FaultLog) -> Iterator[None]:
-    """Storage faults become StoreUnavailable (retryable: nothing was written); SQL text
-    and parameters never travel further, nor into the log."""
+    """Storage faults become StoreUnavailable (retryable); SQL text and parameters never
+    travel further, nor into the log."""
     try:
         yield
     except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as error:
-        why = storage_fault(error)
+        why = _storage_fault(error)
         if why is None:
             raise
         faults.report(why, type(getattr(error, "orig", error)).__name__)
@@ -315,7 +315,7 @@ _SQLITE_ERRORS = {
 }
 
 
-def storage_fault(error: exc.DBAPIError | exc.TimeoutError) -> str | None:
+def _storage_fault(error: exc.DBAPIError | exc.TimeoutError) -> str | None:
     """What is wrong with the database, when `error` is a fault of storage or of the
     connection rather than of the statement; None otherwise."""
     if isinstance(error, exc.TimeoutError):
