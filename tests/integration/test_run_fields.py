@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
-from tests.support.stubs import Failure, failure, run_service
+from tests.support.stubs import refused, run_service
 from tests.support.watching import cancel
 
 pb = run_service_pb2
@@ -38,12 +38,6 @@ def struct(**values: Any) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.update(values)
     return message
-
-
-def refused(call: Callable[[], object]) -> Failure:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return failure(caught.value)
 
 
 def thread_runs(stub: Stub, thread_id: str) -> list[run_pb2.Run]:

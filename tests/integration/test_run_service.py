@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
-from tests.support.stubs import Failure, failure, run_service
+from tests.support.stubs import refused, run_service
 
 Stub = run_service_pb2_grpc.RunServiceStub
 PENDING, RUNNING = run_pb2.RUN_STATUS_PENDING, run_pb2.RUN_STATUS_RUNNING
@@ -39,12 +39,6 @@ def create(stub: Stub, **fields: Any) -> run_pb2.Run:
         if isinstance(fields.get(name), dict):
             fields[name] = struct(**fields[name])
     return stub.CreateRun(run_service_pb2.CreateRunRequest(**fields))
-
-
-def refused(call: Callable[[], object]) -> Failure:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return failure(caught.value)
 
 
 def new_id() -> str:

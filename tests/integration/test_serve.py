@@ -78,6 +78,7 @@ def test_serve_defaults_to_sqlite_file_in_working_directory(tmp_path: Path) -> N
 @pytest.mark.timeout(60)
 def test_serve_reads_flags_from_environment_twins(tmp_path: Path) -> None:
     database = tmp_path / "elsewhere" / "runs.db"
+    database.parent.mkdir()
     env = {"RUNPLANE_DATABASE_URL": f"sqlite:///{database}"}
     with serving(tmp_path, env=env) as (process, _):
         assert stop(process)[0] == 0

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -48,3 +49,10 @@ def failure(error: grpc.RpcError) -> Failure:
         elif detail.Unpack(bad_request):
             found.violations = {v.field: v.description for v in bad_request.field_violations}
     return found
+
+
+def refused(call: Callable[[], object]) -> Failure:
+    """What a call that must fail told its caller."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return failure(caught.value)

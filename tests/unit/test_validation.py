@@ -4,11 +4,14 @@ the domain receives them (the served RPCs are tested through real servers)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from runplane.server import requests, validation
+from runplane.server import convert, requests, validation
 from runplane.server.errors import InvalidInput
 from runplane.server.records import CancelAction, RetryPolicy, RunFilter
 from runplane.v1 import run_pb2, run_service_pb2
@@ -79,3 +82,41 @@ def test_create_run_carries_the_new_fields_as_given() -> None:
     created = validation.create_run(message, LIMITS)
     assert (created.namespace, created.priority, created.created_by) == ("default", 5, "anonymous")
     assert created.retry_policy == RetryPolicy(max_attempts=3, initial_backoff=2_000_000)
+
+
+texts = st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=["Cs"]))
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | texts,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(st.dictionaries(texts, json_values, max_size=5))
+def test_documents_convert_as_protobufs_json_format_does(document: dict[str, Any]) -> None:
+    message = struct_pb2.Struct()
+    message.update(document)
+    converted = convert.document(message, max_depth=1000)
+    assert converted == json_format.MessageToDict(message)
+    assert [type(value) for value in converted.values()] == [
+        type(value) for value in json_format.MessageToDict(message).values()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("document", "says"),
+    [
+        ({"a": float("nan")}, "holds nan"),
+        ({"a": [1, float("-inf")]}, "holds -inf"),
+        ({"a\0": 1}, "key with a NUL"),
+        ({"a": ["x\0"]}, "string with a NUL"),
+        ({"a": {"b": {}}}, "more than 2 levels deep"),
+        ({"a": [[]]}, "more than 2 levels deep"),
+    ],
+)
+def test_documents_without_a_stored_form_are_refused(document: dict[str, Any], says: str) -> None:
+    message = struct_pb2.Struct()
+    message.update(document)
+    with pytest.raises(ValueError, match=says):
+        convert.document(message, max_depth=2)

@@ -125,7 +125,11 @@ class Resumption:
             # INITIAL events carry the snapshot's revision, like the message.
             if event.revision > self._seen or event.type == run_pb2.EVENT_TYPE_INITIAL
         ]
-        self._seen = max(self._seen, response.revision)
+        initial_state = response.events and response.events[0].type == run_pb2.EVENT_TYPE_INITIAL
+        if not (initial_state and self._watch.rpc == "WatchRuns"):
+            # A WatchRuns initial state may span messages; it is whole only at the bookmark
+            # after them: a stream that drops before it starts over.
+            self._seen = max(self._seen, response.revision)
         return events
 
     def pause_or_raise(self, error: grpc.RpcError) -> float:

@@ -7,9 +7,11 @@ process around it: logging, signals, the readiness line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -22,13 +24,15 @@ from runplane.server.cache import RunCache
 from runplane.server.claims import ClaimService
 from runplane.server.config import ServerConfig
 from runplane.server.doorbell import Doorbell
+from runplane.server.errors import CannotStart
 from runplane.server.guard import CallGuard
 from runplane.server.identity import Authenticator
 from runplane.server.limits import RateLimiter, WatchCounter
+from runplane.server.pages import PageTokens
 from runplane.server.periodic import PeriodicTask
 from runplane.server.reloading import Reloadable, Reloader
 from runplane.server.runs import RunService
-from runplane.server.servicer import RunServicer
+from runplane.server.servicer import RunServicer, add_to_server
 from runplane.server.store.database import Database, redact
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.notifications import ChangeListener
@@ -37,11 +41,17 @@ from runplane.server.telemetry import Telemetry
 from runplane.server.watch.compaction import Compactor
 from runplane.server.watch.hub import WatchHub
 from runplane.server.watch.streams import WatchService
-from runplane.v1 import run_service_pb2, run_service_pb2_grpc
+from runplane.v1 import run_service_pb2
 
 log = logging.getLogger("runplane.server")
 
 RUN_SERVICE_NAME = run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
+
+
+_QUIET_S = 0.25
+"""A draining server stops once no call came for this long..."""
+_REFUSALS_S = 2.0
+"""...or once it has refused calls for this long, whichever comes first."""
 
 
 @dataclass
@@ -54,6 +64,7 @@ class RunningServer:
     port: int
     grpc_server: grpc.aio.Server
     health: health_aio.HealthServicer
+    servicer: RunServicer
     database: Database
     hub: WatchHub
     compactor: Compactor
@@ -66,12 +77,26 @@ class RunningServer:
     listener: ChangeListener | None
 
     async def stop(self, grace: float | None = None) -> None:
-        """Turn NOT_SERVING, end the watches (a last bookmark, then UNAVAILABLE), let
-        in-flight unary calls finish within `grace`, release the database.
+        """Turn NOT_SERVING and refuse new calls (UNAVAILABLE), end waiting claims (empty)
+        and the watches (a last bookmark, then UNAVAILABLE), let in-flight unary calls
+        finish within `grace`, release the database.
         """
+        grace = self.config.shutdown_grace if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        self.servicer.drain()
         await self.hub.close()
-        await self.grpc_server.stop(self.config.shutdown_grace if grace is None else grace)
+        # In-flight calls finish; new ones are refused until callers have heard and
+        # gone quiet (a while at most: some retry in a loop), then grpc stops.
+        # Calls still running after the grace are cancelled by grpc.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self.servicer.calls.settled(quiet=0.0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(_REFUSALS_S, max(0.0, deadline - loop.time()))):
+                await self.servicer.calls.settled(quiet=_QUIET_S)
+        await self.grpc_server.stop(max(0.0, deadline - loop.time()))
         for task in self.background:
             await task.stop()
         if self.listener is not None:
@@ -112,11 +137,61 @@ def _edges(config: ServerConfig) -> _Edges:
     return _Edges(certificates, guard, Reloader(reloadable), bool(reloadable))
 
 
+def _check_address(address: str) -> None:
+    """CannotStart if `address` cannot be served, checked before anything else is done
+    (grpc would say so only after the database was opened, and in several lines)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(
+            host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (ValueError, OSError) as error:
+        raise CannotStart(f"cannot serve {address}: not a host:port address ({error})") from None
+    for family, kind, protocol, _, where in found:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+            except OSError as error:
+                raise CannotStart(f"cannot serve {address}: {error.strerror}") from None
+
+
 async def start_server(config: ServerConfig) -> RunningServer:
-    edges = _edges(config)  # first: no database file is made for a refused start
+    """Bind, open and migrate the database, start serving. A configuration that cannot
+    work raises ConfigError or CannotStart, and a SQLite file created meanwhile is
+    removed."""
+    # Settings and the address first: a refused start makes no database file.
+    edges = _edges(config)
+    _check_address(config.address)
     telemetry = Telemetry.configure(config)
-    database = Database(config.database_url, timer=telemetry.metrics)
+    try:
+        database = Database(config.database_url, timer=telemetry.metrics)
+    except BaseException:
+        telemetry.close()
+        raise
+    try:
+        return await _start(config, edges, telemetry, database)
+    except BaseException:
+        await asyncio.to_thread(database.dispose, discard_new_files=True)
+        await asyncio.to_thread(telemetry.close)
+        raise
+
+
+async def _start(
+    config: ServerConfig, edges: _Edges, telemetry: Telemetry, database: Database
+) -> RunningServer:
+    # Telemetry outermost, so calls the guard refuses are counted and traced too.
+    server = grpc.aio.server(
+        interceptors=[*telemetry.interceptors(principal=identity.caller_name), edges.guard],
+        options=transport.options(config),
+    )
+    try:
+        port = edges.bind(server, config.address)
+    except RuntimeError:
+        raise CannotStart(f"cannot serve {config.address}: the address is in use") from None
     await asyncio.to_thread(upgrade, database.engine)
+    tokens = PageTokens(await database.read(lambda unit: unit.secret("page_tokens")))
     hub = WatchHub(database, poll_interval=config.watch_poll_interval)
     await hub.start()
     doorbell = Doorbell()
@@ -137,21 +212,16 @@ async def start_server(config: ServerConfig) -> RunningServer:
         listener = ChangeListener(database.url, changed_on_some_replica)
         background.append(PeriodicTask("change-listener", listener.listen, interval=0))
     telemetry.attach(database, hub, compactor)
-    # Telemetry outermost, so calls the guard refuses are counted and traced too.
-    server = grpc.aio.server(
-        interceptors=[*telemetry.interceptors(principal=identity.caller_name), edges.guard],
-        options=transport.options(config),
-    )
     database.on_commit(doorbell.ring_for)
     cache = None if database.shared else RunCache()
     if cache is not None:
         database.on_commit(cache.apply)
-    runs = RunService(database, cache)
-    claims = ClaimService(database, doorbell)
-    watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
+    runs = RunService(database, tokens, cache)
+    claims = ClaimService(database, doorbell, limits)
+    watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
     servicer = RunServicer(runs, claims, watches, limits)
-    run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     sweeper = Sweeper(database, config.max_attempts, on_sweep=telemetry.swept)
     background.append(PeriodicTask("sweeper", sweeper.sweep, interval=SWEEP_INTERVAL_S))
     health_servicer = health_aio.HealthServicer()
@@ -159,7 +229,6 @@ async def start_server(config: ServerConfig) -> RunningServer:
     reflection.enable_server_reflection(
         (RUN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = edges.bind(server, config.address)
     telemetry.serve(config.metrics_address)
     await server.start()
     if edges.reloads:
@@ -176,6 +245,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         port=port,
         grpc_server=server,
         health=health_servicer,
+        servicer=servicer,
         database=database,
         hub=hub,
         compactor=compactor,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from runplane.server import requests
+from runplane.server import requests, validation
 from runplane.server.doorbell import Doorbell, Round
 from runplane.server.errors import LeaseLost
 from runplane.server.records import Change, ChangeType, Run, RunStatus, now_us
@@ -24,9 +24,17 @@ _REPLICA_POLL_S = 5.0
 
 
 class ClaimService:
-    def __init__(self, database: Database, doorbell: Doorbell) -> None:
+    def __init__(self, database: Database, doorbell: Doorbell, limits: validation.Limits) -> None:
         self._db = database
         self._doorbell = doorbell
+        self._limits = limits
+        self._draining = False
+
+    def drain(self) -> None:
+        """The server is stopping: waiting claims return empty now, and so do new ones,
+        so that no long poll holds up the shutdown."""
+        self._draining = True
+        self._doorbell.ring_all()
 
     async def claim(self, request: requests.ClaimRun) -> Run | None:
         """Claim the oldest claimable run, waiting up to `wait_s` for one to appear.
@@ -36,7 +44,7 @@ class ClaimService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.wait_s
         held: Round | None = None  # the round that woke this claim, until it has looked
-        while True:
+        while not self._draining:
             waiter = self._doorbell.park(request.assistant_ids)
             try:
                 claimed, next_due = await self._attempt(request)
@@ -67,6 +75,7 @@ class ClaimService:
                 self._hand_on(self._doorbell.leave(waiter))
                 raise
             held = self._doorbell.leave(waiter)
+        return None
 
     def _hand_on(self, *rounds: Round | None) -> None:
         """A claim that gives up (cancelled, failed) passes on what woke it, unused."""
@@ -127,12 +136,13 @@ class ClaimService:
 
         def finish(unit: UnitOfWork) -> Run:
             run = _held(unit, completion.run_id, completion.worker_id)
+            metadata = validation.merged_metadata(run.metadata, completion.metadata, self._limits)
             now = now_us()
             ended = dataclasses.replace(
                 run,
                 status=completion.status,
                 error=completion.error,
-                metadata={**run.metadata, **completion.metadata},
+                metadata=metadata,
                 result=completion.result,
                 ended_at=now,
                 updated_at=now,

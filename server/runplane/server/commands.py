@@ -42,11 +42,12 @@ def serve(config: ServerConfig) -> None:
     """
     try:
         from runplane.server import app
+        from runplane.server.errors import CannotStart
     except ImportError as missing:
         raise _server_dependencies_missing(missing) from None
     try:
         app.run(config)
-    except ConfigError as error:
+    except (ConfigError, CannotStart) as error:
         raise CommandError(str(error)) from None
 
 

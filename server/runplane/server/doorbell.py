@@ -53,6 +53,12 @@ class Doorbell:
         """Something may have become claimable: wake the longest-waiting claim."""
         self._wake(Round())
 
+    def ring_all(self) -> None:
+        """Wake every waiting claim (the server is stopping)."""
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.woken.set_result(Round())
+
     def ring_for(self, changes: list[Change]) -> None:
         """Ring after a commit that may free work: anything but a run that is now RUNNING
         (a claim or a heartbeat frees nothing)."""

@@ -102,10 +102,13 @@ class RevisionMismatch(RunplaneError):
 
 
 class StoreUnavailable(RunplaneError):
+    """The database cannot serve the call now (down, unreachable, out of disk space...):
+    a write happened whole or not at all, and the call may be retried."""
+
     reason = "STORE_UNAVAILABLE"
 
-    def __init__(self) -> None:
-        super().__init__("the database is unavailable; retry later")
+    def __init__(self, why: str = "unavailable") -> None:
+        super().__init__(f"the database is {why}; retry later", why=why)
 
 
 class LeaseLost(RunplaneError):
@@ -138,12 +141,13 @@ class RevisionCompacted(RunplaneError):
 
 
 class ServerShuttingDown(RunplaneError):
-    """The server is draining: watches end so clients resume on another replica."""
+    """The server is draining: watches end so clients resume on another replica, and new
+    calls are refused so that clients retry there."""
 
     reason = "SHUTTING_DOWN"
 
-    def __init__(self) -> None:
-        super().__init__("the server is shutting down; resume the watch from the last revision")
+    def __init__(self, then: str = "resume the watch from the last revision") -> None:
+        super().__init__(f"the server is shutting down; {then}")
 
 
 class CredentialsMissing(RunplaneError):
@@ -201,3 +205,8 @@ class RateLimited(RunplaneError):
             f"{principal} is over its request rate; retry in {retry_delay:.3f} s",
         )
         self.retry_delay = retry_delay
+
+
+class CannotStart(Exception):
+    """The server cannot start as configured (its port, its database): one line for the
+    operator, who must fix the configuration; never a gRPC status."""

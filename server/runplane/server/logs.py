@@ -61,3 +61,5 @@ def configure(level: str, log_format: str = "logfmt") -> None:
     root.setLevel(level.upper())
     # Audit lines are the record of who changed what: kept whatever the level.
     logging.getLogger("runplane.audit").setLevel(logging.INFO)
+    # Alembic narrates every start-up at INFO ("Context impl SQLiteImpl."...).
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))

@@ -162,11 +162,31 @@ class RunFilter:
             and (
                 not self.metadata  # the common case, without a generator per call
                 or all(
-                    key in run.metadata and run.metadata[key] == value
+                    key in run.metadata and same_json(run.metadata[key], value)
                     for key, value in self.metadata.items()
                 )
             )
         )
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values, as the store compares them: unlike Python's ==, true is not
+    1 (numbers compare by value, 1 and 1.0 alike)."""
+    if type(a) is bool or type(b) is bool:
+        return a is b
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(same_json(value, b[key]) for key, value in a.items())
+        )
+    if isinstance(a, list):
+        return (
+            isinstance(b, list)
+            and len(a) == len(b)
+            and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+        )
+    return bool(a == b)
 
 
 @dataclass(frozen=True, slots=True)

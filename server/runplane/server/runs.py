@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runplane.server import pages, requests
-from runplane.server.cache import RunCache
+from runplane.server.cache import RunCache, run_bytes
 from runplane.server.errors import (
     RevisionMismatch,
     RunAlreadyExists,
@@ -38,6 +38,13 @@ from runplane.server.records import (
 from runplane.server.store.database import Database
 from runplane.server.store.unit_of_work import UnitOfWork
 
+PAGE_BYTES = 1 << 20
+"""About how much of the runs table a ListRuns page reads (as `run_bytes` sizes runs):
+a page of large runs is read a few rows at a time and ends early rather than holding
+page_size of them in memory (the response carries about as much anyway)."""
+FIRST_READ = 64
+"""Rows a page reads first; then as many as the size of those says still fit."""
+
 RunLookup = Callable[[str], Awaitable[Run]]
 """GetRun's read: the run with this id, or RunNotFound."""
 
@@ -47,6 +54,9 @@ class RunPage:
     runs: list[Run]
     next_page_token: str
     revision: int
+    resume: Callable[[Run], str]
+    """The token of a page that starts right after this run, for a caller that sends
+    only part of the page (a response must stay under the message size limit)."""
 
 
 def _interrupted(run: Run, reason: str, at: int) -> Change:
@@ -67,8 +77,11 @@ def _check_revision(run: Run, expected: int) -> None:
 
 
 class RunService:
-    def __init__(self, database: Database, cache: RunCache | None = None) -> None:
+    def __init__(
+        self, database: Database, tokens: pages.PageTokens, cache: RunCache | None = None
+    ) -> None:
         self._db = database
+        self._tokens = tokens
         self._cache = cache
 
     # -- create ------------------------------------------------------------------------------
@@ -144,21 +157,39 @@ class RunService:
 
     async def list(self, query: requests.ListRuns) -> RunPage:
         fingerprint = pages.query_fingerprint(query.run_filter, query.order)
-        cursor = pages.decode(query.page_token, fingerprint) if query.page_token else None
+        tokens = self._tokens
+        cursor = tokens.decode(query.page_token, fingerprint) if query.page_token else None
 
-        def read_page(unit: UnitOfWork) -> tuple[int, list[Run]]:
+        def read_page(unit: UnitOfWork) -> tuple[int, list[Run], bool]:
+            """The revision, the runs, and whether the runs stopped short of the page
+            for their size (more may follow)."""
             revision = unit.log.state().revision
-            # One extra row tells whether another page follows.
-            runs = unit.runs.list_page(query.run_filter, query.order, cursor, query.page_size + 1)
-            return revision, runs
+            wanted = query.page_size + 1  # one extra row tells whether another page follows
+            runs: list[Run] = []
+            size = 0
+            after, step = cursor, min(wanted, FIRST_READ)
+            while True:
+                found = unit.runs.list_page(query.run_filter, query.order, after, step)
+                runs.extend(found)
+                size += sum(map(run_bytes, found))
+                if len(found) < step or len(runs) >= wanted:
+                    return revision, runs, False
+                if size >= PAGE_BYTES:
+                    return revision, runs, True
+                after = PageCursor(runs[-1].created_at, runs[-1].run_id)
+                step = min(wanted - len(runs), max(1, (PAGE_BYTES - size) * len(runs) // size))
 
-        revision, runs = await self._db.read(read_page, snapshot=True)
+        def resume(last: Run) -> str:
+            return tokens.encode(PageCursor(last.created_at, last.run_id), fingerprint)
+
+        revision, runs, cut = await self._db.read(read_page, snapshot=True)
         next_token = ""
         if len(runs) > query.page_size:
             runs = runs[: query.page_size]
-            last = runs[-1]
-            next_token = pages.encode(PageCursor(last.created_at, last.run_id), fingerprint)
-        return RunPage(runs=runs, next_page_token=next_token, revision=revision)
+            next_token = resume(runs[-1])
+        elif cut:
+            next_token = resume(runs[-1])
+        return RunPage(runs=runs, next_page_token=next_token, revision=revision, resume=resume)
 
     # -- change ------------------------------------------------------------------------------
 

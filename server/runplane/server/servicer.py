@@ -1,24 +1,32 @@
-"""RunService over gRPC: validate the request into its `requests` dataclass, call the
-rules with it, convert the answer.
+"""RunService over gRPC: decode and validate the request into its `requests`
+dataclass, call the rules with it, convert the answer.
 
 This is the only module that knows gRPC status codes; every error leaves through
-`_rpc`, which maps it with `status`.
+`_rpc` (or `_watch` for streams), which maps it with `status`. That includes requests
+that do not decode: `add_to_server` registers decoders that never raise (grpc would
+answer UNKNOWN), and `_rpc` turns what they could not decode into INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import logging
+import time
+import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, message_factory
+from google.protobuf.message import DecodeError, Message
 
 from runplane.server import convert, status, validation
+from runplane.server.cache import SizedCache
 from runplane.server.claims import ClaimService
-from runplane.server.errors import RunplaneError
+from runplane.server.errors import FieldViolation, InvalidInput, RunplaneError, ServerShuttingDown
 from runplane.server.records import EventType, RunEvent
 from runplane.server.runs import RunService
 from runplane.server.watch.streams import WatchService
@@ -35,13 +43,123 @@ Response = TypeVar("Response")
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[["RunServicer", Request, Context], Awaitable[Response]]
 
+SERVICE = run_service_pb2.DESCRIPTOR.services_by_name["RunService"]
+
+_undecodable: contextvars.ContextVar[InvalidInput | None] = contextvars.ContextVar(
+    "runplane_undecodable", default=None
+)
+"""Why this call's request did not decode. grpc decodes in the call's own task, before
+interceptors and the handler run: they get an empty request, and `_rpc` this error."""
+
+
+def _decoder(message_class: type[Message]) -> Callable[[bytes], Message]:
+    parse = message_class.FromString
+    name = message_class.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> Message:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            # upb says what was wrong after the type's name ("...: String field had bad
+            # UTF-8"); none of the request is quoted.
+            why = str(error).rpartition("': ")[2] or "malformed"
+            _undecodable.set(
+                InvalidInput([FieldViolation("request", f"is not a valid {name} message: {why}")])
+            )
+            return message_class()
+
+    return decode
+
+
+def add_to_server(servicer: RunServicer, server: grpc.aio.Server) -> None:
+    """Serve `servicer` as runplane.v1.RunService, as the generated
+    `add_RunServiceServicer_to_server` does, with decoders that never raise."""
+    handlers = {}
+    for method in SERVICE.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        handler = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = handler(
+            getattr(servicer, method.name),
+            request_deserializer=_decoder(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+    # As the generated code does: grpc then finds the handlers without a lookup per call.
+    server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
+        SERVICE.full_name, handlers
+    )
+
 
 def _failure_status(error: Exception) -> grpc.Status:
     if isinstance(error, RunplaneError):
         return status.from_error(error)
     incident = uuid.uuid4().hex[:12]
-    log.error("unexpected failure", exc_info=error, extra={"incident": incident})
+    # Where it failed, not what it said: an exception's text may carry SQL or the
+    # request's values, which no log line may hold.
+    frames = traceback.extract_tb(error.__traceback__)[-4:]
+    log.error(
+        "unexpected failure",
+        extra={
+            "incident": incident,
+            "error": type(error).__name__,
+            "cause": type(error.__cause__).__name__ if error.__cause__ else "",
+            "at": " < ".join(
+                f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" for frame in reversed(frames)
+            ),
+        },
+    )
     return status.internal(incident)
+
+
+class Calls:
+    """The unary calls in flight, and whether the server drains: new calls are then
+    refused with UNAVAILABLE (retryable) while those in flight finish."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._last_call = 0.0
+
+    def begin(self) -> None:
+        """A unary call starts (ServerShuttingDown while draining); `end` when it ends."""
+        self.refuse_if_draining("retry the call")
+        self._in_flight += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+
+    def drain(self) -> None:
+        self.draining = True
+        self._last_call = time.monotonic()  # calls grpc has queued are yet to come
+
+    def refuse_if_draining(self, then: str) -> None:
+        if self.draining:
+            self._last_call = time.monotonic()
+            raise ServerShuttingDown(then)
+
+    async def settled(self, quiet: float) -> None:
+        """When no call is in flight and none came for `quiet` seconds: grpc then stops
+        with nothing in its queue. (A call it has queued but not yet handed to the
+        server when it stops ends CANCELLED, which clients do not retry; refused, the
+        same call ends UNAVAILABLE.)"""
+        while True:
+            await self._idle.wait()
+            pause = self._last_call + quiet - time.monotonic()
+            if pause <= 0 and self._idle.is_set():
+                return
+            await asyncio.sleep(max(pause, 0.01))
 
 
 def _rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
@@ -49,8 +167,15 @@ def _rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
 
     @functools.wraps(handler)
     async def wrapper(self: RunServicer, request: Request, context: Context) -> Response:
+        calls = self.calls
         try:
-            return await handler(self, request, context)
+            calls.begin()
+            try:
+                if (undecodable := _undecodable.get()) is not None:
+                    raise undecodable
+                return await handler(self, request, context)
+            finally:
+                calls.end()
         except Exception as error:
             rich = _failure_status(error)
         await context.abort(rich.code, rich.details, rich.trailing_metadata)
@@ -73,14 +198,22 @@ def _watch(
         self: RunServicer, request: Request, context: Context
     ) -> AsyncIterator[run_service_pb2.WatchRunsResponse]:
         try:
+            self.calls.refuse_if_draining("resume the watch from the last revision")
+            if (undecodable := _undecodable.get()) is not None:
+                raise undecodable
             deliveries = await opener(self, request, context)
             # Headers now rather than with the first message, which may be a while
             # coming: they tell the client the watch is open, so it resumes it after a
             # drop instead of failing as it does when the server cannot be reached.
             await context.send_initial_metadata(WATCH_OPEN_METADATA)
+            messages = self._event_messages
             async for delivery in deliveries:
-                for response in self._event_messages.responses(delivery):
-                    yield response
+                if delivery.events and delivery.events[0].type is EventType.INITIAL:
+                    async for response in messages.initial(delivery):
+                        yield response
+                else:
+                    for response in messages.responses(delivery):
+                        yield response
             return
         except Exception as error:
             rich = _failure_status(error)
@@ -90,11 +223,19 @@ def _watch(
 
 
 MAX_MESSAGE_BYTES = 1 << 20
-"""A delivery is cut into messages of about this size, well under the 4 MiB that
-gRPC clients accept by default (one event is at most ~0.5 MiB: two 256 KiB structs)."""
+"""Responses are cut into messages of about this size, well under the 4 MiB that gRPC
+clients accept by default: a page of ListRuns, a delivery of a watch, an initial
+state. A single run may be larger (three structs of --max-struct-bytes, at most
+1 MiB each): it then goes alone, still under 4 MiB."""
+CACHE_BYTES = 64 << 20
+"""What the watch messages kept for reuse may add up to."""
+_CONVERT_SLICE = 64
+"""INITIAL events converted between two looks at the event loop's other work."""
+
+WatchKey = tuple[tuple[int, ...], int]
 
 
-class _EventMessages:
+class EventMessages:
     """Watch messages built once for all the streams that send them.
 
     Live streams of one filter get the very same deliveries, so whole responses are
@@ -102,67 +243,76 @@ class _EventMessages:
     seen by a thousand streams is converted once, and only serialized per stream.
     """
 
-    def __init__(self, capacity: int = 8192) -> None:
-        self._capacity = capacity
-        self._events: dict[int, tuple[run_pb2.RunEvent, int]] = {}
-        self._responses: dict[
-            tuple[tuple[int, ...], int], list[run_service_pb2.WatchRunsResponse]
-        ] = {}
+    def __init__(self, capacity: int = 8192, max_bytes: int = CACHE_BYTES) -> None:
+        # Half the bytes each: a response holds copies of its events' messages.
+        self._events: SizedCache[int, tuple[run_pb2.RunEvent, int]] = SizedCache(
+            capacity, max_bytes // 2
+        )
+        self._responses: SizedCache[WatchKey, list[run_service_pb2.WatchRunsResponse]] = SizedCache(
+            capacity, max_bytes // 2
+        )
+
+    @property
+    def bytes(self) -> int:
+        return self._events.bytes + self._responses.bytes
 
     def responses(self, delivery: Delivery) -> list[run_service_pb2.WatchRunsResponse]:
-        """The delivery as messages, cut between revisions when large (INITIAL events all
-        share one revision and are never cut); each carries how far it got.
-        """
+        """The delivery (of changes) as messages, cut between revisions when large; each
+        carries how far it got."""
         if not delivery.events:
             return [run_service_pb2.WatchRunsResponse(revision=delivery.revision)]
-        if delivery.events[0].type is EventType.INITIAL:  # read for one stream
-            return list(self._cut(delivery))
         key = (tuple(event.revision for event in delivery.events), delivery.revision)
         found = self._responses.get(key)
         if found is None:
-            found = _remember(self._responses, key, list(self._cut(delivery)), self._capacity)
+            found = []
+            size = 0
+            encoded = (self._encoded(event) for event in delivery.events)
+            for response, response_size in _batched(encoded, delivery.revision):
+                found.append(response)
+                size += response_size
+            self._responses.put(key, found, size)
         return found
+
+    async def initial(self, delivery: Delivery) -> AsyncIterator[run_service_pb2.WatchRunsResponse]:
+        """An initial state (INITIAL events, all at the revision R it was read at) as
+        messages under the size limit, each at R; the stream's next message, a bookmark at
+        R, says it is complete. Converted a slice at a time, so that other calls are
+        served meanwhile, and never kept: no other stream sends the same."""
+        encoded = []
+        for index, event in enumerate(delivery.events):
+            if index and not index % _CONVERT_SLICE:
+                await asyncio.sleep(0)
+            message = convert.event_to_proto(event)
+            encoded.append((message, message.ByteSize()))
+        for response, _ in _batched(encoded, delivery.revision):
+            yield response
 
     def _encoded(self, event: RunEvent) -> tuple[run_pb2.RunEvent, int]:
         """The event's message and its size in bytes."""
-        if event.type is EventType.INITIAL:
-            message = convert.event_to_proto(event)
-            return message, message.ByteSize()
         found = self._events.get(event.revision)
         if found is None:
             message = convert.event_to_proto(event)
-            found = _remember(
-                self._events, event.revision, (message, message.ByteSize()), self._capacity
-            )
+            found = (message, message.ByteSize())
+            self._events.put(event.revision, found, found[1])
         return found
 
-    def _cut(self, delivery: Delivery) -> Iterator[run_service_pb2.WatchRunsResponse]:
-        batch: list[run_pb2.RunEvent] = []
-        size = 0
-        for event in delivery.events:
-            message, message_size = self._encoded(event)
-            if (
-                batch
-                and size + message_size > MAX_MESSAGE_BYTES
-                and (event.type is not EventType.INITIAL)
-            ):
-                yield run_service_pb2.WatchRunsResponse(events=batch, revision=batch[-1].revision)
-                batch, size = [], 0
-            batch.append(message)
-            size += message_size
-        yield run_service_pb2.WatchRunsResponse(events=batch, revision=delivery.revision)
 
-
-Key = TypeVar("Key")
-Value = TypeVar("Value")
-
-
-def _remember(cache: dict[Key, Value], key: Key, value: Value, capacity: int) -> Value:
-    """Keep `value`, dropping the oldest entry when full (the recent ones are the hot ones)."""
-    if len(cache) >= capacity:
-        del cache[next(iter(cache))]
-    cache[key] = value
-    return value
+def _batched(
+    encoded: Iterable[tuple[run_pb2.RunEvent, int]], revision: int
+) -> Iterator[tuple[run_service_pb2.WatchRunsResponse, int]]:
+    """Events (with their sizes) as messages of at most MAX_MESSAGE_BYTES unless one
+    event alone is larger, and the size of each; every message but the last carries
+    its last event's revision (events of one revision are never apart but INITIAL
+    events, which all carry the state's), the last one `revision`."""
+    batch: list[run_pb2.RunEvent] = []
+    size = 0
+    for message, message_size in encoded:
+        if batch and size + message_size > MAX_MESSAGE_BYTES:
+            yield run_service_pb2.WatchRunsResponse(events=batch, revision=batch[-1].revision), size
+            batch, size = [], 0
+        batch.append(message)
+        size += message_size
+    yield run_service_pb2.WatchRunsResponse(events=batch, revision=revision), size
 
 
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
@@ -177,7 +327,13 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self._claims = claims
         self._watches = watches
         self._limits = limits
-        self._event_messages = _EventMessages()
+        self._event_messages = EventMessages()
+        self.calls = Calls()
+
+    def drain(self) -> None:
+        """The server is stopping: refuse new calls, and end waiting claims now."""
+        self.calls.drain()
+        self._claims.drain()
 
     @_rpc
     async def CreateRun(
@@ -196,10 +352,19 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self, request: run_service_pb2.ListRunsRequest, context: Context
     ) -> run_service_pb2.ListRunsResponse:
         page = await self._runs.list(validation.list_runs(request, self._limits))
+        runs: list[run_pb2.Run] = []
+        next_page_token = page.next_page_token
+        size = 0
+        for run in page.runs:
+            message = convert.run_to_proto(run)
+            size += message.ByteSize()
+            if runs and size > MAX_MESSAGE_BYTES:
+                # Too large for one response: the rest is the next page.
+                next_page_token = page.resume(page.runs[len(runs) - 1])
+                break
+            runs.append(message)
         return run_service_pb2.ListRunsResponse(
-            runs=[convert.run_to_proto(run) for run in page.runs],
-            next_page_token=page.next_page_token,
-            revision=page.revision,
+            runs=runs, next_page_token=next_page_token, revision=page.revision
         )
 
     @_rpc

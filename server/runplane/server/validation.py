@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
-from runplane.server import convert, records, requests
+from runplane.server import convert, pages, records, requests
 from runplane.server.errors import FieldViolation, InvalidInput
 from runplane.server.records import RunFilter, SortOrder
 from runplane.v1 import run_pb2, run_service_pb2
@@ -34,10 +34,28 @@ MAX_PAGE_SIZE = 1000
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 MIN_PROGRESS_INTERVAL = 1.0
 MAX_PROGRESS_INTERVAL = 300.0
+MAX_STRUCT_DEPTH = 31
+"""Levels of nesting a Struct may have, itself included (a list is a level too).
+Python's protobuf runtime refuses messages nested more than 100 deep, and every
+JSON level of a Struct costs three (Struct, map entry, Value): a run with 32 levels
+of metadata inside RunEvent and WatchRunsResponse no longer decodes (measured), 31
+leaves room for the wrapping. Node's @bufbuild/protobuf (limit 100, map entries not
+counted) decodes deeper still."""
+MAX_FILTER_KEYS = 64
+"""Metadata keys in one filter: each is a condition of the store's query."""
+MAX_ASSISTANT_IDS = 256
+MAX_STATUSES = 32
+MAX_REPORTED_VIOLATIONS = 10
+"""Violations listed in one error: the details travel in a trailer, which clients cap."""
+ECHO = 80
+"""Characters of a caller's value quoted back in an error message, at most."""
+NUL_REFUSED = "contains a NUL character, which no string may contain"
 # Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
-# Duration's valid range: about +-10,000 years.
+# Duration's valid range: about +-10,000 years. In microseconds, a Duration added to
+# any valid Timestamp stays far inside the store's BIGINT.
 _MAX_DURATION_SECONDS = 315_576_000_000
+_NANOS = 1_000_000_000
 _ORDERS = {
     "": SortOrder.DESC,
     "created_at desc": SortOrder.DESC,
@@ -64,7 +82,11 @@ class _Violations:
 
     def check(self) -> None:
         if self._found:
-            raise InvalidInput(self._found)
+            found = self._found[:MAX_REPORTED_VIOLATIONS]
+            if len(self._found) > len(found):
+                more = len(self._found) - len(found)
+                found.append(FieldViolation("request", f"and {more} more problems"))
+            raise InvalidInput(found)
 
     def uuid(self, field: str, value: str, *, required: bool) -> str | None:
         if not value:
@@ -74,7 +96,7 @@ class _Violations:
         if not _UUID.fullmatch(value):
             self.add(
                 field,
-                f"must be a canonical lowercase UUID like {_UUID_EXAMPLE}, got {value[:80]!r}",
+                f"must be a canonical lowercase UUID like {_UUID_EXAMPLE}, got {_echo(value)}",
             )
             return None
         return value
@@ -84,21 +106,23 @@ class _Violations:
             self.add(field, f"is required (1 to {limit} characters)")
         elif len(value) > limit:
             self.add(field, f"has {len(value)} characters; at most {limit} are allowed")
+        elif "\0" in value:
+            self.add(field, NUL_REFUSED)
 
     def struct(self, field: str, value: struct_pb2.Struct, limits: Limits) -> records.JSONObject:
         size = value.ByteSize()
         if size > limits.max_struct_bytes:
-            self.add(
-                field,
-                f"is {size} bytes; the limit is {limits.max_struct_bytes} "
-                "(server flag --max-struct-bytes)",
-            )
+            self.add(field, struct_too_large(size, limits))
             return {}
         try:
-            return convert.document(value)
-        except ValueError as error:  # NaN and infinity have no JSON form
-            self.add(field, f"cannot be stored as JSON: {error}")
+            return convert.document(value, MAX_STRUCT_DEPTH)
+        except ValueError as error:
+            self.add(field, str(error))
             return {}
+
+    def count(self, field: str, count: int, limit: int) -> None:
+        if count > limit:
+            self.add(field, f"has {count} entries; at most {limit} are allowed")
 
     def revision(self, field: str, value: int) -> None:
         if value < 0:
@@ -112,28 +136,66 @@ class _Violations:
             self.add(
                 field,
                 "must be a DNS label: 1 to 63 lowercase letters, digits and '-', starting "
-                f"and ending with a letter or digit, got {value[:80]!r}",
+                f"and ending with a letter or digit, got {_echo(value)}",
             )
             return None
         return value
 
 
+def _echo(value: str) -> str:
+    """A caller's value, quoted for an error message: a short prefix of it at most."""
+    if len(value) <= ECHO:
+        return repr(value)
+    return f"{value[:ECHO]!r}... ({len(value)} characters)"
+
+
+def struct_too_large(size: int, limits: Limits) -> str:
+    return (
+        f"is {size} bytes; the limit is {limits.max_struct_bytes} (server flag --max-struct-bytes)"
+    )
+
+
+def merged_metadata(
+    stored: records.JSONObject, merged: records.JSONObject, limits: Limits
+) -> records.JSONObject:
+    """A run's metadata with a completion's merged in, or InvalidInput when the merge is
+    larger than a run's metadata may be."""
+    if not merged:
+        return stored
+    result = {**stored, **merged}
+    size = convert.struct(result).ByteSize()
+    if size > limits.max_struct_bytes:
+        merged_size = struct_too_large(size, limits)
+        raise InvalidInput([FieldViolation("metadata", f"merged into the run's {merged_size}")])
+    return result
+
+
+def _duration_us(v: _Violations, field: str, value: duration_pb2.Duration) -> int | None:
+    """Microseconds of a Duration that is non-negative and inside protobuf's range
+    (about 10,000 years); None after a violation."""
+    seconds, nanos = value.seconds, value.nanos
+    if seconds < 0 or nanos < 0:
+        v.add(field, "must not be negative")
+        return None
+    if seconds > _MAX_DURATION_SECONDS or nanos >= _NANOS:
+        v.add(field, "is outside the valid Duration range (at most 10,000 years)")
+        return None
+    return convert.duration_us(value)
+
+
 def _positive_duration_us(
     violations: _Violations, field: str, value: duration_pb2.Duration
 ) -> int | None:
-    if not (0 <= value.seconds <= _MAX_DURATION_SECONDS and 0 <= value.nanos < 1_000_000_000):
-        violations.add(field, "must be a positive duration of at most 10,000 years")
-        return None
-    us = convert.duration_us(value)
-    if us <= 0:
+    us = _duration_us(violations, field, value)
+    if us is not None and us <= 0:
         violations.add(field, "must be a positive duration")
         return None
     return us
 
 
 def _timestamp_us(violations: _Violations, field: str, value: timestamp_pb2.Timestamp) -> int:
-    if not (_MIN_SECONDS <= value.seconds <= _MAX_SECONDS and 0 <= value.nanos < 1_000_000_000):
-        violations.add(field, "is outside the valid Timestamp range")
+    if not (_MIN_SECONDS <= value.seconds <= _MAX_SECONDS and 0 <= value.nanos < _NANOS):
+        violations.add(field, "is outside the valid Timestamp range (years 1 to 9999)")
         return 0
     return convert.timestamp_us(value)
 
@@ -240,11 +302,13 @@ def _run_filter(
     thread_id = v.uuid(f"{field}.thread_id", message.thread_id, required=False)
     v.text(f"{field}.assistant_id", message.assistant_id, limit=MAX_ASSISTANT_ID)
     statuses: set[records.RunStatus] = set()
-    for index, status in enumerate(message.statuses):
+    v.count(f"{field}.statuses", len(message.statuses), MAX_STATUSES)
+    for index, status in enumerate(message.statuses[:MAX_STATUSES]):
         if status in convert.STATUS_FROM_PROTO:
             statuses.add(convert.STATUS_FROM_PROTO[status])
         else:
             v.add(f"{field}.statuses[{index}]", f"{status} is not a run status")
+    v.count(f"{field}.metadata", len(message.metadata.fields), MAX_FILTER_KEYS)
     metadata = v.struct(f"{field}.metadata", message.metadata, limits)
     namespace = v.namespace(f"{field}.namespace", message.namespace)
     selected = RunFilter(
@@ -265,8 +329,11 @@ def list_runs(request: run_service_pb2.ListRunsRequest, limits: Limits) -> reque
     order = _ORDERS.get(" ".join(request.order_by.lower().split()))
     if order is None:
         v.add(
-            "order_by", f"must be 'created_at desc' or 'created_at asc', got {request.order_by!r}"
+            "order_by",
+            f"must be 'created_at desc' or 'created_at asc', got {_echo(request.order_by)}",
         )
+    if len(request.page_token) > pages.MAX_TOKEN_CHARS:
+        v.add("page_token", "is not a token ListRuns returned")
     v.check()
     assert order is not None
     return requests.ListRuns(
@@ -291,7 +358,7 @@ def update_run(request: run_service_pb2.UpdateRunRequest, limits: Limits) -> req
         if path in _MUTABLE_PATHS:
             continue
         kind = "is output only or immutable" if path in _RUN_FIELDS else "is not a Run field"
-        v.add("update_mask", f"path {path!r} {kind}; only metadata and kwargs can change")
+        v.add("update_mask", f"path {_echo(path)} {kind}; only metadata and kwargs can change")
     metadata = v.struct("run.metadata", request.run.metadata, limits)
     kwargs = v.struct("run.kwargs", request.run.kwargs, limits)
     v.check()
@@ -363,21 +430,18 @@ def _lease_us(
 def claim_run(request: run_service_pb2.ClaimRunRequest) -> requests.ClaimRun:
     v = _Violations()
     v.text("worker_id", request.worker_id, limit=MAX_WORKER_ID, required=True)
-    for index, assistant_id in enumerate(request.assistant_ids):
+    v.count("assistant_ids", len(request.assistant_ids), MAX_ASSISTANT_IDS)
+    for index, assistant_id in enumerate(request.assistant_ids[:MAX_ASSISTANT_IDS]):
         v.text(f"assistant_ids[{index}]", assistant_id, limit=MAX_ASSISTANT_ID, required=True)
     lease = _lease_us(v, request)
-    wait_s = 0.0
-    if request.HasField("wait"):
-        if request.wait.seconds < 0 or request.wait.nanos < 0:
-            v.add("wait", "must not be negative")
-        wait_s = min(convert.duration_us(request.wait) / 1e6, MAX_CLAIM_WAIT_S)
+    wait_us = _duration_us(v, "wait", request.wait) if request.HasField("wait") else None
     namespace = v.namespace("namespace", request.namespace)
     v.check()
     return requests.ClaimRun(
         worker_id=request.worker_id,
         assistant_ids=tuple(request.assistant_ids),
         lease_us=lease,
-        wait_s=max(wait_s, 0.0),
+        wait_s=min((wait_us or 0) / 1e6, MAX_CLAIM_WAIT_S),
         namespace=namespace,
     )
 
@@ -444,8 +508,7 @@ def watch_runs(request: run_service_pb2.WatchRunsRequest, limits: Limits) -> req
             "current revision",
         )
     interval = request.progress_interval
-    if interval.seconds < 0 or interval.nanos < 0:
-        v.add("progress_interval", "must not be negative (0 means the default, 10 s)")
+    _duration_us(v, "progress_interval", interval)
     v.check()
     return requests.WatchRuns(
         run_filter=selected,

@@ -71,9 +71,12 @@ class Database:
     """Owns the engines and worker threads; runs units of work for the async server."""
 
     def __init__(self, url: str, timer: TransactionTimer | None = None) -> None:
+        """Raises CannotStart for a URL that names no database runplane can use, or a
+        SQLite file it could not create or write."""
         self.url = normalize_url(url)
         self._timer = timer or _Untimed()
         self._dialect = dialect_of(self.url)
+        self._new_files = self._dialect.new_files(self.url)
         self._listeners: list[CommitListener] = []
         engines = self._dialect.engines(self.url)
         self._write_engine, self._read_engine = engines.write, engines.read
@@ -82,7 +85,8 @@ class Database:
         )
         self._point_unit: UnitOfWork | None = None
         self._point_connection: Connection | None = None
-        self._writer = GroupWriter(self._write_engine, self._publish, self._timer)
+        self._faults = FaultLog()
+        self._writer = GroupWriter(self._write_engine, self._publish, self._timer, self._faults)
 
     @property
     def engine(self) -> Engine:
@@ -123,7 +127,7 @@ class Database:
         if not snapshot and self._dialect.point_reads_on_loop:
             started = time.perf_counter()
             try:
-                with _translate_errors():
+                with _translate_errors(self._faults):
                     return work(self._point_reader())
             finally:
                 self._timer.read(time.perf_counter() - started)
@@ -131,7 +135,7 @@ class Database:
         def transaction() -> T:
             started = time.perf_counter()
             try:
-                with _translate_errors(), self._read_engine.connect() as connection:
+                with _translate_errors(self._faults), self._read_engine.connect() as connection:
                     if snapshot:
                         self._dialect.begin_snapshot(connection)
                     with connection.begin():
@@ -154,13 +158,18 @@ class Database:
             self._point_unit = UnitOfWork(self._point_connection, self._dialect)
         return self._point_unit
 
-    def dispose(self) -> None:
+    def dispose(self, *, discard_new_files: bool = False) -> None:
+        """Release connections and threads; with `discard_new_files`, also remove the
+        files this process created (a server that failed to start leaves nothing)."""
         self._writer.close()
         if self._point_connection is not None:
             self._point_connection.close()
         self._read_pool.shutdown(wait=True)
         self._write_engine.dispose()
         self._read_engine.dispose()
+        if discard_new_files:
+            for path in self._new_files:
+                path.unlink(missing_ok=True)
 
 
 @dataclass(slots=True)
@@ -192,10 +201,13 @@ class GroupWriter:
 
     MAX_GROUP = 64
 
-    def __init__(self, engine: Engine, publish: CommitListener, timer: TransactionTimer) -> None:
+    def __init__(
+        self, engine: Engine, publish: CommitListener, timer: TransactionTimer, faults: FaultLog
+    ) -> None:
         self._engine = engine
         self._publish = publish
         self._timer = timer
+        self._faults = faults
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="runplane-db-write", daemon=True)
         self._thread.start()
@@ -235,7 +247,7 @@ class GroupWriter:
 
     def _commit(self, group: list[_Job[Any]]) -> tuple[list[Any], list[Change]]:
         try:
-            with _translate_errors(), self._engine.connect() as connection:
+            with _translate_errors(self._faults), self._engine.connect() as connection:
                 connection.info[WRITTEN] = []
                 with connection.begin():
                     outcomes = [self._attempt(connection, member) for member in group]
@@ -266,20 +278,86 @@ class _GroupFailed(Exception):
 
 
 @contextlib.contextmanager
-def _translate_errors() -> Iterator[None]:
-    """Database failures become domain errors; SQL text never travels further."""
+def _translate_errors(faults: FaultLog) -> Iterator[None]:
+    """Storage faults become StoreUnavailable (retryable); SQL text and parameters never
+    travel further, nor into the log."""
     try:
         yield
-    except (exc.OperationalError, exc.InterfaceError) as error:
-        if error.connection_invalidated or _is_disconnect(error):
-            log.warning("database unavailable: %s", type(error.orig).__name__)
-            raise StoreUnavailable() from error
-        raise
+    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as error:
+        why = _storage_fault(error)
+        if why is None:
+            raise
+        faults.report(why, type(getattr(error, "orig", error)).__name__)
+        raise StoreUnavailable(why) from error
 
 
-def _is_disconnect(error: exc.DBAPIError) -> bool:
-    text = str(error.orig).lower()
-    return any(
+# PostgreSQL SQLSTATEs (by class, or exact) of faults that pass: the call can be retried.
+_SQLSTATES = {
+    "08": "unreachable",
+    "53100": "out of disk space",
+    "53": "out of resources",
+    "57P": "restarting",
+    "57014": "busy",
+    "58": "failing to read or write its files",
+    "40": "busy",
+    "55P03": "busy",
+    "25006": "read-only",
+}
+# SQLite's extended result codes, by prefix.
+_SQLITE_ERRORS = {
+    "SQLITE_FULL": "out of disk space",
+    "SQLITE_IOERR": "failing to read or write its files",
+    "SQLITE_BUSY": "busy",
+    "SQLITE_LOCKED": "busy",
+    "SQLITE_CANTOPEN": "unreachable",
+    "SQLITE_READONLY": "read-only",
+    "SQLITE_PROTOCOL": "busy",
+}
+
+
+def _storage_fault(error: exc.DBAPIError | exc.TimeoutError) -> str | None:
+    """What is wrong with the database, when `error` is a fault of storage or of the
+    connection rather than of the statement; None otherwise."""
+    if isinstance(error, exc.TimeoutError):
+        return "busy"  # no connection came free in time
+    if error.connection_invalidated:
+        return "unreachable"
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    for prefix in (sqlstate, sqlstate[:3], sqlstate[:2]):
+        if prefix in _SQLSTATES:
+            return _SQLSTATES[prefix]
+    name = getattr(orig, "sqlite_errorname", None) or ""
+    for code, why in _SQLITE_ERRORS.items():
+        if name.startswith(code):
+            return why
+    text = str(orig).lower()
+    if any(
         marker in text
         for marker in ("connection", "could not connect", "server closed", "terminating")
-    )
+    ):
+        return "unreachable"
+    return None
+
+
+class FaultLog:
+    """One log line per kind of storage fault, then at most one a minute while it lasts
+    (with how many calls it failed meanwhile): a full disk fails every call."""
+
+    INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def report(self, why: str, error: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            logged_at, since = self._last.get(why, (-self.INTERVAL, 0))
+            if now - logged_at < self.INTERVAL:
+                self._last[why] = (logged_at, since + 1)
+                return
+            self._last[why] = (now, 0)
+        log.warning(
+            "database %s", why, extra={"error": error, "failed_calls_since_last_line": since}
+        )

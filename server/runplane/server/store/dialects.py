@@ -16,12 +16,27 @@ import abc
 import enum
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, func, literal, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    event,
+    exc,
+    func,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.engine import URL, make_url
+
+from runplane.server.errors import CannotStart
 
 CHANGES_CHANNEL = "runplane_changes"
 """The PostgreSQL channel writers notify on commit; every replica LISTENs to it."""
@@ -82,6 +97,11 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def engines(self, url: URL) -> Engines: ...
 
+    def new_files(self, url: URL) -> list[Path]:
+        """The files on this machine that opening the database will create: checked to be
+        creatable first, and removed if the server fails to start. Raises CannotStart."""
+        return []
+
     @abc.abstractmethod
     def begin_snapshot(self, connection: Connection) -> None:
         """Make the connection's next transaction see one committed state throughout."""
@@ -110,9 +130,20 @@ class SQLite(Dialect):
     point_reads_on_loop = True
     serial_writes = True
 
+    def new_files(self, url: URL) -> list[Path]:
+        path = Path(url.database or "")
+        folder = path.parent
+        if not folder.is_dir():
+            raise CannotStart(f"the folder of the SQLite database {path} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CannotStart(f"cannot write the SQLite database {path}: its folder is read-only")
+        if path.exists():
+            if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
+                raise CannotStart(f"cannot read and write the SQLite database {path}")
+            return []
+        return [path, *(path.with_name(path.name + tail) for tail in ("-wal", "-shm", "-journal"))]
+
     def engines(self, url: URL) -> Engines:
-        if url.database:
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         return Engines(
             write=self._engine(url, pool_size=1, begin="BEGIN IMMEDIATE"),
             # One more connection than threads: point reads on the event loop use it.
@@ -126,6 +157,7 @@ class SQLite(Dialect):
             url,
             pool_size=pool_size,
             max_overflow=0,
+            hide_parameters=True,  # errors carry no metadata, kwargs or tokens
             json_serializer=dumps,
             json_deserializer=_loads,
             connect_args={"check_same_thread": False},
@@ -164,10 +196,24 @@ class SQLite(Dialect):
         pass  # SQLite serves one process: there is nobody to tell
 
     def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
-        # `->` renders the stored value as minified JSON; stored documents are written
-        # with sorted keys, so equal values are equal text.
-        path = "$." + json.dumps(key)
-        return column.op("->")(literal(path)) == func.json(literal(dumps(value)))
+        if '"' not in key:
+            # `->` renders the stored value as minified JSON; stored documents are written
+            # with sorted keys, so equal values are equal text.
+            path = "$." + json.dumps(key)
+            return column.op("->")(literal(path)) == func.json(literal(dumps(value)))
+        # A path cannot name a key holding `"` (SQLite's paths have no escape for it):
+        # find the member among the document's own instead, comparing its JSON type and
+        # SQL value (scalars) or its minified JSON (objects, arrays).
+        member = func.json_each(column).table_valued("key", "type", "atom", "value")
+        if isinstance(value, (dict, list)):
+            same = member.c.value == func.json(literal(dumps(value)))
+        elif value is None or isinstance(value, bool):
+            same = member.c.type == {None: "null", True: "true", False: "false"}[value]
+        elif isinstance(value, str):
+            same = and_(member.c.type == "text", member.c.atom == literal(value))
+        else:
+            same = and_(member.c.type.in_(("integer", "real")), member.c.atom == literal(value))
+        return select(member.c.key).where(member.c.key == literal(key), same).exists()
 
 
 class PostgreSQL(Dialect):
@@ -183,6 +229,7 @@ class PostgreSQL(Dialect):
             url,
             pool_size=POSTGRES_THREADS,
             max_overflow=0,
+            hide_parameters=True,  # errors carry no metadata, kwargs or tokens
             pool_pre_ping=False,
             json_serializer=dumps,
         )
@@ -218,15 +265,28 @@ class PostgreSQL(Dialect):
 
 def normalize_url(url: str) -> URL:
     """Pick the driver runplane is built and measured with: sqlite3 or psycopg 3."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError:
+        # Not quoted: a URL may hold a password.
+        raise CannotStart(
+            "the database URL does not parse: use sqlite:///FILE or postgresql://USER@HOST/NAME"
+        ) from None
     if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif parsed.drivername == "sqlite":
         parsed = parsed.set(drivername="sqlite+pysqlite")
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise ValueError("SQLite needs a database file, e.g. sqlite:///runplane.db")
+        raise CannotStart("SQLite needs a database file, e.g. sqlite:///runplane.db")
     return parsed
 
 
 def dialect_of(url: URL) -> Dialect:
-    return PostgreSQL() if url.get_backend_name() == "postgresql" else SQLite()
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        return PostgreSQL()
+    if backend == "sqlite":
+        return SQLite()
+    raise CannotStart(
+        f"unsupported database {backend!r}: use sqlite:///FILE or postgresql://USER@HOST/NAME"
+    )

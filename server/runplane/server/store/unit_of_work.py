@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam, select
 
 from runplane.server.records import Change, Run, now_us
 from runplane.server.store import fields
 from runplane.server.store.dialects import Dialect
 from runplane.server.store.event_log import EventLog
 from runplane.server.store.run_store import RunStore
+from runplane.server.store.schema import StoreSecretRow
+
+_SECRET = select(StoreSecretRow.value).where(StoreSecretRow.name == bindparam("name"))
 
 WRITTEN = "runplane.written"
 """connection.info key: the changes a transaction has applied so far (see GroupWriter)."""
@@ -32,6 +35,10 @@ class UnitOfWork:
         self._dialect = dialect
         self.runs = RunStore(connection, dialect)
         self.log = EventLog(connection, dialect)
+
+    def secret(self, name: str) -> bytes:
+        """A key the store keeps for the server (`store_secrets`), such as `page_tokens`."""
+        return bytes(self._connection.execute(_SECRET, {"name": name}).scalar_one())
 
     def apply(self, changes: Sequence[Change]) -> list[Run]:
         """Commit-order the changes: each gets the next revision, and the run rows and the

@@ -157,12 +157,13 @@ class WatchService:
         the stream is cancelled, `ends` selects an event (it is the last one sent), or the
         server shuts down.
         """
-        for first in opening:
-            yield first
-        sent = watcher.position
-        clock = asyncio.get_running_loop().time
-        next_bookmark = clock() + progress_interval
+        # Attached first: a stream that has sent its opening is one the hub counts.
         with self._hub.attached(watcher):
+            for first in opening:
+                yield first
+            sent = watcher.position
+            clock = asyncio.get_running_loop().time
+            next_bookmark = clock() + progress_interval
             while True:
                 if watcher.ended is not None:
                     if isinstance(watcher.ended, ServerShuttingDown):
