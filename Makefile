@@ -8,6 +8,10 @@ SETUP := $(VENV)/.setup-done
 LOCK := requirements.lock
 # The lock tool, pinned here so that `make lock` needs nothing installed by hand.
 UV := $(VENV)/bin/uv
+# The stub generators' own venv (see proto/codegen.in): grpcio-tools there is older than
+# the service's grpcio on purpose, so the committed stubs accept a wide range of versions.
+CODEGEN := proto/.venv/.setup-done
+CODEGEN_LOCK := proto/codegen.lock
 UV_VERSION := 0.13.9
 BUF := proto/node_modules/.bin/buf
 NODE_TEST_DEPS := tests/polyglot/node_modules/.package-lock.json
@@ -62,6 +66,14 @@ lock: $(UV)
 	  echo "# It keeps every version that still fits; 'make lock ARGS=--upgrade' moves all to"; \
 	  echo "# the newest allowed, 'make lock ARGS=\"--upgrade-package NAME\"' moves one."; \
 	  cat $(LOCK); } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	$(UV) pip compile proto/codegen.in --universal --python-version 3.11 --generate-hashes \
+		--quiet --custom-compile-command 'make lock' --output-file $(CODEGEN_LOCK) $(ARGS)
+
+$(CODEGEN): $(CODEGEN_LOCK)
+	$(PYTHON) -m venv proto/.venv
+	proto/.venv/bin/python -m pip install --quiet --disable-pip-version-check \
+		--require-hashes -r $(CODEGEN_LOCK)
+	touch $@
 
 ## Serve on 127.0.0.1:50051 with the embedded SQLite default (./runplane.db).
 run: $(SETUP)
@@ -69,14 +81,14 @@ run: $(SETUP)
 
 ## Regenerate the committed stubs from proto/: Python in client/runplane/v1,
 ## TypeScript in tests/polyglot/src/gen.
-proto: $(SETUP) $(BUF) $(NODE_TEST_DEPS) $(THIRD_PARTY_PROTOS)
-	$(BIN)/python proto/generate.py
+proto: $(CODEGEN) $(BUF) $(NODE_TEST_DEPS) $(THIRD_PARTY_PROTOS)
+	proto/.venv/bin/python proto/generate.py
 	$(TS_GENERATE)
 
 ## Fail if the committed stubs differ from what the .proto files generate.
-check-proto: $(SETUP) $(BUF) $(NODE_TEST_DEPS) $(THIRD_PARTY_PROTOS)
+check-proto: $(CODEGEN) $(BUF) $(NODE_TEST_DEPS) $(THIRD_PARTY_PROTOS)
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
-	$(BIN)/python proto/generate.py --out $$tmp 2>/dev/null && \
+	proto/.venv/bin/python proto/generate.py --out $$tmp 2>/dev/null && \
 	diff -r -x __pycache__ client/runplane/v1 $$tmp/runplane/v1 && \
 	$(TS_GENERATE) --output $$tmp && \
 	diff -r $(TS_STUBS) $$tmp/$(TS_STUBS) && \
@@ -111,4 +123,4 @@ bench-telemetry: $(SETUP)
 		--targets $(BENCH_TELEMETRY_TARGETS)
 
 clean:
-	rm -rf $(VENV) proto/node_modules tests/polyglot/node_modules tests/polyglot/build runplane.db runplane.db-*
+	rm -rf $(VENV) proto/.venv proto/node_modules tests/polyglot/node_modules tests/polyglot/build runplane.db runplane.db-*

@@ -33,16 +33,20 @@ def backend() -> str:
     return "sqlite"  # the server the installed client talks to; its storage is not at stake
 
 
-def floors() -> list[str]:
-    """`name==X` for every dependency `name>=X` of the project, the extras included."""
+def floors(*, server: bool) -> list[str]:
+    """`name==X` for the highest `name>=X` each dependency of the install has in pyproject:
+    the base dependencies, and the server extra's too when `server` (it may raise a floor
+    of the base, as the server's grpc packages do)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = [*project["dependencies"], *project["optional-dependencies"]["server"]]
-    pins = []
+    requirements = [*project["dependencies"]]
+    if server:
+        requirements += project["optional-dependencies"]["server"]
+    lowest: dict[str, Version] = {}
     for text in requirements:
         requirement = Requirement(text)
-        (lowest,) = [spec.version for spec in requirement.specifier if spec.operator == ">="]
-        pins.append(f"{requirement.name}=={lowest}")
-    return pins
+        (floor,) = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+        lowest[requirement.name] = max(floor, lowest.get(requirement.name, floor))
+    return [f"{name}=={version}" for name, version in lowest.items()]
 
 
 def run(*argv: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -66,25 +70,26 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-def install(root: Path, requirement: str) -> Path:
+def install(root: Path, requirement: str, *, server: bool) -> Path:
     """A fresh venv at `root` (outside the repository) with `requirement` installed at the
     floors of pyproject's ranges; its bin directory."""
     assert not root.resolve().is_relative_to(ROOT)
     run(sys.executable, "-m", "venv", root)
     constraints = root / "floors.txt"
-    constraints.write_text("\n".join(floors()) + "\n")
+    constraints.write_text("\n".join(floors(server=server)) + "\n")
     run(root / "bin" / "python", *PIP, "install", "-c", constraints, requirement)
     return root / "bin"
 
 
 @pytest.fixture(scope="module")
 def client_only(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install(tmp_path_factory.mktemp("client-only"), str(wheel))
+    return install(tmp_path_factory.mktemp("client-only"), str(wheel), server=False)
 
 
 @pytest.fixture(scope="module")
 def with_server(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install(tmp_path_factory.mktemp("with-server"), f"runplane[server] @ {wheel.as_uri()}")
+    requirement = f"runplane[server] @ {wheel.as_uri()}"
+    return install(tmp_path_factory.mktemp("with-server"), requirement, server=True)
 
 
 def installed(bin_dir: Path) -> dict[str, str]:
@@ -96,7 +101,7 @@ def test_client_install_is_the_client_at_the_floors(client_only: Path) -> None:
     packages = installed(client_only)
 
     assert not {"sqlalchemy", "alembic", "psycopg", "grpcio-health-checking"} & set(packages)
-    for pin in floors()[:5]:  # the base dependencies come first in pyproject
+    for pin in floors(server=False):
         name, version = pin.split("==")
         assert Version(packages[name]) == Version(version)
 

@@ -7,7 +7,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from runplane.v1 import run_pb2 as runplane_dot_v1_dot_run__pb2
 from runplane.v1 import run_service_pb2 as runplane_dot_v1_dot_run__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -20,14 +20,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in runplane/v1/run_service_pb2_grpc.py depends on'
+        + f' but the generated code in runplane/v1/run_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class RunServiceStub:
+class RunServiceStub(object):
     """Records runs of assistants on threads, applies the multitask strategy when
     runs collide on a thread, hands runs to workers and streams every change.
 
@@ -111,7 +111,7 @@ class RunServiceStub:
                 _registered_method=True)
 
 
-class RunServiceServicer:
+class RunServiceServicer(object):
     """Records runs of assistants on threads, applies the multitask strategy when
     runs collide on a thread, hands runs to workers and streams every change.
 
@@ -293,7 +293,7 @@ def add_RunServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class RunService:
+class RunService(object):
     """Records runs of assistants on threads, applies the multitask strategy when
     runs collide on a thread, hands runs to workers and streams every change.
 
