@@ -1,4 +1,5 @@
-"""Opaque page tokens for ListRuns, bound to the filter and order they were made for."""
+"""Opaque page tokens for ListRuns, bound to the filter (namespaces included) and order
+they were made for."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def query_fingerprint(run_filter: RunFilter, order: SortOrder) -> str:
             "assistant_id": run_filter.assistant_id,
             "statuses": sorted(run_filter.statuses),
             "metadata": run_filter.metadata,
+            "namespaces": None if run_filter.namespaces is None else sorted(run_filter.namespaces),
             "order": order.value,
         },
         sort_keys=True,
