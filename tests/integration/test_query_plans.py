@@ -59,11 +59,8 @@ def test_claim_for_an_assistant_seeks_its_pending_runs(
     assert not any("SCAN runs" in plan for plan in plans), plans
 
 
-@pytest.mark.parametrize("namespaces", [None, SHOP])
-def test_next_start_after_is_an_index_seek(
-    database: Database, namespaces: frozenset[str] | None
-) -> None:
-    plans = _plans_of(database, lambda store: store.next_start_after(now_us(), namespaces))
+def test_next_start_after_is_an_index_seek(database: Database) -> None:
+    plans = _plans_of(database, lambda store: store.next_start_after(now_us()))
     assert plans
     assert all("ix_runs_status_start_after" in plan for plan in plans), plans
 

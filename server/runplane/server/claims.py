@@ -93,7 +93,7 @@ class ClaimService:
         now = now_us()
         if unit.runs.claimable(now, request.assistant_ids, namespaces, 1):
             return True, None
-        return False, unit.runs.next_start_after(now, namespaces)
+        return False, unit.runs.next_start_after(now)
 
     @staticmethod
     def _claim_once(
@@ -114,7 +114,7 @@ class ClaimService:
                 updated_at=now,
             )
             return unit.apply([Change(ChangeType.UPDATED, running, previous=candidate)])[0], None
-        return None, runs.next_start_after(now, namespaces)
+        return None, runs.next_start_after(now)
 
     async def heartbeat(self, request: requests.HeartbeatRun) -> Run:
         def extend(unit: UnitOfWork) -> Run:

@@ -149,10 +149,6 @@ NamespaceSet = frozenset[str] | None
 """The namespaces a query covers: None is every namespace, an empty set none at all."""
 
 
-def within(namespace: str, namespaces: NamespaceSet) -> bool:
-    return namespaces is None or namespace in namespaces
-
-
 @dataclass(frozen=True, slots=True)
 class RunFilter:
     """Selects runs; an unset field matches every run, except `namespaces`."""
@@ -167,7 +163,7 @@ class RunFilter:
 
     def matches(self, run: Run) -> bool:
         return (
-            within(run.namespace, self.namespaces)
+            (self.namespaces is None or run.namespace in self.namespaces)
             and (self.thread_id is None or run.thread_id == self.thread_id)
             and (self.assistant_id is None or run.assistant_id == self.assistant_id)
             and (not self.statuses or run.status in self.statuses)

@@ -64,21 +64,15 @@ _INFLIGHT_ON_THREAD = _SELECT_RUN.where(
 _INSERT_RUN = insert(_runs)
 _UPDATE_RUN = update(_runs).where(_runs.c.run_id == bindparam("key"))
 _DELETE_RUN = delete(_runs).where(_runs.c.run_id == bindparam("run_id"))
-_IN_NAMESPACES = _runs.c.namespace.in_(bindparam("namespaces", expanding=True))
-"""A query's namespace clause, when it does not cover every namespace."""
-_NEXT_START_AFTER = {
-    by_namespace: select(func.min(_runs.c.start_after_us)).where(
-        _runs.c.status == RunStatus.PENDING.value,
-        _runs.c.start_after_us > bindparam("now"),
-        *([_IN_NAMESPACES] if by_namespace else []),
-    )
-    for by_namespace in (False, True)
-}
+_NEXT_START_AFTER = select(func.min(_runs.c.start_after_us)).where(
+    _runs.c.status == RunStatus.PENDING.value, _runs.c.start_after_us > bindparam("now")
+)
 
 
-def _thread_key(namespace: str, thread_id: str) -> str:
-    """A thread's lock key: the same thread_id in two namespaces is two threads."""
-    return f"{namespace}/{thread_id}"
+def _scoped(namespace: str, key: str) -> str:
+    """A lock key of one namespace: the same thread_id (or request_id) in two namespaces
+    is two threads (two keys)."""
+    return f"{namespace}/{key}"
 
 
 def _claimable_query(by_assistant: bool, one_run: bool, by_namespace: bool) -> Select[Any]:
@@ -105,7 +99,7 @@ def _claimable_query(by_assistant: bool, one_run: bool, by_namespace: bool) -> S
     if one_run:
         query = query.where(_runs.c.run_id == bindparam("run_id"))
     if by_namespace:
-        query = query.where(_IN_NAMESPACES)
+        query = query.where(_runs.c.namespace.in_(bindparam("namespaces", expanding=True)))
     return query.order_by(_runs.c.create_revision).limit(bindparam("limit"))
 
 
@@ -127,15 +121,15 @@ class RunStore:
 
     def lock_thread(self, namespace: str, thread_id: str) -> None:
         """Serialize writers of one thread until commit."""
-        self._dialect.lock(self._conn, Lock.THREAD, _thread_key(namespace, thread_id))
+        self._dialect.lock(self._conn, Lock.THREAD, _scoped(namespace, thread_id))
 
     def lock_request(self, namespace: str, request_id: str) -> None:
         """Serialize creates that carry the same idempotency key until commit."""
-        self._dialect.lock(self._conn, Lock.REQUEST, f"{namespace}/{request_id}")
+        self._dialect.lock(self._conn, Lock.REQUEST, _scoped(namespace, request_id))
 
     def try_lock_thread(self, namespace: str, thread_id: str) -> bool:
         """Like `lock_thread`, but give up at once if another transaction holds it."""
-        return self._dialect.try_lock(self._conn, Lock.THREAD, _thread_key(namespace, thread_id))
+        return self._dialect.try_lock(self._conn, Lock.THREAD, _scoped(namespace, thread_id))
 
     def try_lock_sweeper(self) -> bool:
         """Let one replica at a time sweep; held until commit."""
@@ -213,15 +207,9 @@ class RunStore:
             params["namespaces"] = sorted(namespaces)
         return [fields.from_row(row) for row in self._conn.execute(query, params)]
 
-    def next_start_after(self, now: int, namespaces: NamespaceSet) -> int | None:
-        """When the earliest PENDING run of `namespaces` that is not yet due becomes due."""
-        if namespaces is not None and not namespaces:
-            return None
-        params: dict[str, Any] = {"now": now}
-        if namespaces is not None:
-            params["namespaces"] = sorted(namespaces)
-        query = _NEXT_START_AFTER[namespaces is not None]
-        return self._conn.execute(query, params).scalar_one_or_none()
+    def next_start_after(self, now: int) -> int | None:
+        """When the earliest PENDING run that is not yet due becomes due."""
+        return self._conn.execute(_NEXT_START_AFTER, {"now": now}).scalar_one_or_none()
 
     def stuck(self, now: int, limit: int) -> list[Run]:
         """RUNNING runs whose lease expired or whose timeout passed."""

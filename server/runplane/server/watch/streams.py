@@ -15,9 +15,9 @@ to which every selected event has been sent):
 A quiet stream gets a bookmark every progress interval. Every message either carries
 events or is a bookmark; each revision is one event, so none is ever split.
 
-A stream carries only runs of the namespaces its access reaches: the selector, the
-initial state and the run a WatchRun follows are all checked against them. Bookmarks
-still carry the global revision.
+A stream carries only runs of the namespaces its access reaches: a WatchRuns filter
+(its selector and its initial state) is confined to them, and a WatchRun starts only on
+a run the access reaches. Bookmarks still carry the global revision.
 """
 
 from __future__ import annotations
@@ -29,15 +29,7 @@ from dataclasses import dataclass
 
 from runplane.server import requests
 from runplane.server.errors import RevisionCompacted, ServerShuttingDown
-from runplane.server.records import (
-    EventType,
-    NamespaceSet,
-    Run,
-    RunEvent,
-    RunFilter,
-    SortOrder,
-    within,
-)
+from runplane.server.records import EventType, Run, RunEvent, RunFilter, SortOrder
 from runplane.server.runs import RunLookup
 from runplane.server.store.database import Database
 from runplane.server.store.unit_of_work import UnitOfWork
@@ -59,10 +51,9 @@ def filter_selector(run_filter: RunFilter) -> Selector:
     return selects
 
 
-def run_selector(run_id: str, namespaces: NamespaceSet) -> Selector:
+def run_selector(run_id: str) -> Selector:
     def selects(event: RunEvent) -> bool:
-        # A run id freed by a delete may be taken again in another namespace.
-        return event.run.run_id == run_id and within(event.run.namespace, namespaces)
+        return event.run.run_id == run_id
 
     return selects
 
@@ -150,8 +141,9 @@ class WatchService:
                 return _just(Delivery([initial], revision))
             opening = [Delivery([initial], revision)]
             position = revision
-        selector = run_selector(run_id, access.namespaces(None))
-        watcher = Watcher(selector, position, self._max_buffered)
+        # The run's namespace never changes, and the stream ends with the run: every
+        # event it can carry is of the run the access was asked about.
+        watcher = Watcher(run_selector(run_id), position, self._max_buffered)
         return self._follow(
             watcher,
             requests.DEFAULT_PROGRESS_INTERVAL,
