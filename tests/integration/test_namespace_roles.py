@@ -22,7 +22,7 @@ from google.protobuf import field_mask_pb2
 from runplane.v1 import run_pb2, run_service_pb2
 from tests.support.auth import Caller
 from tests.support.stubs import failure
-from tests.support.tenants import OPERATOR, TEAM_A, TEAM_B, Tenants, secured_server
+from tests.support.tenants import OPERATOR, TEAM_A, TEAM_B, Tenants, bearer, secured_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -146,27 +146,15 @@ def create(tenants: Tenants, caller: Caller, namespace: str) -> Outcome:
     return outcome(lambda: (tenants.create(namespace, caller), OK)[1])
 
 
-def listing(named: bool) -> Perform:
+def shown_by(read: Callable[..., list[run_pb2.Run]], named: bool) -> Perform:
+    """A listing or a watch's initial state (`read`, a `Tenants` method), of the run's
+    thread, in the run's namespace or in every one."""
+
     def perform(tenants: Tenants, caller: Caller, namespace: str) -> Outcome:
         run = tenants.create(namespace)
-        in_namespace = namespace if named else ""
 
         def shown() -> Outcome:
-            found = tenants.listed(caller, in_namespace, thread_id=run.thread_id)
-            return Outcome("OK", shown=[r.run_id for r in found] == [run.run_id])
-
-        return outcome(shown)
-
-    return perform
-
-
-def initial_state(named: bool) -> Perform:
-    def perform(tenants: Tenants, caller: Caller, namespace: str) -> Outcome:
-        run = tenants.create(namespace)
-        in_namespace = namespace if named else ""
-
-        def shown() -> Outcome:
-            found = tenants.initial(caller, in_namespace, thread_id=run.thread_id)
+            found = read(tenants, caller, namespace if named else "", thread_id=run.thread_id)
             return Outcome("OK", shown=[r.run_id for r in found] == [run.run_id])
 
         return outcome(shown)
@@ -179,7 +167,7 @@ def watch_run(tenants: Tenants, caller: Caller, namespace: str) -> Outcome:
 
     def first() -> Outcome:
         request = run_service_pb2.WatchRunRequest(run_id=run.run_id)
-        stream = tenants.stub.WatchRun(request, metadata=bearer_of(caller), timeout=10)
+        stream = tenants.stub.WatchRun(request, metadata=bearer(caller), timeout=10)
         try:
             assert next(iter(stream)).events[0].run.run_id == run.run_id
         finally:
@@ -187,10 +175,6 @@ def watch_run(tenants: Tenants, caller: Caller, namespace: str) -> Outcome:
         return OK
 
     return outcome(first)
-
-
-def bearer_of(caller: Caller) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {caller.token}"),)
 
 
 def claim(named: bool) -> Perform:
@@ -216,15 +200,15 @@ CALLS: dict[str, tuple[Call, Perform]] = {
         Call("GetRun"),
         on_pending("GetRun", lambda run: run_service_pb2.GetRunRequest(run_id=run.run_id)),
     ),
-    "ListRuns": (Call("ListRuns", many=True), listing(named=False)),
+    "ListRuns": (Call("ListRuns", many=True), shown_by(Tenants.listed, named=False)),
     "ListRuns in the namespace": (
         Call("ListRuns", many=True, names_namespace=True),
-        listing(named=True),
+        shown_by(Tenants.listed, named=True),
     ),
-    "WatchRuns": (Call("WatchRuns", many=True), initial_state(named=False)),
+    "WatchRuns": (Call("WatchRuns", many=True), shown_by(Tenants.initial, named=False)),
     "WatchRuns in the namespace": (
         Call("WatchRuns", many=True, names_namespace=True),
-        initial_state(named=True),
+        shown_by(Tenants.initial, named=True),
     ),
     "WatchRun": (Call("WatchRun"), watch_run),
     "CreateRun": (Call("CreateRun", names_namespace=True), create),
