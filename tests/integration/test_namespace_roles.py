@@ -23,6 +23,7 @@ from runplane.v1 import run_pb2, run_service_pb2
 from tests.support.auth import Caller
 from tests.support.stubs import failure
 from tests.support.tenants import OPERATOR, TEAM_A, TEAM_B, Tenants, bearer, secured_server
+from tests.support.watching import cancel
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -137,7 +138,7 @@ def on_running(method: str, request: Callable[[run_pb2.Run], object]) -> Perform
 
 
 def delete_ended(tenants: Tenants, caller: Caller, namespace: str) -> Outcome:
-    run = tenants.cancel(tenants.create(namespace).run_id)
+    run = tenants.cancel_run(tenants.create(namespace).run_id)
     request = run_service_pb2.DeleteRunRequest(run_id=run.run_id)
     return outcome(lambda: (tenants.call(caller, "DeleteRun", request), OK)[1])
 
@@ -171,7 +172,7 @@ def watch_run(tenants: Tenants, caller: Caller, namespace: str) -> Outcome:
         try:
             assert next(iter(stream)).events[0].run.run_id == run.run_id
         finally:
-            stream.cancel()
+            cancel(stream)
         return OK
 
     return outcome(first)

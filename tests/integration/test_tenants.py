@@ -11,15 +11,17 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from tests.support.auth import Caller
 from tests.support.stubs import failure
 from tests.support.tenants import TEAM_A, TEAM_B, Tenants, bearer, secured_server
+from tests.support.watching import cancel
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -209,10 +211,9 @@ def test_a_page_token_is_bound_to_the_namespaces_it_was_read_in(tenants: Tenants
 # -- watches ---------------------------------------------------------------------------------
 
 
-def watch(
-    tenants: Tenants, caller: Caller, request: run_service_pb2.WatchRunsRequest
-) -> Iterator[run_service_pb2.WatchRunsResponse]:
-    return tenants.stub.WatchRuns(request, metadata=bearer(caller), timeout=30)  # type: ignore[no-any-return]
+def watch(tenants: Tenants, caller: Caller, request: run_service_pb2.WatchRunsRequest) -> Any:
+    """The streaming call (iterate it for responses; `cancel` it when done)."""
+    return tenants.stub.WatchRuns(request, metadata=bearer(caller), timeout=30)
 
 
 def read_until(
@@ -237,7 +238,7 @@ def alice_works_on(tenants: Tenants, thread: str) -> int:
     mask = field_mask_pb2.FieldMask(paths=["metadata"])
     update = run_service_pb2.UpdateRunRequest(run=run_pb2.Run(run_id=run.run_id), update_mask=mask)
     tenants.call(ALICE, "UpdateRun", update)
-    tenants.cancel(run.run_id, ALICE)
+    tenants.cancel_run(run.run_id, ALICE)
     tenants.call(ALICE, "DeleteRun", run_service_pb2.DeleteRunRequest(run_id=run.run_id))
     rolled_back = tenants.create(TEAM_A, ALICE, thread_id=thread)
     tenants.call(
@@ -253,7 +254,7 @@ def alice_works_on(tenants: Tenants, thread: str) -> int:
 
 def test_a_live_watch_carries_only_its_tenants_events(tenants: Tenants) -> None:
     thread = new_id()
-    request = run_service_pb2.WatchRunsRequest(progress_interval={"seconds": 1})
+    request = run_service_pb2.WatchRunsRequest(progress_interval=duration_pb2.Duration(seconds=1))
     bobs_stream = watch(tenants, BOB, request)
     auditors_stream = watch(tenants, AUDITOR, request)
     next(iter(bobs_stream))  # open: it starts from here
@@ -270,8 +271,8 @@ def test_a_live_watch_carries_only_its_tenants_events(tenants: Tenants) -> None:
     # A reader of both namespaces saw all of it: there was something to leak.
     audited = events_of(read_until(auditors_stream, lambda r: r.revision >= bobs.revision))
     assert Counter(event.run.namespace for event in audited) == {TEAM_A: 7, TEAM_B: 1}
-    bobs_stream.cancel()  # type: ignore[attr-defined]
-    auditors_stream.cancel()  # type: ignore[attr-defined]
+    cancel(bobs_stream)
+    cancel(auditors_stream)
 
 
 def test_a_replayed_watch_carries_only_its_tenants_events(tenants: Tenants) -> None:
@@ -283,11 +284,11 @@ def test_a_replayed_watch_carries_only_its_tenants_events(tenants: Tenants) -> N
         request = run_service_pb2.WatchRunsRequest(
             filter=run_service_pb2.RunFilter(namespace=namespace),
             start_revision=start.revision,
-            progress_interval={"seconds": 1},
+            progress_interval=duration_pb2.Duration(seconds=1),
         )
         stream = watch(tenants, BOB, request)
         replayed = events_of(read_until(stream, lambda r: r.revision >= bobs.revision))
-        stream.cancel()  # type: ignore[attr-defined]
+        cancel(stream)
         expected = [] if namespace == TEAM_A else [start.run_id, bobs.run_id]
         assert [event.run.run_id for event in replayed] == expected
 
@@ -304,7 +305,7 @@ def test_an_initial_state_holds_only_its_tenants_runs(tenants: Tenants) -> None:
 
 def test_a_deleted_run_of_another_tenant_cannot_be_replayed(tenants: Tenants) -> None:
     run = tenants.create(TEAM_A, ALICE)
-    tenants.cancel(run.run_id, ALICE)
+    tenants.cancel_run(run.run_id, ALICE)
     tenants.call(ALICE, "DeleteRun", run_service_pb2.DeleteRunRequest(run_id=run.run_id))
 
     def replay(caller: Caller, run_id: str) -> list[int]:
@@ -319,6 +320,21 @@ def test_a_deleted_run_of_another_tenant_cannot_be_replayed(tenants: Tenants) ->
             replay(BOB, run_id)
         found = failure(refused.value)
         assert (found.code, found.metadata) == (grpc.StatusCode.NOT_FOUND, {"run_id": run_id})
+
+
+def test_a_run_id_taken_again_replays_only_the_new_tenants_history(tenants: Tenants) -> None:
+    run_id = new_id()
+    alices = tenants.create(TEAM_A, ALICE, run_id=run_id)
+    tenants.cancel_run(run_id, ALICE)
+    tenants.call(ALICE, "DeleteRun", run_service_pb2.DeleteRunRequest(run_id=run_id))
+    tenants.create(TEAM_B, BOB, run_id=run_id)  # the id is free again, in another namespace
+    request = run_service_pb2.WatchRunRequest(run_id=run_id, start_revision=alices.revision)
+    stream = tenants.stub.WatchRun(request, metadata=bearer(BOB), timeout=10)
+    first = next(iter(stream))
+    cancel(stream)
+    assert [(event.type, event.run.namespace) for event in first.events] == [
+        (run_pb2.EVENT_TYPE_CREATED, TEAM_B)
+    ]
 
 
 def test_created_by_names_the_admitted_principal(tenants: Tenants) -> None:

@@ -18,6 +18,7 @@ from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from tests.support.auth import Caller, write_config
 from tests.support.databases import database_url
 from tests.support.servers import ServerThread
+from tests.support.watching import cancel
 
 TEAM_A, TEAM_B = "team-a", "team-b"
 OPERATOR = Caller("operator", [("*", "admin")])
@@ -56,7 +57,7 @@ class Tenants:
         run: run_pb2.Run = claimed.run
         return run
 
-    def cancel(self, run_id: str, caller: Caller = OPERATOR) -> run_pb2.Run:
+    def cancel_run(self, run_id: str, caller: Caller = OPERATOR) -> run_pb2.Run:
         request = run_service_pb2.CancelRunRequest(run_id=run_id)
         run: run_pb2.Run = self.call(caller, "CancelRun", request)
         return run
@@ -91,7 +92,7 @@ class Tenants:
                     return runs
                 runs.extend(event.run for event in response.events)
         finally:
-            stream.cancel()
+            cancel(stream)
         raise AssertionError("the watch ended before its initial state did")
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from runplane.server import requests
 from runplane.server.errors import RevisionCompacted, ServerShuttingDown
-from runplane.server.records import EventType, Run, RunEvent, RunFilter, SortOrder
+from runplane.server.records import EventType, NamespaceSet, Run, RunEvent, RunFilter, SortOrder
 from runplane.server.runs import RunLookup
 from runplane.server.store.database import Database
 from runplane.server.store.unit_of_work import UnitOfWork
@@ -51,9 +51,13 @@ def filter_selector(run_filter: RunFilter) -> Selector:
     return selects
 
 
-def run_selector(run_id: str) -> Selector:
+def run_selector(run_id: str, namespaces: NamespaceSet) -> Selector:
     def selects(event: RunEvent) -> bool:
-        return event.run.run_id == run_id
+        # A run id a delete freed may be taken again, in another namespace: its history
+        # there is another tenant's.
+        return event.run.run_id == run_id and (
+            namespaces is None or event.run.namespace in namespaces
+        )
 
     return selects
 
@@ -141,9 +145,8 @@ class WatchService:
                 return _just(Delivery([initial], revision))
             opening = [Delivery([initial], revision)]
             position = revision
-        # The run's namespace never changes, and the stream ends with the run: every
-        # event it can carry is of the run the access was asked about.
-        watcher = Watcher(run_selector(run_id), position, self._max_buffered)
+        selector = run_selector(run_id, access.namespaces(None))
+        watcher = Watcher(selector, position, self._max_buffered)
         return self._follow(
             watcher,
             requests.DEFAULT_PROGRESS_INTERVAL,
