@@ -337,6 +337,25 @@ def test_a_run_id_taken_again_replays_only_the_new_tenants_history(tenants: Tena
     ]
 
 
+def test_a_run_never_moves_to_another_namespace(tenants: Tenants) -> None:
+    run = tenants.create(TEAM_A, ALICE)
+    moved = run_pb2.Run(run_id=run.run_id, namespace=TEAM_B)
+    for paths in (["namespace"], ["namespace", "metadata"]):
+        update = run_service_pb2.UpdateRunRequest(
+            run=moved, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            tenants.call(ALICE, "UpdateRun", update)
+        found = failure(refused.value)
+        assert (found.code, set(found.violations)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            {"update_mask"},
+        )
+    assert status_of(tenants, ALICE, run.run_id) == run_pb2.RUN_STATUS_PENDING
+    stored = tenants.call(ALICE, "GetRun", run_service_pb2.GetRunRequest(run_id=run.run_id))
+    assert (stored.namespace, stored.revision) == (TEAM_A, run.revision)
+
+
 def test_created_by_names_the_admitted_principal(tenants: Tenants) -> None:
     run = tenants.create(TEAM_B, BOB)
     assert run.created_by == BOB.name
