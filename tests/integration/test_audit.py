@@ -7,6 +7,7 @@ level; then every line it wrote is searched.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from pathlib import Path
@@ -66,7 +67,7 @@ class Calls:
 
 
 def every_rpc(call: Calls) -> None:
-    create = run_service_pb2.CreateRunRequest
+    create = functools.partial(run_service_pb2.CreateRunRequest, namespace="shop")
     run = call(
         PIPELINE,
         "CreateRun",

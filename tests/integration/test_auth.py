@@ -155,7 +155,7 @@ def test_the_bearer_scheme_is_case_insensitive(
 
 
 def test_the_client_sends_its_token_with_every_call(server: ServerThread) -> None:
-    with Client(server.address, token=WRITER.token) as client:
+    with Client(server.address, token=WRITER.token, namespace="shop") as client:
         run = client.create_run("agent")
         assert client.get_run(run.run_id).run_id == run.run_id
         assert [r.run_id for r in client.list_runs(thread_id=run.thread_id)] == [run.run_id]
@@ -225,7 +225,7 @@ def test_a_caller_without_the_role_anywhere_is_denied(
 
 def test_each_role_reaches_the_calls_it_grants(server: ServerThread) -> None:
     with (
-        Client(server.address, token=WRITER.token) as writer,
+        Client(server.address, token=WRITER.token, namespace="shop") as writer,
         Client(server.address, token=WORKER.token) as worker,
         Client(server.address, token=DASHBOARD.token) as dashboard,
         Client(server.address, token=ADMIN.token) as admin,
@@ -294,7 +294,7 @@ def test_a_valid_jwt_names_its_principal_and_grants(
     assert "sso-user" in raised.value.message
     assert raised.value.metadata["role_needed"] == "writer"
     writer = setup.key.token("sso-writer", ["shop:writer"])
-    with Client(server.address, token=writer) as client:
+    with Client(server.address, token=writer, namespace="shop") as client:
         client.create_run("agent")
 
 
@@ -369,7 +369,7 @@ def test_client_certificates_name_principals(tmp_path: Path) -> None:
 
     try:
         with client("checkout-7", "checkout.internal") as checkout:
-            run = checkout.create_run("agent")
+            run = checkout.create_run("agent", namespace="shop")
         with client("billing") as billing:  # no SAN: the CN names it
             assert billing.get_run(run.run_id).run_id == run.run_id
             with pytest.raises(PermissionDenied):

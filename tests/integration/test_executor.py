@@ -275,7 +275,7 @@ def test_complete_accepts_only_success_or_error(
     assert get(stub, running.run_id).status == run_pb2.RUN_STATUS_RUNNING
 
 
-def test_lease_lost_after_cancel_rollback_and_for_other_workers(stub: Stub, assistant: str) -> None:
+def test_heartbeat_and_complete_after_the_run_is_lost(stub: Stub, assistant: str) -> None:
     create(stub, assistant)
     running = claim(stub, assistant, worker="owner")
     assert running is not None
@@ -308,7 +308,8 @@ def test_lease_lost_after_cancel_rollback_and_for_other_workers(stub: Stub, assi
     )
     with pytest.raises(grpc.RpcError) as caught:
         complete(stub, doomed)
-    assert failure(caught.value).reason == "LEASE_LOST"
+    # Gone, it is missing like any run that never was (and like another tenant's run).
+    assert failure(caught.value).code == grpc.StatusCode.NOT_FOUND
 
 
 def test_expired_lease_requeues_in_place_then_errors_after_max_attempts(

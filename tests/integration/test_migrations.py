@@ -130,3 +130,49 @@ def test_0003_puts_the_runs_of_an_0002_database_in_the_default_namespace(
         assert not run.HasField("result")
         assert dict(run.trace_context) == {}
     assert stored == logged
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_0005_keeps_the_runs_and_makes_request_ids_per_namespace(
+    backend: str, tmp_path: Path
+) -> None:
+    """A run with a request_id, written before 0005, survives it (SQLite rebuilds the
+    table) and keeps its key in its namespace; another namespace may use the key."""
+    run_id, thread_id = str(uuid.uuid4()), str(uuid.uuid4())
+    with database_url(backend, tmp_path) as url:
+        database = Database(url)
+        try:
+            upgrade(database.engine, "0004")
+            with database.engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO runs (run_id, thread_id, assistant_id, status, "
+                        "multitask_strategy, metadata, kwargs, created_at_us, updated_at_us, "
+                        "revision, create_revision, attempt, error, cancel_reason, worker_id, "
+                        "request_id) VALUES (:run_id, :thread_id, 'agent', 'pending', "
+                        "'enqueue', '{}', '{}', 1, 1, 1, 1, 0, '', '', '', 'order-1')"
+                    ),
+                    {"run_id": run_id, "thread_id": thread_id},
+                )
+                connection.execute(text("UPDATE store_state SET revision = 1"))
+        finally:
+            database.dispose()
+
+        server = ServerThread(ServerConfig(address="127.0.0.1:0", database_url=url)).start()
+        try:
+            with run_service(server.address) as stub:
+
+                def create(namespace: str) -> str:
+                    request = run_service_pb2.CreateRunRequest(
+                        assistant_id="agent", request_id="order-1", namespace=namespace
+                    )
+                    return str(stub.CreateRun(request).run_id)
+
+                assert create("default") == run_id
+                assert create("team-b") not in (run_id, "")
+                stored = stub.GetRun(run_service_pb2.GetRunRequest(run_id=run_id))
+        finally:
+            server.stop()
+    assert (stored.thread_id, stored.namespace) == (thread_id, "default")

@@ -12,12 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runplane.server import convert, requests, validation
+from runplane.server.access import Access
 from runplane.server.errors import InvalidInput
+from runplane.server.policy import Grant, Principal, Role
 from runplane.server.records import CancelAction, RetryPolicy, RunFilter
 from runplane.v1 import run_pb2, run_service_pb2
 
 LIMITS = validation.Limits()
 THREAD = "123e4567-e89b-42d3-a456-426614174000"
+ACCESS = Access(Principal("tester", (Grant("team-a", Role.WRITER),)), Role.WRITER)
 
 
 def _violations(call: Callable[[], object]) -> set[str]:
@@ -28,11 +31,13 @@ def _violations(call: Callable[[], object]) -> set[str]:
 
 def test_cancel_runs_needs_a_filter_that_narrows() -> None:
     empty = run_service_pb2.CancelRunsRequest(reason="closing")
-    assert _violations(lambda: validation.cancel_runs(empty, LIMITS)) == {"filter"}
+    assert _violations(lambda: validation.cancel_runs(empty, LIMITS, access=ACCESS)) == {"filter"}
     statuses_only = run_service_pb2.CancelRunsRequest(
         filter=run_service_pb2.RunFilter(statuses=[run_pb2.RUN_STATUS_PENDING])
     )
-    assert _violations(lambda: validation.cancel_runs(statuses_only, LIMITS)) == {"filter"}
+    assert _violations(lambda: validation.cancel_runs(statuses_only, LIMITS, access=ACCESS)) == {
+        "filter"
+    }
 
 
 def test_cancel_runs_becomes_its_request() -> None:
@@ -41,7 +46,8 @@ def test_cancel_runs_becomes_its_request() -> None:
         action=run_pb2.CANCEL_ACTION_ROLLBACK,
         reason="closing",
     )
-    assert validation.cancel_runs(message, LIMITS) == requests.CancelRuns(
+    assert validation.cancel_runs(message, LIMITS, access=ACCESS) == requests.CancelRuns(
+        access=ACCESS,
         run_filter=RunFilter(thread_id=THREAD),
         action=CancelAction.ROLLBACK,
         reason="closing",
@@ -57,7 +63,7 @@ def test_cancel_runs_reports_every_problem() -> None:
         action=run_pb2.CancelAction.ValueType(7),
         reason="r" * 2000,
     )
-    assert _violations(lambda: validation.cancel_runs(message, LIMITS)) == {
+    assert _violations(lambda: validation.cancel_runs(message, LIMITS, access=ACCESS)) == {
         "filter.namespace",
         "action",
         "reason",
@@ -65,11 +71,14 @@ def test_cancel_runs_reports_every_problem() -> None:
 
 
 def test_get_stats_takes_a_namespace_or_none() -> None:
-    assert validation.get_stats(run_service_pb2.GetStatsRequest()) == requests.GetStats()
+    unnamed = run_service_pb2.GetStatsRequest()
+    assert validation.get_stats(unnamed, access=ACCESS) == requests.GetStats(access=ACCESS)
     named = run_service_pb2.GetStatsRequest(namespace="team-a")
-    assert validation.get_stats(named) == requests.GetStats(namespace="team-a")
+    assert validation.get_stats(named, access=ACCESS) == requests.GetStats(
+        access=ACCESS, namespace="team-a"
+    )
     bad = run_service_pb2.GetStatsRequest(namespace="a" * 64)
-    assert _violations(lambda: validation.get_stats(bad)) == {"namespace"}
+    assert _violations(lambda: validation.get_stats(bad, access=ACCESS)) == {"namespace"}
 
 
 def test_create_run_carries_the_new_fields_as_given() -> None:
@@ -79,8 +88,8 @@ def test_create_run_carries_the_new_fields_as_given() -> None:
             max_attempts=3, initial_backoff=duration_pb2.Duration(seconds=2)
         ),
     )
-    created = validation.create_run(message, LIMITS)
-    assert (created.namespace, created.priority, created.created_by) == ("default", 5, "anonymous")
+    created = validation.create_run(message, LIMITS, access=ACCESS)
+    assert (created.namespace, created.priority, created.access) == ("default", 5, ACCESS)
     assert created.retry_policy == RetryPolicy(max_attempts=3, initial_backoff=2_000_000)
 
 

@@ -74,7 +74,7 @@ def connection(
             raise ValueError("token must be a non-empty string without surrounding whitespace")
         if credentials is None and not is_loopback(address):
             raise ValueError(
-                f"refusing to send a token in plaintext to {address}: use tls= "
+                f"refusing to send a token in plaintext to {address}: connect over TLS "
                 "(plaintext is for loopback addresses only)"
             )
         metadata = (("authorization", f"Bearer {token}"),)

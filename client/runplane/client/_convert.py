@@ -115,9 +115,11 @@ def _integral_floats_to_int(value: Any) -> Any:
 def run_from_proto(message: run_pb2.Run) -> Run:
     return Run(
         run_id=message.run_id,
+        namespace=message.namespace,
         thread_id=message.thread_id,
         assistant_id=message.assistant_id,
         created_at=timestamp_from_proto(message.created_at),
+        created_by=message.created_by,
         updated_at=timestamp_from_proto(message.updated_at),
         status=enum_from_proto(RunStatus, run_pb2.RunStatus.Name(message.status)),
         metadata=struct_from_proto(message.metadata),

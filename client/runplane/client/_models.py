@@ -79,9 +79,13 @@ class Run:
     """
 
     run_id: str
+    namespace: str
+    """The tenant it belongs to; a thread is (namespace, thread_id)."""
     thread_id: str
     assistant_id: str
     created_at: datetime
+    created_by: str
+    """The principal that created it (`anonymous` on a server without authentication)."""
     updated_at: datetime
     status: RunStatus
     metadata: dict[str, Any]

@@ -12,7 +12,8 @@ lease while the handler works, and completes the run with SUCCESS (the handler's
 returned dict merged into the run's metadata) or ERROR (the exception's message).
 It also watches its run, so the moment the run is lost (interrupted, rolled back,
 timed out or re-claimed) the handler is cancelled and nothing is reported; a
-heartbeat answered with LeaseLost does the same should the watch fail.
+heartbeat answered with LeaseLost (or NotFound: the run was deleted) does the same
+should the watch fail.
 
 Stopping is graceful. `stop()` (or SIGINT/SIGTERM, which `run()` handles unless
 `handle_signals=False`) stops claiming and lets the runs in hand finish, for up to
@@ -238,7 +239,7 @@ class AsyncWorker:
             return await self._client.complete_run(
                 run.run_id, self.worker_id, RunStatus.ERROR, error=str(error) or repr(error)
             )
-        except LeaseLost:
+        except (LeaseLost, NotFound):  # NotFound: deleted meanwhile
             return None
 
     async def _hand_back(self, run: Run) -> None:
@@ -271,7 +272,7 @@ class AsyncWorker:
                 await self._client.heartbeat_run(
                     run.run_id, self.worker_id, lease_duration=self._lease
                 )
-            except LeaseLost:
+            except (LeaseLost, NotFound):
                 return
             except RunplaneError as error:
                 log.warning("heartbeat of run %s failed: %s", run.run_id, error)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 from click.core import ParameterSource
 
+from runplane.client._channels import TLSConfig
 from runplane.client._cli_output import (
     deletion_json,
     event_header,
@@ -47,6 +48,7 @@ from runplane.client.cli_support import (
     flag_fields,
     positive_int,
     seconds,
+    switch,
 )
 from runplane.client.durations import parse_duration
 
@@ -72,6 +74,15 @@ WAIT_GAVE_UP = 124
 INTERRUPTED_BY_USER = 130
 
 
+def _readable_file(text: str) -> str:
+    try:
+        with open(text, "rb"):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot read {text}: {error.strerror}") from None
+    return text
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     """The global flags of the client commands, accepted anywhere on the command line.
@@ -86,9 +97,52 @@ class ClientSettings:
     deadline: float = flag(
         "10s", parse=seconds, metavar="DURATION", help="Time limit of each call, e.g. 500ms, 1m."
     )
+    namespace: str | None = flag(
+        None,
+        short="-n",
+        metavar="NAMESPACE",
+        help="Namespace to create runs in, list and watch (default: runs are created in "
+        "`default`; listings and watches cover every namespace you may read).",
+    )
+    tls: bool = switch(help="Connect over TLS, trusting the system's CAs.")
+    tls_ca: str | None = flag(
+        None,
+        parse=_readable_file,
+        metavar="FILE",
+        help="PEM CA certificates to trust instead of the system's (implies --tls).",
+    )
+    tls_cert: str | None = flag(
+        None,
+        parse=_readable_file,
+        metavar="FILE",
+        help="PEM client certificate, for servers that require one (with --tls-key).",
+    )
+    tls_key: str | None = flag(
+        None, parse=_readable_file, metavar="FILE", help="PEM private key of --tls-cert."
+    )
+    token: str | None = flag(
+        None,
+        metavar="TOKEN",
+        help="Bearer token sent with every call; prefer the variable, which `ps` does not "
+        "show. Over plaintext only to a loopback address.",
+    )
 
-    def client(self) -> Client:
-        return Client(self.address, default_deadline=self.deadline)
+    def client(self, deadline: float | None = None) -> Client:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise click.UsageError("--tls-cert and --tls-key go together")
+        tls: bool | TLSConfig = self.tls
+        if self.tls_ca or self.tls_cert:
+            tls = TLSConfig(ca_file=self.tls_ca, cert_file=self.tls_cert, key_file=self.tls_key)
+        try:
+            return Client(
+                self.address,
+                default_deadline=deadline or self.deadline,
+                tls=tls,
+                token=self.token,
+                namespace=self.namespace,
+            )
+        except ValueError as error:  # a token for plaintext beyond loopback, say
+            raise click.UsageError(str(error)) from None
 
     @property
     def json(self) -> bool:
@@ -254,14 +308,14 @@ def _complete_run_ids(
     """The newest runs' ids, from the server; nothing if it cannot be asked quickly."""
     settings = ClientSettings(**ctx.meta.get(_GLOBALS, {}))
     try:
-        with Client(settings.address, default_deadline=1.0) as client:
+        with settings.client(deadline=1.0) as client:
             runs = itertools.islice(client.list_runs(page_size=100), 100)
             return [
                 click.shell_completion.CompletionItem(run.run_id, help=run.status.value)
                 for run in runs
                 if run.run_id.startswith(incomplete)
             ]
-    except RunplaneError:
+    except (RunplaneError, click.UsageError):
         return []
 
 

@@ -1,4 +1,5 @@
-"""Opaque page tokens for ListRuns, bound to the filter and order they were made for.
+"""Opaque page tokens for ListRuns, bound to the filter (namespaces included) and order
+they were made for.
 
 A token is signed (HMAC-SHA256) with a key the store keeps (`store_secrets`, made by a
 migration and shared by every replica), so a token the server did not issue, or one
@@ -31,6 +32,7 @@ def query_fingerprint(run_filter: RunFilter, order: SortOrder) -> str:
             "assistant_id": run_filter.assistant_id,
             "statuses": sorted(run_filter.statuses),
             "metadata": run_filter.metadata,
+            "namespaces": None if run_filter.namespaces is None else sorted(run_filter.namespaces),
             "order": order.value,
         },
         sort_keys=True,

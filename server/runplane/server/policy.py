@@ -8,9 +8,9 @@ Roles are granted per namespace (`*` grants it in every namespace):
     admin    everything, DeleteRun with force included
 
 The guard asks the coarse question before a call runs (does the caller hold the role
-the call needs anywhere at all?); the servicer asks the per-namespace ones once it
-knows the run's namespace (`verdict`) or needs the namespaces a listing, watch or claim
-may cover (`namespaces`). Nothing here knows gRPC or the database.
+the call needs anywhere at all?); the per-namespace ones (`verdict`) are asked through
+the call's `access.Access` once the rules know the run's namespace, or need the
+namespaces a listing, watch or claim may cover. Nothing here knows gRPC or the database.
 """
 
 from __future__ import annotations
@@ -161,15 +161,3 @@ def verdict(principal: Principal, role: Role, namespace: str) -> Verdict:
     if namespace in principal.namespaces(Role.READER):
         return Verdict.DENIED
     return Verdict.HIDDEN
-
-
-def may_call(principal: Principal, method: str, request: Any, namespace: str) -> Verdict:
-    """`verdict` for calling RunService `method` with `request` on a run in `namespace`."""
-    return verdict(principal, RULES[method].role_needed(request), namespace)
-
-
-def namespaces(principal: Principal, method: str, request: Any = None) -> Namespaces:
-    """The namespaces `method` may cover for `principal`: what a listing or a watch may
-    show (reader), what a claim may take (worker). Empty: nowhere at all.
-    """
-    return principal.namespaces(RULES[method].role_needed(request))

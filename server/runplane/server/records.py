@@ -145,18 +145,26 @@ class RunEvent:
     """For UPDATED, the run before the change, so filters can match either side."""
 
 
+NamespaceSet = frozenset[str] | None
+"""The namespaces a query covers: None is every namespace, an empty set none at all."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunFilter:
-    """Selects runs; an unset field matches every run."""
+    """Selects runs; an unset field matches every run, except `namespaces`."""
 
     thread_id: str | None = None
     assistant_id: str | None = None
     statuses: frozenset[RunStatus] = frozenset()
     metadata: JSONObject = field(default_factory=dict)
+    namespaces: NamespaceSet = frozenset()
+    """Where the runs may be. Unset, none: the rules fill it in from the caller's access
+    (`Access.namespaces`), so a filter nobody narrowed selects nothing."""
 
     def matches(self, run: Run) -> bool:
         return (
-            (self.thread_id is None or run.thread_id == self.thread_id)
+            (self.namespaces is None or run.namespace in self.namespaces)
+            and (self.thread_id is None or run.thread_id == self.thread_id)
             and (self.assistant_id is None or run.assistant_id == self.assistant_id)
             and (not self.statuses or run.status in self.statuses)
             and (

@@ -2,18 +2,18 @@
 the domain receives. Plain values (times in microseconds, durations in microseconds
 unless named in seconds), no protobuf.
 
-Namespaces are carried but not applied yet: `ListRuns.namespace`,
-`WatchRuns.namespace`, `CancelRuns.namespace`, `ClaimRun.namespace` and
-`GetStats.namespace` are validated DNS labels, or None for "every namespace", and no
-rule reads them so far; `CreateRun.namespace` is stored with the run.
+Each carries the call's `access` (who calls, with which role): the rules ask it about
+every run they act on and for the namespaces a query covers. It is required, so no
+request reaches the rules without it. A `namespace` field is the one the request names
+(a DNS label), or None for "every namespace the caller may use for this call".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runplane.server.access import Access
 from runplane.server.records import (
-    ANONYMOUS,
     DEFAULT_NAMESPACE,
     DEFAULT_PRIORITY,
     CancelAction,
@@ -31,6 +31,7 @@ DEFAULT_PROGRESS_INTERVAL = 10.0
 
 @dataclass(frozen=True, slots=True)
 class CreateRun:
+    access: Access = field(kw_only=True)
     assistant_id: str
     thread_id: str | None = None
     run_id: str | None = None
@@ -43,20 +44,19 @@ class CreateRun:
     namespace: str = DEFAULT_NAMESPACE
     retry_policy: RetryPolicy | None = None
     priority: int = DEFAULT_PRIORITY
-    created_by: str = ANONYMOUS
-    """The caller's principal: the one a server without authentication knows, until
-    calls carry an identity."""
     trace_context: dict[str, str] = field(default_factory=dict)
     """The caller's W3C trace context, once calls are traced."""
 
 
 @dataclass(frozen=True, slots=True)
 class GetRun:
+    access: Access = field(kw_only=True)
     run_id: str
 
 
 @dataclass(frozen=True, slots=True)
 class ListRuns:
+    access: Access = field(kw_only=True)
     run_filter: RunFilter
     order: SortOrder
     page_size: int
@@ -68,6 +68,7 @@ class ListRuns:
 class UpdateRun:
     """None leaves a field as it is."""
 
+    access: Access = field(kw_only=True)
     run_id: str
     metadata: JSONObject | None = None
     kwargs: JSONObject | None = None
@@ -76,6 +77,7 @@ class UpdateRun:
 
 @dataclass(frozen=True, slots=True)
 class CancelRun:
+    access: Access = field(kw_only=True)
     run_id: str
     action: CancelAction = CancelAction.INTERRUPT
     reason: str = ""
@@ -83,6 +85,7 @@ class CancelRun:
 
 @dataclass(frozen=True, slots=True)
 class CancelRuns:
+    access: Access = field(kw_only=True)
     run_filter: RunFilter
     action: CancelAction = CancelAction.INTERRUPT
     reason: str = ""
@@ -91,6 +94,7 @@ class CancelRuns:
 
 @dataclass(frozen=True, slots=True)
 class DeleteRun:
+    access: Access = field(kw_only=True)
     run_id: str
     expected_revision: int = 0
     force: bool = False
@@ -98,6 +102,7 @@ class DeleteRun:
 
 @dataclass(frozen=True, slots=True)
 class ClaimRun:
+    access: Access = field(kw_only=True)
     worker_id: str
     assistant_ids: tuple[str, ...]
     lease_us: int
@@ -107,6 +112,7 @@ class ClaimRun:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatRun:
+    access: Access = field(kw_only=True)
     run_id: str
     worker_id: str
     lease_us: int
@@ -114,6 +120,7 @@ class HeartbeatRun:
 
 @dataclass(frozen=True, slots=True)
 class CompleteRun:
+    access: Access = field(kw_only=True)
     run_id: str
     worker_id: str
     status: RunStatus
@@ -127,6 +134,7 @@ class CompleteRun:
 
 @dataclass(frozen=True, slots=True)
 class WatchRuns:
+    access: Access = field(kw_only=True)
     run_filter: RunFilter
     start_revision: int = 0
     """Inclusive; 0 means from now."""
@@ -137,6 +145,7 @@ class WatchRuns:
 
 @dataclass(frozen=True, slots=True)
 class WatchRun:
+    access: Access = field(kw_only=True)
     run_id: str
     start_revision: int = 0
     """Inclusive; 0 means the current state first."""
@@ -144,4 +153,5 @@ class WatchRun:
 
 @dataclass(frozen=True, slots=True)
 class GetStats:
+    access: Access = field(kw_only=True)
     namespace: str | None = None

@@ -4,6 +4,10 @@ Each operation is one transaction: the rule reads what it needs through the
 `UnitOfWork` the store hands it, decides, and passes its changes to
 `UnitOfWork.apply`, which numbers them with global revisions. "What happens on
 CreateRun with ROLLBACK" is answered in `RunService._create`.
+
+A thread is (namespace, thread_id): strategies, the thread's lock and `request_id`
+reach only runs of the namespace the run is created in. Which runs a call may touch
+is asked of the request's `access`, right where the rules read them.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from runplane.server import pages, requests
+from runplane.server.access import Access
 from runplane.server.cache import RunCache, run_bytes
 from runplane.server.errors import (
     RevisionMismatch,
     RunAlreadyExists,
     RunInflight,
-    RunNotFound,
     RunNotPending,
     RunTerminal,
     ThreadBusy,
@@ -45,8 +49,9 @@ page_size of them in memory (the response carries about as much anyway)."""
 FIRST_READ = 64
 """Rows a page reads first; then as many as the size of those says still fit."""
 
-RunLookup = Callable[[str], Awaitable[Run]]
-"""GetRun's read: the run with this id, or RunNotFound."""
+RunLookup = Callable[[str, Access], Awaitable[Run]]
+"""GetRun's read: the run with this id, if the access reaches it; else RunNotFound (or
+PermissionDenied)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,19 +95,22 @@ class RunService:
         return await self._db.write(lambda unit: self._create(unit, new))
 
     def _create(self, unit: UnitOfWork, new: requests.CreateRun) -> Run:
-        # The seam for namespaces: a thread and a request_id are still global here.
+        namespace = new.namespace
+        new.access.require(namespace)
         runs = unit.runs
         if new.request_id is not None:
-            runs.lock_request(new.request_id)
-            first = runs.get_by_request_id(new.request_id)
+            runs.lock_request(namespace, new.request_id)
+            first = runs.get_by_request_id(namespace, new.request_id)
             if first is not None:
                 return first  # a retry: no second run, no strategy applied again
         run_id = new.run_id or str(uuid.uuid4())
         thread_id = new.thread_id or str(uuid.uuid4())
-        runs.lock_thread(thread_id)
+        runs.lock_thread(namespace, thread_id)
         if new.run_id is not None and runs.get(new.run_id) is not None:
+            # Run ids are global, so this tells that the id is taken, maybe in another
+            # namespace; nothing more. Ids the server makes never collide.
             raise RunAlreadyExists(new.run_id)
-        inflight = runs.inflight_on_thread(thread_id) if new.thread_id else []
+        inflight = runs.inflight_on_thread(namespace, thread_id) if new.thread_id else []
         at = now_us()
 
         changes: list[Change] = []
@@ -130,8 +138,8 @@ class RunService:
             timeout=new.timeout,
             start_after=new.start_after,
             request_id=new.request_id,
-            namespace=new.namespace,
-            created_by=new.created_by,
+            namespace=namespace,
+            created_by=new.access.caller,
             trace_context=new.trace_context,
             retry_policy=new.retry_policy,
             priority=new.priority,
@@ -142,21 +150,23 @@ class RunService:
     # -- read --------------------------------------------------------------------------------
 
     async def get(self, request: requests.GetRun) -> Run:
-        return await self.lookup(request.run_id)
+        return await self.lookup(request.run_id, request.access)
 
-    async def lookup(self, run_id: str) -> Run:
+    async def lookup(self, run_id: str, access: Access) -> Run:
         """The run with this id (RunLookup), from the cache when it has it."""
         run = self._cache.get(run_id) if self._cache is not None else None
         if run is None:
             run = await self._db.read(lambda unit: unit.runs.get(run_id))
-            if run is None:
-                raise RunNotFound(run_id)
-            if self._cache is not None:
+            if run is not None and self._cache is not None:
                 self._cache.remember(run)
-        return run
+        return access.found(run_id, run)
 
     async def list(self, query: requests.ListRuns) -> RunPage:
-        fingerprint = pages.query_fingerprint(query.run_filter, query.order)
+        run_filter = dataclasses.replace(
+            query.run_filter, namespaces=query.access.namespaces(query.namespace)
+        )
+        # The namespaces are part of the query a token is bound to.
+        fingerprint = pages.query_fingerprint(run_filter, query.order)
         tokens = self._tokens
         cursor = tokens.decode(query.page_token, fingerprint) if query.page_token else None
 
@@ -169,7 +179,7 @@ class RunService:
             size = 0
             after, step = cursor, min(wanted, FIRST_READ)
             while True:
-                found = unit.runs.list_page(query.run_filter, query.order, after, step)
+                found = unit.runs.list_page(run_filter, query.order, after, step)
                 runs.extend(found)
                 size += sum(map(run_bytes, found))
                 if len(found) < step or len(runs) >= wanted:
@@ -197,7 +207,7 @@ class RunService:
         return await self._db.write(lambda unit: self._update(unit, patch))
 
     def _update(self, unit: UnitOfWork, patch: requests.UpdateRun) -> Run:
-        run = _existing(unit, patch.run_id)
+        run = _existing(unit, patch.run_id, patch.access)
         _check_revision(run, patch.expected_revision)
         changed: dict[str, Any] = {"updated_at": now_us()}
         if patch.metadata is not None:
@@ -213,7 +223,7 @@ class RunService:
         return await self._db.write(lambda unit: self._cancel(unit, request))
 
     def _cancel(self, unit: UnitOfWork, request: requests.CancelRun) -> Run:
-        run = _existing(unit, request.run_id)
+        run = _existing(unit, request.run_id, request.access)
         if not run.status.is_inflight:
             raise RunTerminal(run.run_id, run.status.value)
         if request.action is CancelAction.ROLLBACK:
@@ -224,15 +234,14 @@ class RunService:
         await self._db.write(lambda unit: self._delete(unit, request))
 
     def _delete(self, unit: UnitOfWork, request: requests.DeleteRun) -> None:
-        run = _existing(unit, request.run_id)
+        run = _existing(unit, request.run_id, request.access)
         _check_revision(run, request.expected_revision)
         if run.status.is_inflight and not request.force:
             raise RunInflight(run.run_id, run.status.value)
         unit.apply([Change(ChangeType.DELETED, run)])
 
 
-def _existing(unit: UnitOfWork, run_id: str) -> Run:
-    run = unit.runs.get_locked(run_id)
-    if run is None:
-        raise RunNotFound(run_id)
-    return run
+def _existing(unit: UnitOfWork, run_id: str, access: Access) -> Run:
+    """The run to change, if the access reaches it: asked before anything of it is
+    compared, so a refusal tells nothing of its state."""
+    return access.found(run_id, unit.runs.get_locked(run_id))

@@ -1,5 +1,6 @@
-"""RunService over gRPC: decode and validate the request into its `requests`
-dataclass, call the rules with it, convert the answer.
+"""RunService over gRPC: decode and validate the request into its `requests` dataclass,
+with the call's `Access` (made once, by `_rpc` or `_watch`, from the caller the guard
+admitted), call the rules with it, convert the answer.
 
 This is the only module that knows gRPC status codes; every error leaves through
 `_rpc` (or `_watch` for streams), which maps it with `status`. That includes requests
@@ -23,7 +24,8 @@ import grpc
 from google.protobuf import empty_pb2, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from runplane.server import convert, status, validation
+from runplane.server import convert, identity, status, validation
+from runplane.server.access import Access
 from runplane.server.cache import SizedCache
 from runplane.server.claims import ClaimService
 from runplane.server.errors import FieldViolation, InvalidInput, RunplaneError, ServerShuttingDown
@@ -42,6 +44,8 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[["RunServicer", Request, Context], Awaitable[Response]]
+Rules = Callable[["RunServicer", Request, Access], Awaitable[Response]]
+"""A handler body: the request and the call's access in, the response out."""
 
 SERVICE = run_service_pb2.DESCRIPTOR.services_by_name["RunService"]
 
@@ -162,8 +166,10 @@ class Calls:
             await asyncio.sleep(max(pause, 0.01))
 
 
-def _rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Map the domain's errors to their statuses, and anything else to INTERNAL."""
+def _rpc(handler: Rules[Request, Response]) -> Handler[Request, Response]:
+    """Give the handler the call's access; map the domain's errors to their statuses,
+    and anything else to INTERNAL."""
+    method = handler.__name__
 
     @functools.wraps(handler)
     async def wrapper(self: RunServicer, request: Request, context: Context) -> Response:
@@ -173,7 +179,8 @@ def _rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
             try:
                 if (undecodable := _undecodable.get()) is not None:
                     raise undecodable
-                return await handler(self, request, context)
+                access = Access.of(identity.caller(), method, request)
+                return await handler(self, request, access)
             finally:
                 calls.end()
         except Exception as error:
@@ -185,13 +192,15 @@ def _rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
 
 
 def _watch(
-    opener: Callable[[RunServicer, Request, Context], Awaitable[AsyncIterator[Delivery]]],
+    opener: Callable[[RunServicer, Request, Access], Awaitable[AsyncIterator[Delivery]]],
 ) -> Callable[[RunServicer, Request, Context], AsyncIterator[run_service_pb2.WatchRunsResponse]]:
-    """A watch handler from a coroutine that opens the domain's stream of deliveries:
-    each delivery goes out as WatchRunsResponse messages; an error, raised at the
-    start or later, ends the stream with its status (as `_rpc` does for unary calls).
-    One generator between grpc and the watcher, since each layer costs every message.
+    """A watch handler from a coroutine that opens the domain's stream of deliveries,
+    given the call's access: each delivery goes out as WatchRunsResponse messages; an
+    error, raised at the start or later, ends the stream with its status (as `_rpc` does
+    for unary calls). One generator between grpc and the watcher, since each layer costs
+    every message.
     """
+    method = opener.__name__
 
     @functools.wraps(opener)
     async def handler(
@@ -201,7 +210,8 @@ def _watch(
             self.calls.refuse_if_draining("resume the watch from the last revision")
             if (undecodable := _undecodable.get()) is not None:
                 raise undecodable
-            deliveries = await opener(self, request, context)
+            access = Access.of(identity.caller(), method, request)
+            deliveries = await opener(self, request, access)
             # Headers now rather than with the first message, which may be a while
             # coming: they tell the client the watch is open, so it resumes it after a
             # drop instead of failing as it does when the server cannot be reached.
@@ -337,21 +347,21 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
 
     @_rpc
     async def CreateRun(
-        self, request: run_service_pb2.CreateRunRequest, context: Context
+        self, request: run_service_pb2.CreateRunRequest, access: Access
     ) -> run_pb2.Run:
-        run = await self._runs.create(validation.create_run(request, self._limits))
+        run = await self._runs.create(validation.create_run(request, self._limits, access=access))
         return convert.run_to_proto(run)
 
     @_rpc
-    async def GetRun(self, request: run_service_pb2.GetRunRequest, context: Context) -> run_pb2.Run:
-        run = await self._runs.get(validation.get_run(request))
+    async def GetRun(self, request: run_service_pb2.GetRunRequest, access: Access) -> run_pb2.Run:
+        run = await self._runs.get(validation.get_run(request, access=access))
         return convert.run_to_proto(run)
 
     @_rpc
     async def ListRuns(
-        self, request: run_service_pb2.ListRunsRequest, context: Context
+        self, request: run_service_pb2.ListRunsRequest, access: Access
     ) -> run_service_pb2.ListRunsResponse:
-        page = await self._runs.list(validation.list_runs(request, self._limits))
+        page = await self._runs.list(validation.list_runs(request, self._limits, access=access))
         runs: list[run_pb2.Run] = []
         next_page_token = page.next_page_token
         size = 0
@@ -369,59 +379,63 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
 
     @_rpc
     async def UpdateRun(
-        self, request: run_service_pb2.UpdateRunRequest, context: Context
+        self, request: run_service_pb2.UpdateRunRequest, access: Access
     ) -> run_pb2.Run:
-        run = await self._runs.update(validation.update_run(request, self._limits))
+        run = await self._runs.update(validation.update_run(request, self._limits, access=access))
         return convert.run_to_proto(run)
 
     @_rpc
     async def CancelRun(
-        self, request: run_service_pb2.CancelRunRequest, context: Context
+        self, request: run_service_pb2.CancelRunRequest, access: Access
     ) -> run_pb2.Run:
-        run = await self._runs.cancel(validation.cancel_run(request))
+        run = await self._runs.cancel(validation.cancel_run(request, access=access))
         return convert.run_to_proto(run)
 
     @_rpc
     async def DeleteRun(
-        self, request: run_service_pb2.DeleteRunRequest, context: Context
+        self, request: run_service_pb2.DeleteRunRequest, access: Access
     ) -> empty_pb2.Empty:
-        await self._runs.delete(validation.delete_run(request))
+        await self._runs.delete(validation.delete_run(request, access=access))
         return empty_pb2.Empty()
 
     @_rpc
     async def ClaimRun(
-        self, request: run_service_pb2.ClaimRunRequest, context: Context
+        self, request: run_service_pb2.ClaimRunRequest, access: Access
     ) -> run_service_pb2.ClaimRunResponse:
-        run = await self._claims.claim(validation.claim_run(request))
+        run = await self._claims.claim(validation.claim_run(request, access=access))
         if run is None:
             return run_service_pb2.ClaimRunResponse()
         return run_service_pb2.ClaimRunResponse(run=convert.run_to_proto(run))
 
     @_rpc
     async def HeartbeatRun(
-        self, request: run_service_pb2.HeartbeatRunRequest, context: Context
+        self, request: run_service_pb2.HeartbeatRunRequest, access: Access
     ) -> run_pb2.Run:
-        run = await self._claims.heartbeat(validation.heartbeat_run(request))
+        run = await self._claims.heartbeat(validation.heartbeat_run(request, access=access))
         return convert.run_to_proto(run)
 
     @_rpc
     async def CompleteRun(
-        self, request: run_service_pb2.CompleteRunRequest, context: Context
+        self, request: run_service_pb2.CompleteRunRequest, access: Access
     ) -> run_pb2.Run:
-        run = await self._claims.complete(validation.complete_run(request, self._limits))
+        run = await self._claims.complete(
+            validation.complete_run(request, self._limits, access=access)
+        )
         return convert.run_to_proto(run)
 
     @_watch
     async def WatchRuns(
-        self, request: run_service_pb2.WatchRunsRequest, context: Context
+        self, request: run_service_pb2.WatchRunsRequest, access: Access
     ) -> AsyncIterator[Delivery]:
-        return await self._watches.watch_runs(validation.watch_runs(request, self._limits))
+        return await self._watches.watch_runs(
+            validation.watch_runs(request, self._limits, access=access)
+        )
 
     @_watch
     async def WatchRun(
-        self, request: run_service_pb2.WatchRunRequest, context: Context
+        self, request: run_service_pb2.WatchRunRequest, access: Access
     ) -> AsyncIterator[Delivery]:
-        return await self._watches.watch_run(validation.watch_run(request))
+        return await self._watches.watch_run(validation.watch_run(request, access=access))
 
     async def CancelRuns(
         self, request: run_service_pb2.CancelRunsRequest, context: Context

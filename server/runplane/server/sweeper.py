@@ -76,7 +76,7 @@ class Sweeper:
             changes = [
                 Change(ChangeType.UPDATED, _settle(run, now, self._max_attempts), previous=run)
                 for run in runs.stuck(now, _BATCH)
-                if runs.try_lock_thread(run.thread_id)  # busy threads wait for the next pass
+                if runs.try_lock_thread(run.namespace, run.thread_id)  # busy: next pass
             ]
             return unit.apply(changes)
 

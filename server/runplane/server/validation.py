@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from runplane.server import convert, pages, records, requests
+from runplane.server.access import Access
 from runplane.server.errors import FieldViolation, InvalidInput
 from runplane.server.records import RunFilter, SortOrder
 from runplane.v1 import run_pb2, run_service_pb2
@@ -228,7 +229,9 @@ def _retry_policy(v: _Violations, message: run_pb2.RetryPolicy) -> records.Retry
     )
 
 
-def create_run(request: run_service_pb2.CreateRunRequest, limits: Limits) -> requests.CreateRun:
+def create_run(
+    request: run_service_pb2.CreateRunRequest, limits: Limits, *, access: Access
+) -> requests.CreateRun:
     v = _Violations()
     thread_id = v.uuid("thread_id", request.thread_id, required=False)
     run_id = v.uuid("run_id", request.run_id, required=False)
@@ -268,6 +271,7 @@ def create_run(request: run_service_pb2.CreateRunRequest, limits: Limits) -> req
             v.add("priority", f"must be {MIN_PRIORITY} to {MAX_PRIORITY}, got {priority}")
     v.check()
     return requests.CreateRun(
+        access=access,
         assistant_id=request.assistant_id,
         thread_id=thread_id,
         run_id=run_id,
@@ -288,11 +292,11 @@ def _run_id(v: _Violations, value: str) -> str:
     return v.uuid("run_id", value, required=True) or ""
 
 
-def get_run(request: run_service_pb2.GetRunRequest) -> requests.GetRun:
+def get_run(request: run_service_pb2.GetRunRequest, *, access: Access) -> requests.GetRun:
     v = _Violations()
     checked_id = _run_id(v, request.run_id)
     v.check()
-    return requests.GetRun(run_id=checked_id)
+    return requests.GetRun(access=access, run_id=checked_id)
 
 
 def _run_filter(
@@ -320,7 +324,9 @@ def _run_filter(
     return selected, namespace
 
 
-def list_runs(request: run_service_pb2.ListRunsRequest, limits: Limits) -> requests.ListRuns:
+def list_runs(
+    request: run_service_pb2.ListRunsRequest, limits: Limits, *, access: Access
+) -> requests.ListRuns:
     v = _Violations()
     selected, namespace = _run_filter(v, request.filter, limits)
     if request.page_size < 0:
@@ -337,6 +343,7 @@ def list_runs(request: run_service_pb2.ListRunsRequest, limits: Limits) -> reque
     v.check()
     assert order is not None
     return requests.ListRuns(
+        access=access,
         run_filter=selected,
         order=order,
         page_size=page_size,
@@ -345,7 +352,9 @@ def list_runs(request: run_service_pb2.ListRunsRequest, limits: Limits) -> reque
     )
 
 
-def update_run(request: run_service_pb2.UpdateRunRequest, limits: Limits) -> requests.UpdateRun:
+def update_run(
+    request: run_service_pb2.UpdateRunRequest, limits: Limits, *, access: Access
+) -> requests.UpdateRun:
     v = _Violations()
     checked_id = v.uuid("run.run_id", request.run.run_id, required=True)
     v.revision("expected_revision", request.expected_revision)
@@ -364,6 +373,7 @@ def update_run(request: run_service_pb2.UpdateRunRequest, limits: Limits) -> req
     v.check()
     assert checked_id is not None
     return requests.UpdateRun(
+        access=access,
         run_id=checked_id,
         metadata=metadata if "metadata" in paths else None,
         kwargs=kwargs if "kwargs" in paths else None,
@@ -379,16 +389,20 @@ def _cancel_action(v: _Violations, value: run_pb2.CancelAction.ValueType) -> rec
     return action
 
 
-def cancel_run(request: run_service_pb2.CancelRunRequest) -> requests.CancelRun:
+def cancel_run(request: run_service_pb2.CancelRunRequest, *, access: Access) -> requests.CancelRun:
     v = _Violations()
     checked_id = _run_id(v, request.run_id)
     action = _cancel_action(v, request.action)
     v.text("reason", request.reason, limit=MAX_REASON)
     v.check()
-    return requests.CancelRun(run_id=checked_id, action=action, reason=request.reason)
+    return requests.CancelRun(
+        access=access, run_id=checked_id, action=action, reason=request.reason
+    )
 
 
-def cancel_runs(request: run_service_pb2.CancelRunsRequest, limits: Limits) -> requests.CancelRuns:
+def cancel_runs(
+    request: run_service_pb2.CancelRunsRequest, limits: Limits, *, access: Access
+) -> requests.CancelRuns:
     v = _Violations()
     selected, namespace = _run_filter(v, request.filter, limits)
     if selected.thread_id is None and selected.assistant_id is None and not selected.metadata:
@@ -400,17 +414,24 @@ def cancel_runs(request: run_service_pb2.CancelRunsRequest, limits: Limits) -> r
     v.text("reason", request.reason, limit=MAX_REASON)
     v.check()
     return requests.CancelRuns(
-        run_filter=selected, action=action, reason=request.reason, namespace=namespace
+        access=access,
+        run_filter=selected,
+        action=action,
+        reason=request.reason,
+        namespace=namespace,
     )
 
 
-def delete_run(request: run_service_pb2.DeleteRunRequest) -> requests.DeleteRun:
+def delete_run(request: run_service_pb2.DeleteRunRequest, *, access: Access) -> requests.DeleteRun:
     v = _Violations()
     checked_id = _run_id(v, request.run_id)
     v.revision("expected_revision", request.expected_revision)
     v.check()
     return requests.DeleteRun(
-        run_id=checked_id, expected_revision=request.expected_revision, force=request.force
+        access=access,
+        run_id=checked_id,
+        expected_revision=request.expected_revision,
+        force=request.force,
     )
 
 
@@ -427,7 +448,7 @@ def _lease_us(
     return lease or DEFAULT_LEASE_US
 
 
-def claim_run(request: run_service_pb2.ClaimRunRequest) -> requests.ClaimRun:
+def claim_run(request: run_service_pb2.ClaimRunRequest, *, access: Access) -> requests.ClaimRun:
     v = _Violations()
     v.text("worker_id", request.worker_id, limit=MAX_WORKER_ID, required=True)
     v.count("assistant_ids", len(request.assistant_ids), MAX_ASSISTANT_IDS)
@@ -438,6 +459,7 @@ def claim_run(request: run_service_pb2.ClaimRunRequest) -> requests.ClaimRun:
     namespace = v.namespace("namespace", request.namespace)
     v.check()
     return requests.ClaimRun(
+        access=access,
         worker_id=request.worker_id,
         assistant_ids=tuple(request.assistant_ids),
         lease_us=lease,
@@ -446,13 +468,17 @@ def claim_run(request: run_service_pb2.ClaimRunRequest) -> requests.ClaimRun:
     )
 
 
-def heartbeat_run(request: run_service_pb2.HeartbeatRunRequest) -> requests.HeartbeatRun:
+def heartbeat_run(
+    request: run_service_pb2.HeartbeatRunRequest, *, access: Access
+) -> requests.HeartbeatRun:
     v = _Violations()
     checked_id = _run_id(v, request.run_id)
     v.text("worker_id", request.worker_id, limit=MAX_WORKER_ID, required=True)
     lease = _lease_us(v, request)
     v.check()
-    return requests.HeartbeatRun(run_id=checked_id, worker_id=request.worker_id, lease_us=lease)
+    return requests.HeartbeatRun(
+        access=access, run_id=checked_id, worker_id=request.worker_id, lease_us=lease
+    )
 
 
 _COMPLETION_STATUSES = {
@@ -462,7 +488,7 @@ _COMPLETION_STATUSES = {
 
 
 def complete_run(
-    request: run_service_pb2.CompleteRunRequest, limits: Limits
+    request: run_service_pb2.CompleteRunRequest, limits: Limits, *, access: Access
 ) -> requests.CompleteRun:
     v = _Violations()
     checked_id = _run_id(v, request.run_id)
@@ -476,6 +502,7 @@ def complete_run(
     v.check()
     assert status is not None
     return requests.CompleteRun(
+        access=access,
         run_id=checked_id,
         worker_id=request.worker_id,
         status=status,
@@ -497,7 +524,9 @@ def _progress_interval(seconds: float) -> float:
     return min(MAX_PROGRESS_INTERVAL, max(MIN_PROGRESS_INTERVAL, seconds))
 
 
-def watch_runs(request: run_service_pb2.WatchRunsRequest, limits: Limits) -> requests.WatchRuns:
+def watch_runs(
+    request: run_service_pb2.WatchRunsRequest, limits: Limits, *, access: Access
+) -> requests.WatchRuns:
     v = _Violations()
     selected, namespace = _run_filter(v, request.filter, limits)
     _start_revision(v, request.start_revision)
@@ -511,6 +540,7 @@ def watch_runs(request: run_service_pb2.WatchRunsRequest, limits: Limits) -> req
     _duration_us(v, "progress_interval", interval)
     v.check()
     return requests.WatchRuns(
+        access=access,
         run_filter=selected,
         start_revision=request.start_revision,
         include_initial=request.include_initial,
@@ -519,16 +549,18 @@ def watch_runs(request: run_service_pb2.WatchRunsRequest, limits: Limits) -> req
     )
 
 
-def watch_run(request: run_service_pb2.WatchRunRequest) -> requests.WatchRun:
+def watch_run(request: run_service_pb2.WatchRunRequest, *, access: Access) -> requests.WatchRun:
     v = _Violations()
     checked_id = _run_id(v, request.run_id)
     _start_revision(v, request.start_revision)
     v.check()
-    return requests.WatchRun(run_id=checked_id, start_revision=request.start_revision)
+    return requests.WatchRun(
+        access=access, run_id=checked_id, start_revision=request.start_revision
+    )
 
 
-def get_stats(request: run_service_pb2.GetStatsRequest) -> requests.GetStats:
+def get_stats(request: run_service_pb2.GetStatsRequest, *, access: Access) -> requests.GetStats:
     v = _Violations()
     namespace = v.namespace("namespace", request.namespace)
     v.check()
-    return requests.GetStats(namespace=namespace)
+    return requests.GetStats(access=access, namespace=namespace)

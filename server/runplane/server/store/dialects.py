@@ -7,7 +7,8 @@ and nothing outside `store/` sees a dialect at all:
   readers in WAL mode; PostgreSQL one pool for both;
 - locks: PostgreSQL takes transaction-scoped advisory locks so that replicas exclude
   each other; SQLite's write transaction already holds the database's only write lock;
-- JSON comparison for metadata filters, and the NOTIFY that rings other replicas.
+- JSON comparison for metadata filters, a hint for SQLite's planner, and the NOTIFY
+  that rings other replicas.
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ class Dialect(abc.ABC):
     def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
         """column[key] == value, comparing JSON values rather than text."""
 
+    @abc.abstractmethod
+    def unselective(self, clause: ColumnElement[bool]) -> ColumnElement[bool]:
+        """`clause`, marked as true of most rows for a planner that cannot know it."""
+
 
 class SQLite(Dialect):
     shared = False
@@ -215,6 +220,11 @@ class SQLite(Dialect):
             same = and_(member.c.type.in_(("integer", "real")), member.c.atom == literal(value))
         return select(member.c.key).where(member.c.key == literal(key), same).exists()
 
+    def unselective(self, clause: ColumnElement[bool]) -> ColumnElement[bool]:
+        # Without statistics (nothing runs ANALYZE) SQLite rates every equality alike, and
+        # would walk a whole namespace in list order rather than seek a thread in it.
+        return func.likely(clause)
+
 
 class PostgreSQL(Dialect):
     shared = True
@@ -261,6 +271,9 @@ class PostgreSQL(Dialect):
 
     def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
         return column.op("->")(literal(key)) == func.cast(literal(dumps(value)), column.type)
+
+    def unselective(self, clause: ColumnElement[bool]) -> ColumnElement[bool]:
+        return clause  # its statistics know
 
 
 def normalize_url(url: str) -> URL:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
-from runplane.server.records import Change, EventType, RunEvent
+from runplane.server.records import Change, EventType, Run, RunEvent
 from runplane.server.store import fields
 from runplane.server.store.dialects import Dialect, Lock
 from runplane.server.store.schema import Base, RunEventRow, StoreStateRow
@@ -120,14 +120,16 @@ class EventLog:
         rows = self._conn.execute(query.order_by(_events.c.revision).limit(limit))
         return LogPage(state=state, events=[_to_event(row) for row in rows])
 
-    def has_events_of(self, run_id: str, since: int) -> bool:
-        """Whether the log holds a change of `run_id` at `since` or later."""
-        found = self._conn.execute(
-            select(_events.c.revision)
+    def logged_run(self, run_id: str, since: int) -> Run | None:
+        """The run as its first change at `since` or later left it, if the log holds one
+        (its namespace, say, for a run deleted since)."""
+        row = self._conn.execute(
+            _events.select()
             .where(_events.c.revision >= since, _events.c.run_id == run_id)
+            .order_by(_events.c.revision)
             .limit(1)
         ).first()
-        return found is not None
+        return None if row is None else _to_event(row).run
 
     # -- compaction --------------------------------------------------------------------------
 

@@ -8,6 +8,9 @@ reach it as `UnitOfWork.runs`. Reads return `records.Run` (through the field map
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +34,7 @@ from runplane.server.records import (
     INFLIGHT,
     Change,
     ChangeType,
+    NamespaceSet,
     PageCursor,
     Run,
     RunFilter,
@@ -46,9 +50,14 @@ _runs = Base.metadata.tables[RunRow.__tablename__]
 _SELECT_RUN = select(*(_runs.c[column] for column in fields.COLUMNS))
 # Hot statements are built once: SQLAlchemy then reuses their compiled form.
 _GET_RUN = _SELECT_RUN.where(_runs.c.run_id == bindparam("run_id"))
-_THREAD_OF = select(_runs.c.thread_id).where(_runs.c.run_id == bindparam("run_id"))
-_GET_BY_REQUEST = _SELECT_RUN.where(_runs.c.request_id == bindparam("request_id"))
+_THREAD_OF = select(_runs.c.namespace, _runs.c.thread_id).where(
+    _runs.c.run_id == bindparam("run_id")
+)
+_GET_BY_REQUEST = _SELECT_RUN.where(
+    _runs.c.namespace == bindparam("namespace"), _runs.c.request_id == bindparam("request_id")
+)
 _INFLIGHT_ON_THREAD = _SELECT_RUN.where(
+    _runs.c.namespace == bindparam("namespace"),
     _runs.c.thread_id == bindparam("thread_id"),
     _runs.c.status.in_([status.value for status in INFLIGHT]),
 ).order_by(_runs.c.create_revision)
@@ -60,7 +69,13 @@ _NEXT_START_AFTER = select(func.min(_runs.c.start_after_us)).where(
 )
 
 
-def _claimable_query(by_assistant: bool, one_run: bool) -> Select[Any]:
+def _scoped(namespace: str, key: str) -> str:
+    """A lock key of one namespace: the same thread_id (or request_id) in two namespaces
+    is two threads (two keys)."""
+    return f"{namespace}/{key}"
+
+
+def _claimable_query(by_assistant: bool, one_run: bool, by_namespace: bool) -> Select[Any]:
     blocker = _runs.alias("blocker")
     query = _SELECT_RUN.where(
         _runs.c.status == RunStatus.PENDING.value,
@@ -68,6 +83,7 @@ def _claimable_query(by_assistant: bool, one_run: bool) -> Select[Any]:
         ~select(blocker.c.run_id)
         .where(
             blocker.c.thread_id == _runs.c.thread_id,
+            blocker.c.namespace == _runs.c.namespace,
             or_(
                 blocker.c.status == RunStatus.RUNNING.value,
                 and_(
@@ -82,14 +98,15 @@ def _claimable_query(by_assistant: bool, one_run: bool) -> Select[Any]:
         query = query.where(_runs.c.assistant_id.in_(bindparam("assistant_ids", expanding=True)))
     if one_run:
         query = query.where(_runs.c.run_id == bindparam("run_id"))
+    if by_namespace:
+        query = query.where(_runs.c.namespace.in_(bindparam("namespaces", expanding=True)))
     return query.order_by(_runs.c.create_revision).limit(bindparam("limit"))
 
 
-# Built once per shape (any assistant or some; all runs or one) so compiling is cached.
+# Built once per shape (any assistant or some; all runs or one; every namespace or
+# some) so compiling is cached.
 _CLAIMABLE = {
-    (by_assistant, one_run): _claimable_query(by_assistant, one_run)
-    for by_assistant in (False, True)
-    for one_run in (False, True)
+    shape: _claimable_query(*shape) for shape in itertools.product((False, True), repeat=3)
 }
 
 
@@ -102,36 +119,39 @@ class RunStore:
 
     # -- locks -------------------------------------------------------------------------------
 
-    def lock_thread(self, thread_id: str) -> None:
+    def lock_thread(self, namespace: str, thread_id: str) -> None:
         """Serialize writers of one thread until commit."""
-        self._dialect.lock(self._conn, Lock.THREAD, thread_id)
+        self._dialect.lock(self._conn, Lock.THREAD, _scoped(namespace, thread_id))
 
-    def lock_request(self, request_id: str) -> None:
+    def lock_request(self, namespace: str, request_id: str) -> None:
         """Serialize creates that carry the same idempotency key until commit."""
-        self._dialect.lock(self._conn, Lock.REQUEST, request_id)
+        self._dialect.lock(self._conn, Lock.REQUEST, _scoped(namespace, request_id))
 
-    def try_lock_thread(self, thread_id: str) -> bool:
+    def try_lock_thread(self, namespace: str, thread_id: str) -> bool:
         """Like `lock_thread`, but give up at once if another transaction holds it."""
-        return self._dialect.try_lock(self._conn, Lock.THREAD, thread_id)
+        return self._dialect.try_lock(self._conn, Lock.THREAD, _scoped(namespace, thread_id))
 
     def try_lock_sweeper(self) -> bool:
         """Let one replica at a time sweep; held until commit."""
         return self._dialect.try_lock(self._conn, Lock.SWEEPER, "sweeper")
 
-    def claim_candidates(self, now: int, assistant_ids: Sequence[str]) -> list[Run]:
+    def claim_candidates(
+        self, now: int, assistant_ids: Sequence[str], namespaces: NamespaceSet
+    ) -> list[Run]:
         """The claimable runs worth trying to lock, oldest first: a few where concurrent
         claims may hold some (replicas), the first where none can."""
-        return self.claimable(now, assistant_ids, self._dialect.claim_candidates)
+        return self.claimable(now, assistant_ids, namespaces, self._dialect.claim_candidates)
 
     def lock_candidate(self, run: Run, now: int, assistant_ids: Sequence[str]) -> bool:
         """Lock the thread of a run `claim_candidates` listed, if free, and make sure the
-        run is still claimable under the lock (the list was read without it). A writer
-        that holds the database's only write lock has nothing to do.
+        run is still claimable under the lock (the list was read without it; its namespace
+        was one asked for then, and never changes). A writer that holds the database's
+        only write lock has nothing to do.
         """
         if self._dialect.serial_writes:
             return True
-        return self.try_lock_thread(run.thread_id) and bool(
-            self.claimable(now, assistant_ids, 1, run_id=run.run_id)
+        return self.try_lock_thread(run.namespace, run.thread_id) and bool(
+            self.claimable(now, assistant_ids, None, 1, run_id=run.run_id)
         )
 
     # -- reads -------------------------------------------------------------------------------
@@ -143,34 +163,48 @@ class RunStore:
     def get_locked(self, run_id: str) -> Run | None:
         """The run, read after locking its thread, so the caller may change it safely."""
         if not self._dialect.serial_writes:
-            thread_id = self._conn.execute(_THREAD_OF, {"run_id": run_id}).scalar_one_or_none()
-            if thread_id is None:
+            thread = self._conn.execute(_THREAD_OF, {"run_id": run_id}).first()
+            if thread is None:
                 return None
-            self.lock_thread(thread_id)
+            self.lock_thread(thread.namespace, thread.thread_id)
         return self.get(run_id)
 
-    def get_by_request_id(self, request_id: str) -> Run | None:
-        row = self._conn.execute(_GET_BY_REQUEST, {"request_id": request_id}).first()
+    def get_by_request_id(self, namespace: str, request_id: str) -> Run | None:
+        row = self._conn.execute(
+            _GET_BY_REQUEST, {"namespace": namespace, "request_id": request_id}
+        ).first()
         return None if row is None else fields.from_row(row)
 
-    def inflight_on_thread(self, thread_id: str) -> list[Run]:
+    def inflight_on_thread(self, namespace: str, thread_id: str) -> list[Run]:
         """The thread's PENDING and RUNNING runs, oldest first."""
-        rows = self._conn.execute(_INFLIGHT_ON_THREAD, {"thread_id": thread_id})
+        rows = self._conn.execute(
+            _INFLIGHT_ON_THREAD, {"namespace": namespace, "thread_id": thread_id}
+        )
         return [fields.from_row(row) for row in rows]
 
     def claimable(
-        self, now: int, assistant_ids: Sequence[str], limit: int, run_id: str | None = None
+        self,
+        now: int,
+        assistant_ids: Sequence[str],
+        namespaces: NamespaceSet,
+        limit: int,
+        run_id: str | None = None,
     ) -> list[Run]:
         """PENDING runs a worker may take now, oldest first.
 
-        A run is claimable when it is due (`start_after`), of a wanted assistant, and
-        first in its thread's line: no run of its thread is RUNNING and no older run
-        of its thread is PENDING. With `run_id`, the check is made for that run only.
+        A run is claimable when it is due (`start_after`), of a wanted assistant, in one
+        of `namespaces`, and first in its thread's line: no run of its thread (the same
+        thread_id in the same namespace) is RUNNING and no older run of its thread is
+        PENDING. With `run_id`, the check is made for that run only.
         """
-        query = _CLAIMABLE[bool(assistant_ids), run_id is not None]
-        params = {"now": now, "assistant_ids": list(assistant_ids), "limit": limit}
+        if namespaces is not None and not namespaces:
+            return []
+        query = _CLAIMABLE[bool(assistant_ids), run_id is not None, namespaces is not None]
+        params: dict[str, Any] = {"now": now, "assistant_ids": list(assistant_ids), "limit": limit}
         if run_id is not None:
             params["run_id"] = run_id
+        if namespaces is not None:
+            params["namespaces"] = sorted(namespaces)
         return [fields.from_row(row) for row in self._conn.execute(query, params)]
 
     def next_start_after(self, now: int) -> int | None:
@@ -192,6 +226,20 @@ class RunStore:
         self, run_filter: RunFilter, order: SortOrder, after: PageCursor | None, limit: int
     ) -> list[Run]:
         """Up to `limit` matching runs after the cursor, by (created_at, run_id)."""
+        namespaces = run_filter.namespaces
+        if namespaces is not None and len(namespaces) != 1:
+            # One index seek per namespace, merged: a single query over several would read
+            # every run of them all to sort them.
+            pages = [
+                self.list_page(dataclasses.replace(run_filter, namespaces=one), order, after, limit)
+                for one in (frozenset({name}) for name in namespaces)
+            ]
+            merged = heapq.merge(
+                *pages,
+                key=lambda run: (run.created_at, run.run_id),
+                reverse=order is SortOrder.DESC,
+            )
+            return list(itertools.islice(merged, limit))
         query = _SELECT_RUN.where(*self._filter_clauses(run_filter))
         if after is not None:
             key = (_runs.c.created_at_us, _runs.c.run_id)
@@ -217,6 +265,10 @@ class RunStore:
 
     def _filter_clauses(self, run_filter: RunFilter) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = []
+        if run_filter.namespaces is not None:
+            # Namespaces are few and large: the other clauses are the ones to seek by.
+            in_namespaces = _runs.c.namespace.in_(sorted(run_filter.namespaces))
+            clauses.append(self._dialect.unselective(in_namespaces))
         if run_filter.thread_id is not None:
             clauses.append(_runs.c.thread_id == run_filter.thread_id)
         if run_filter.assistant_id is not None:

@@ -57,7 +57,7 @@ class RunRow(Base):
     lease_expires_at_us: Mapped[int | None] = mapped_column(BigInteger)
     timeout_us: Mapped[int | None] = mapped_column(BigInteger)
     start_after_us: Mapped[int | None] = mapped_column(BigInteger)
-    request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    request_id: Mapped[str | None] = mapped_column(String(128))
     # The server defaults fill rows written before these columns existed (0003).
     namespace: Mapped[str] = mapped_column(String(63), server_default="default")
     created_by: Mapped[str] = mapped_column(String(256), server_default="anonymous")
@@ -67,9 +67,21 @@ class RunRow(Base):
     priority: Mapped[int] = mapped_column(SmallInteger, server_default="5")
 
     __table_args__ = (
-        Index("ix_runs_thread_status", "thread_id", "status"),
+        # A thread is (namespace, thread_id). Its id leads: a UUID is selective alone, and
+        # a caller who reads every namespace lists a thread with no namespace to give.
+        Index("ix_runs_thread", "thread_id", "namespace", "status"),
         Index("ix_runs_created", "created_at_us", "run_id"),
         Index("ix_runs_assistant_created", "assistant_id", "created_at_us"),
+        # Listings confined to a namespace seek it in the order they are read.
+        Index("ix_runs_namespace_created", "namespace", "created_at_us", "run_id"),
+        Index(
+            "ix_runs_namespace_assistant_created",
+            "namespace",
+            "assistant_id",
+            "created_at_us",
+            "run_id",
+        ),
+        Index("ux_runs_namespace_request", "namespace", "request_id", unique=True),
         Index("ix_runs_status_queue", "status", "create_revision"),
         Index("ix_runs_assistant_status_queue", "assistant_id", "status", "create_revision"),
         Index("ix_runs_status_start_after", "status", "start_after_us"),

@@ -14,6 +14,10 @@ to which every selected event has been sent):
 
 A quiet stream gets a bookmark every progress interval. Every message either carries
 events or is a bookmark; each revision is one event, so none is ever split.
+
+A stream carries only runs of the namespaces its access reaches: a WatchRuns filter
+(its selector and its initial state) is confined to them, and a WatchRun starts only on
+a run the access reaches. Bookmarks still carry the global revision.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from runplane.server import requests
-from runplane.server.errors import RevisionCompacted, RunNotFound, ServerShuttingDown
-from runplane.server.records import EventType, Run, RunEvent, RunFilter, SortOrder
+from runplane.server.errors import RevisionCompacted, ServerShuttingDown
+from runplane.server.records import EventType, NamespaceSet, Run, RunEvent, RunFilter, SortOrder
 from runplane.server.runs import RunLookup
 from runplane.server.store.database import Database
 from runplane.server.store.unit_of_work import UnitOfWork
@@ -47,9 +51,13 @@ def filter_selector(run_filter: RunFilter) -> Selector:
     return selects
 
 
-def run_selector(run_id: str) -> Selector:
+def run_selector(run_id: str, namespaces: NamespaceSet) -> Selector:
     def selects(event: RunEvent) -> bool:
-        return event.run.run_id == run_id
+        # A run id a delete freed may be taken again, in another namespace: its history
+        # there is another tenant's.
+        return event.run.run_id == run_id and (
+            namespaces is None or event.run.namespace in namespaces
+        )
 
     return selects
 
@@ -68,7 +76,8 @@ class WatchService:
         *,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
     ) -> None:
-        """`current_run` is GetRun's read (cache or point read; RunNotFound if absent)."""
+        """`current_run` is GetRun's read (cache or point read; RunNotFound if absent or
+        out of reach)."""
         self._db = database
         self._hub = hub
         self._current_run = current_run
@@ -78,11 +87,14 @@ class WatchService:
 
     async def watch_runs(self, watch: requests.WatchRuns) -> AsyncIterator[Delivery]:
         """The stream of a WatchRuns request. Errors of its start (bad history) are
-        raised here, before the first message. `watch.namespace` is not applied yet."""
+        raised here, before the first message."""
+        run_filter = dataclasses.replace(
+            watch.run_filter, namespaces=watch.access.namespaces(watch.namespace)
+        )
         opening: list[Delivery] = []
         if watch.include_initial:
             revision, runs = await self._db.read(
-                lambda unit: _initial_state(unit, watch.run_filter), snapshot=True
+                lambda unit: _initial_state(unit, run_filter), snapshot=True
             )
             if runs:
                 # All at revision R: one message, since a revision is never split.
@@ -96,22 +108,22 @@ class WatchService:
             # Like etcd's "created" response: the client learns where "now" was, so it
             # can resume from there should the stream drop before anything happens.
             opening.append(Delivery([], position))
-        watcher = Watcher(filter_selector(watch.run_filter), position, self._max_buffered)
+        watcher = Watcher(filter_selector(run_filter), position, self._max_buffered)
         return self._follow(watcher, watch.progress_interval, opening, run_id=None, ends=None)
 
     # -- WatchRun -----------------------------------------------------------------------------
 
     async def watch_run(self, watch: requests.WatchRun) -> AsyncIterator[Delivery]:
         """The stream of a WatchRun request; NOT_FOUND and compaction are raised here."""
-        run_id, start_revision = watch.run_id, watch.start_revision
+        run_id, start_revision, access = watch.run_id, watch.start_revision, watch.access
         if start_revision:
             start = await self._db.read(
                 lambda unit: _run_history(unit, run_id, start_revision), snapshot=True
             )
             if start.compact_revision >= start_revision:
                 raise RevisionCompacted(start_revision, start.compact_revision, start.revision)
-            if start.run is None and not start.has_history:
-                raise RunNotFound(run_id)
+            # Gone since, the run is known by its history.
+            access.found(run_id, start.logged if start.run is None else start.run)
             if (
                 start.run is not None
                 and not start.run.status.is_inflight
@@ -126,14 +138,15 @@ class WatchService:
             # as read holds as of max(head, its own last change): the stream goes on from
             # there with no gap and no change twice. (Revisions follow commit order.)
             head = self._hub.head
-            run = await self._current_run(run_id)
+            run = await self._current_run(run_id, access)
             revision = max(head, run.revision)
             initial = _initial(run, revision)
             if ends_run_watch(initial):
                 return _just(Delivery([initial], revision))
             opening = [Delivery([initial], revision)]
             position = revision
-        watcher = Watcher(run_selector(run_id), position, self._max_buffered)
+        selector = run_selector(run_id, access.namespaces(None))
+        watcher = Watcher(selector, position, self._max_buffered)
         return self._follow(
             watcher,
             requests.DEFAULT_PROGRESS_INTERVAL,
@@ -226,16 +239,18 @@ class _RunHistory:
     revision: int
     compact_revision: int
     run: Run | None
-    has_history: bool
+    logged: Run | None
+    """For a run that is gone: as its first change since the start left it, if any."""
 
 
 def _run_history(unit: UnitOfWork, run_id: str, since: int) -> _RunHistory:
     state = unit.log.state()
+    run = unit.runs.get(run_id)
     return _RunHistory(
         revision=state.revision,
         compact_revision=state.compact_revision,
-        run=unit.runs.get(run_id),
-        has_history=unit.log.has_events_of(run_id, since),
+        run=run,
+        logged=unit.log.logged_run(run_id, since) if run is None else None,
     )
 
 
