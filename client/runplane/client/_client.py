@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
@@ -94,6 +95,11 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
+        # The channel ends its cancelled calls on a daemon thread of grpc's. A call object
+        # left in a reference cycle would otherwise be collected at interpreter exit,
+        # after that thread is frozen, and wait forever for a lock it holds: a program
+        # that watched and then exited could hang. Collect it while the thread runs.
+        gc.collect()
 
     def __enter__(self) -> Self:
         return self
