@@ -45,6 +45,15 @@ class Connection:
     """Sent with every call: the bearer token, if any."""
 
 
+_DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # A channel whose server went away tries again at most every 2 s (grpc's default
+    # backoff grows to 2 minutes): a watch resuming after a restart, or a worker's
+    # claim loop, reconnects within moments of the server's return.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+
 def connection(
     address: str,
     tls: bool | TLSConfig,
@@ -56,7 +65,7 @@ def connection(
     A token is never sent in plaintext beyond this machine: without TLS, the address
     must be a loopback one (development), else ValueError.
     """
-    options = list(channel_options)
+    options = [*_DEFAULT_OPTIONS, *channel_options]  # the caller's, later, win
     credentials = None
     if tls is True:
         tls = TLSConfig()
