@@ -13,58 +13,103 @@
 
 from typing import TYPE_CHECKING, Any
 
-from runplane.client._channels import TLSConfig
-from runplane.client._client import Client
-from runplane.client._errors import (
-    Aborted,
-    AlreadyExists,
-    Cancelled,
-    DataLoss,
-    DeadlineExceeded,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    LeaseLost,
-    NotFound,
-    OutOfRange,
-    PermissionDenied,
-    RateLimited,
-    ResourceExhausted,
-    RevisionCompacted,
-    RevisionMismatch,
-    RunDeleted,
-    RunInflight,
-    RunplaneError,
-    RunTerminal,
-    ThreadBusy,
-    TooManyWatches,
-    Unauthenticated,
-    Unavailable,
-    Unimplemented,
-    Unknown,
-    from_grpc_error,
-)
-from runplane.client._models import (
-    CancelAction,
-    EventType,
-    MultitaskStrategy,
-    Run,
-    RunEvent,
-    RunPage,
-    RunStatus,
-)
-from runplane.client._pagers import AsyncRunPager, RunPager
-from runplane.client._retry import RetryPolicy
-
 if TYPE_CHECKING:
     from runplane.client._async_client import AsyncClient
-    from runplane.client._worker import AsyncWorker, Worker
+    from runplane.client._channels import TLSConfig
+    from runplane.client._client import Client
+    from runplane.client._errors import (
+        Aborted,
+        AlreadyExists,
+        Cancelled,
+        DataLoss,
+        DeadlineExceeded,
+        FailedPrecondition,
+        Internal,
+        InvalidArgument,
+        LeaseLost,
+        NotFound,
+        OutOfRange,
+        PermissionDenied,
+        RateLimited,
+        ResourceExhausted,
+        RevisionCompacted,
+        RevisionMismatch,
+        RunDeleted,
+        RunInflight,
+        RunplaneError,
+        RunTerminal,
+        ThreadBusy,
+        TooManyWatches,
+        Unauthenticated,
+        Unavailable,
+        Unimplemented,
+        Unknown,
+        from_grpc_error,
+    )
+    from runplane.client._models import (
+        CancelAction,
+        EventType,
+        MultitaskStrategy,
+        Run,
+        RunEvent,
+        RunPage,
+        RunStatus,
+    )
+    from runplane.client._pagers import (
+        AsyncRunPager,
+        RunPager,
+    )
+    from runplane.client._retry import RetryPolicy
+    from runplane.client._worker import (
+        AsyncWorker,
+        Worker,
+    )
 
-# Imported on first use: they bring asyncio, which the CLI and sync callers never need
-# (a third of the CLI's start-up).
+# Every name is imported on first use. The CLI starts faster for what it never needs
+# (asyncio, the workers), and it can set grpc's logging defaults before grpc loads:
+# grpc reads them once, at import.
 _LAZY = {
+    "Aborted": "runplane.client._errors",
+    "AlreadyExists": "runplane.client._errors",
     "AsyncClient": "runplane.client._async_client",
+    "AsyncRunPager": "runplane.client._pagers",
     "AsyncWorker": "runplane.client._worker",
+    "CancelAction": "runplane.client._models",
+    "Cancelled": "runplane.client._errors",
+    "Client": "runplane.client._client",
+    "DataLoss": "runplane.client._errors",
+    "DeadlineExceeded": "runplane.client._errors",
+    "EventType": "runplane.client._models",
+    "FailedPrecondition": "runplane.client._errors",
+    "from_grpc_error": "runplane.client._errors",
+    "Internal": "runplane.client._errors",
+    "InvalidArgument": "runplane.client._errors",
+    "LeaseLost": "runplane.client._errors",
+    "MultitaskStrategy": "runplane.client._models",
+    "NotFound": "runplane.client._errors",
+    "OutOfRange": "runplane.client._errors",
+    "PermissionDenied": "runplane.client._errors",
+    "RateLimited": "runplane.client._errors",
+    "ResourceExhausted": "runplane.client._errors",
+    "RetryPolicy": "runplane.client._retry",
+    "RevisionCompacted": "runplane.client._errors",
+    "RevisionMismatch": "runplane.client._errors",
+    "Run": "runplane.client._models",
+    "RunDeleted": "runplane.client._errors",
+    "RunEvent": "runplane.client._models",
+    "RunInflight": "runplane.client._errors",
+    "RunPage": "runplane.client._models",
+    "RunPager": "runplane.client._pagers",
+    "RunplaneError": "runplane.client._errors",
+    "RunStatus": "runplane.client._models",
+    "RunTerminal": "runplane.client._errors",
+    "ThreadBusy": "runplane.client._errors",
+    "TLSConfig": "runplane.client._channels",
+    "TooManyWatches": "runplane.client._errors",
+    "Unauthenticated": "runplane.client._errors",
+    "Unavailable": "runplane.client._errors",
+    "Unimplemented": "runplane.client._errors",
+    "Unknown": "runplane.client._errors",
     "Worker": "runplane.client._worker",
 }
 

@@ -15,11 +15,18 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+# grpc's core reads its log level once, when grpc is first imported (below), and
+# until told otherwise prints even its informational lines ("Got goaway" when a
+# server restarts) on stderr, where the CLI speaks to people. Errors only, unless the
+# user asks for more.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import click
 from click.core import ParameterSource
