@@ -135,3 +135,54 @@ def test_many_queued_writes_all_commit(database: Database) -> None:
     assert _stored(database) == set(run_ids)
     assert sorted(run_id for _, run_id in _logged(database)) == run_ids
     assert [revision for revision, _ in _logged(database)] == list(range(1, 501))
+
+
+def _claimed(run_id: str) -> Callable[[UnitOfWork], str]:
+    """A RUNNING run held by worker "w", its lease at 1."""
+
+    def work(unit: UnitOfWork) -> str:
+        run = Run(run_id, "thread", "assistant", RunStatus.RUNNING, MultitaskStrategy.ENQUEUE, 0, 0)
+        run.worker_id, run.lease_expires_at = "w", 1
+        unit.apply([Change(ChangeType.CREATED, run)])
+        return "claimed"
+
+    return work
+
+
+def _renew(run_id: str, until: int, then_refuse: bool = False) -> Callable[[UnitOfWork], str]:
+    def work(unit: UnitOfWork) -> str:
+        assert unit.renew_lease(run_id, "w", until) is not None
+        if then_refuse:
+            raise RunNotFound(MISSING)
+        return "renewed"
+
+    return work
+
+
+def _lease(database: Database, run_id: str) -> int:
+    with database.engine.connect() as connection:
+        return int(
+            connection.exec_driver_sql(
+                f"SELECT lease_expires_at_us FROM runs WHERE run_id = '{run_id}'"
+            ).scalar_one()
+        )
+
+
+def test_a_renewal_is_published_apart_from_changes_and_undone_with_its_group(
+    database: Database,
+) -> None:
+    """A lease renewal writes without a revision: it is told to renewal listeners, not
+    commit listeners, and a refusal after it undoes the group like any write."""
+    asyncio.run(database.write(_claimed("r")))
+    told = _published(database)
+    renewed: list[tuple[str, int | None]] = []
+    database.on_renewal(lambda runs: renewed.extend((r.run_id, r.lease_expires_at) for r in runs))
+    outcomes = asyncio.run(
+        _run_group(database, [_create("a"), _renew("r", 500), _renew("r", 999, then_refuse=True)])
+    )
+    assert outcomes[:2] == ["runplane-db-write", "renewed"]
+    assert isinstance(outcomes[2], RunNotFound)
+    assert _lease(database, "r") == 500
+    assert renewed == [("r", 500)]  # the undone renewal is never told
+    assert told == ["a"]
+    assert [revision for revision, _ in _logged(database)] == [1, 2]  # renewals take none

@@ -21,7 +21,6 @@ from runplane.server import logs, validation
 from runplane.server.cache import RunCache
 from runplane.server.claims import ClaimService
 from runplane.server.config import ServerConfig
-from runplane.server.doorbell import Doorbell
 from runplane.server.periodic import PeriodicTask
 from runplane.server.runs import RunService
 from runplane.server.servicer import RunServicer
@@ -29,6 +28,7 @@ from runplane.server.store.database import Database, redact
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.notifications import ChangeListener
 from runplane.server.sweeper import SWEEP_INTERVAL_S, Sweeper
+from runplane.server.wakeups import ClaimWakeups
 from runplane.server.watch.compaction import Compactor
 from runplane.server.watch.hub import WatchHub
 from runplane.server.watch.streams import WatchService
@@ -86,7 +86,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     await asyncio.to_thread(upgrade, database.engine)
     hub = WatchHub(database, poll_interval=config.watch_poll_interval)
     await hub.start()
-    doorbell = Doorbell()
+    wakeups = ClaimWakeups(database)
     compactor = Compactor(database, config.event_retention)
     background = [
         PeriodicTask("compaction", compactor.compact_now, interval=config.compaction_interval)
@@ -95,21 +95,18 @@ async def start_server(config: ServerConfig) -> RunningServer:
     if database.shared:
 
         def changed_on_some_replica(revision: int) -> None:
-            # Our own commits rang already (on_commit); another replica's change may
-            # have freed a run that a long poll here awaits. 0: after a reconnect.
-            if revision == 0 or revision > hub.known:
-                doorbell.ring()
+            wakeups.replica_committed(revision)
             hub.ring(revision)
 
         listener = ChangeListener(database.url, changed_on_some_replica)
         background.append(PeriodicTask("change-listener", listener.listen, interval=0))
     server = grpc.aio.server(options=_SERVER_OPTIONS)
-    database.on_commit(doorbell.ring_for)
     cache = None if database.shared else RunCache()
     if cache is not None:
         database.on_commit(cache.apply)
+        database.on_renewal(cache.renewed)
     runs = RunService(database, cache)
-    claims = ClaimService(database, doorbell)
+    claims = ClaimService(database, wakeups)
     watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
     servicer = RunServicer(runs, claims, watches, limits)

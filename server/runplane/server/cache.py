@@ -1,8 +1,9 @@
 """Runs recently read or written, for GetRun on a single-process (SQLite) store.
 
 On SQLite every write goes through this process's writer, which hands each
-committed change to `apply` before the writer's caller is answered; so the cache
-is never behind a write anyone has seen. A lookup still costs a SQLite read when
+committed change to `apply`, and each lease renewed in place to `renewed`, before
+the writer's caller is answered; so the cache is never behind a write anyone has
+seen. A lookup still costs a SQLite read when
 it misses. PostgreSQL replicas write behind each other's backs: no cache there.
 """
 
@@ -43,3 +44,10 @@ class RunCache:
                 self._runs.pop(change.run.run_id, None)
             else:
                 self.remember(change.run)
+
+    def renewed(self, runs: list[Run]) -> None:
+        """Leases extended in place: the runs keep their revision, with a new lease."""
+        for run in runs:
+            kept = self._runs.get(run.run_id)
+            if kept is not None and kept.revision <= run.revision:
+                self._runs[run.run_id] = run

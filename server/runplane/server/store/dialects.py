@@ -7,7 +7,8 @@ and nothing outside `store/` sees a dialect at all:
   readers in WAL mode; PostgreSQL one pool for both;
 - locks: PostgreSQL takes transaction-scoped advisory locks so that replicas exclude
   each other; SQLite's write transaction already holds the database's only write lock;
-- JSON comparison for metadata filters, and the NOTIFY that rings other replicas.
+- JSON comparison for metadata filters, the NOTIFY that rings other replicas, and the
+  INSERT that can say ON CONFLICT.
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, func, literal, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    event,
+    func,
+    literal,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 
 CHANGES_CHANNEL = "runplane_changes"
@@ -102,6 +114,12 @@ class Dialect(abc.ABC):
     def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
         """column[key] == value, comparing JSON values rather than text."""
 
+    @staticmethod
+    @abc.abstractmethod
+    def insert(table: Table) -> sqlite.Insert | postgresql.Insert:
+        """An INSERT into `table` that takes ON CONFLICT clauses (both databases have
+        them, in the same words, through different constructs)."""
+
 
 class SQLite(Dialect):
     shared = False
@@ -169,6 +187,10 @@ class SQLite(Dialect):
         path = "$." + json.dumps(key)
         return column.op("->")(literal(path)) == func.json(literal(dumps(value)))
 
+    @staticmethod
+    def insert(table: Table) -> sqlite.Insert:
+        return sqlite.insert(table)
+
 
 class PostgreSQL(Dialect):
     shared = True
@@ -214,6 +236,10 @@ class PostgreSQL(Dialect):
 
     def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
         return column.op("->")(literal(key)) == func.cast(literal(dumps(value)), column.type)
+
+    @staticmethod
+    def insert(table: Table) -> postgresql.Insert:
+        return postgresql.insert(table)
 
 
 def normalize_url(url: str) -> URL:

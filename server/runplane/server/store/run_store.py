@@ -8,20 +8,18 @@ reach it as `UnitOfWork.runs`. Reads return `records.Run` (through the field map
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Select,
     and_,
     bindparam,
     delete,
-    func,
     insert,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -55,42 +53,49 @@ _INFLIGHT_ON_THREAD = _SELECT_RUN.where(
 _INSERT_RUN = insert(_runs)
 _UPDATE_RUN = update(_runs).where(_runs.c.run_id == bindparam("key"))
 _DELETE_RUN = delete(_runs).where(_runs.c.run_id == bindparam("run_id"))
-_NEXT_START_AFTER = select(func.min(_runs.c.start_after_us)).where(
-    _runs.c.status == RunStatus.PENDING.value, _runs.c.start_after_us > bindparam("now")
+_GET_RUN_FOR_CHANGE = _GET_RUN.with_for_update()
+# Only RUNNING runs have a lease or a timeout_at: each kind of stuck run is an ordered
+# range read of its partial index, up to the limit (an OR of the two conditions, or a
+# status condition, lets the planner pick a scan of the table).
+_STUCK = union_all(
+    *(
+        # SQLite takes ORDER BY and LIMIT in a compound's members only inside subqueries.
+        select(
+            _SELECT_RUN.where(column < bindparam("now"))
+            .order_by(column)
+            .limit(bindparam("limit"))
+            .subquery()
+        )
+        for column in (_runs.c.lease_expires_at_us, _runs.c.timeout_at_us)
+    )
+)
+_STILL_STUCK = _GET_RUN_FOR_CHANGE.where(
+    or_(
+        _runs.c.lease_expires_at_us < bindparam("now"),
+        _runs.c.timeout_at_us < bindparam("now"),
+    )
+)
+# Parameters named after columns would set them: the guards' have other names.
+_RENEW_LEASE = (
+    update(_runs)
+    .where(
+        _runs.c.run_id == bindparam("key"),
+        _runs.c.status == RunStatus.RUNNING.value,
+        _runs.c.worker_id == bindparam("holder"),
+    )
+    .values(lease_expires_at_us=bindparam("until"))
+    .returning(*(_runs.c[column] for column in fields.COLUMNS))
 )
 
 
-def _claimable_query(by_assistant: bool, one_run: bool) -> Select[Any]:
-    blocker = _runs.alias("blocker")
-    query = _SELECT_RUN.where(
-        _runs.c.status == RunStatus.PENDING.value,
-        or_(_runs.c.start_after_us.is_(None), _runs.c.start_after_us <= bindparam("now")),
-        ~select(blocker.c.run_id)
-        .where(
-            blocker.c.thread_id == _runs.c.thread_id,
-            or_(
-                blocker.c.status == RunStatus.RUNNING.value,
-                and_(
-                    blocker.c.status == RunStatus.PENDING.value,
-                    blocker.c.create_revision < _runs.c.create_revision,
-                ),
-            ),
-        )
-        .exists(),
-    )
-    if by_assistant:
-        query = query.where(_runs.c.assistant_id.in_(bindparam("assistant_ids", expanding=True)))
-    if one_run:
-        query = query.where(_runs.c.run_id == bindparam("run_id"))
-    return query.order_by(_runs.c.create_revision).limit(bindparam("limit"))
+_TIMEOUT_INPUTS = frozenset({"status", "started_at_us", "timeout_us"})
 
 
-# Built once per shape (any assistant or some; all runs or one) so compiling is cached.
-_CLAIMABLE = {
-    (by_assistant, one_run): _claimable_query(by_assistant, one_run)
-    for by_assistant in (False, True)
-    for one_run in (False, True)
-}
+def _timeout_at(run: Run) -> int | None:
+    """When a RUNNING run times out: `timeout` after its first claim."""
+    if run.status is not RunStatus.RUNNING or run.started_at is None or run.timeout is None:
+        return None
+    return run.started_at + run.timeout
 
 
 class RunStore:
@@ -118,22 +123,6 @@ class RunStore:
         """Let one replica at a time sweep; held until commit."""
         return self._dialect.try_lock(self._conn, Lock.SWEEPER, "sweeper")
 
-    def claim_candidates(self, now: int, assistant_ids: Sequence[str]) -> list[Run]:
-        """The claimable runs worth trying to lock, oldest first: a few where concurrent
-        claims may hold some (replicas), the first where none can."""
-        return self.claimable(now, assistant_ids, self._dialect.claim_candidates)
-
-    def lock_candidate(self, run: Run, now: int, assistant_ids: Sequence[str]) -> bool:
-        """Lock the thread of a run `claim_candidates` listed, if free, and make sure the
-        run is still claimable under the lock (the list was read without it). A writer
-        that holds the database's only write lock has nothing to do.
-        """
-        if self._dialect.serial_writes:
-            return True
-        return self.try_lock_thread(run.thread_id) and bool(
-            self.claimable(now, assistant_ids, 1, run_id=run.run_id)
-        )
-
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, run_id: str) -> Run | None:
@@ -141,13 +130,19 @@ class RunStore:
         return None if row is None else fields.from_row(row)
 
     def get_locked(self, run_id: str) -> Run | None:
-        """The run, read after locking its thread, so the caller may change it safely."""
-        if not self._dialect.serial_writes:
-            thread_id = self._conn.execute(_THREAD_OF, {"run_id": run_id}).scalar_one_or_none()
-            if thread_id is None:
-                return None
-            self.lock_thread(thread_id)
-        return self.get(run_id)
+        """The run, read after locking its thread, so the caller may change it safely.
+
+        Its row is locked too: a lease renewal, which takes no thread lock, waits until
+        the caller commits, and the caller never writes back a lease it has not seen.
+        """
+        if self._dialect.serial_writes:
+            return self.get(run_id)
+        thread_id = self._conn.execute(_THREAD_OF, {"run_id": run_id}).scalar_one_or_none()
+        if thread_id is None:
+            return None
+        self.lock_thread(thread_id)
+        row = self._conn.execute(_GET_RUN_FOR_CHANGE, {"run_id": run_id}).first()
+        return None if row is None else fields.from_row(row)
 
     def get_by_request_id(self, request_id: str) -> Run | None:
         row = self._conn.execute(_GET_BY_REQUEST, {"request_id": request_id}).first()
@@ -158,35 +153,22 @@ class RunStore:
         rows = self._conn.execute(_INFLIGHT_ON_THREAD, {"thread_id": thread_id})
         return [fields.from_row(row) for row in rows]
 
-    def claimable(
-        self, now: int, assistant_ids: Sequence[str], limit: int, run_id: str | None = None
-    ) -> list[Run]:
-        """PENDING runs a worker may take now, oldest first.
-
-        A run is claimable when it is due (`start_after`), of a wanted assistant, and
-        first in its thread's line: no run of its thread is RUNNING and no older run
-        of its thread is PENDING. With `run_id`, the check is made for that run only.
-        """
-        query = _CLAIMABLE[bool(assistant_ids), run_id is not None]
-        params = {"now": now, "assistant_ids": list(assistant_ids), "limit": limit}
-        if run_id is not None:
-            params["run_id"] = run_id
-        return [fields.from_row(row) for row in self._conn.execute(query, params)]
-
-    def next_start_after(self, now: int) -> int | None:
-        """When the earliest PENDING run that is not yet due becomes due."""
-        return self._conn.execute(_NEXT_START_AFTER, {"now": now}).scalar_one_or_none()
-
     def stuck(self, now: int, limit: int) -> list[Run]:
-        """RUNNING runs whose lease expired or whose timeout passed."""
-        query = _SELECT_RUN.where(
-            _runs.c.status == RunStatus.RUNNING.value,
-            or_(
-                _runs.c.lease_expires_at_us < now,
-                _runs.c.started_at_us + _runs.c.timeout_us < now,
-            ),
-        )
-        return [fields.from_row(row) for row in self._conn.execute(query.limit(limit))]
+        """Up to `limit` RUNNING runs whose lease expired or whose timeout passed, each
+        locked for change (threads that are busy now are left for the next look)."""
+        rows = self._conn.execute(_STUCK, {"now": now, "limit": limit})
+        # A run whose lease expired and whose timeout passed is read twice.
+        runs = list({run.run_id: run for run in map(fields.from_row, rows)}.values())[:limit]
+        if not self._dialect.serial_writes:
+            # Read again under the locks: it may have been renewed or ended meanwhile.
+            still = (
+                self._conn.execute(_STILL_STUCK, {"run_id": run.run_id, "now": now}).first()
+                for run in runs
+                if self.try_lock_thread(run.thread_id)
+            )
+            runs = [fields.from_row(row) for row in still if row is not None]
+        # A lease or timeout_at outside RUNNING would be a bug; never act on one.
+        return [run for run in runs if run.status is RunStatus.RUNNING]
 
     def list_page(
         self, run_filter: RunFilter, order: SortOrder, after: PageCursor | None, limit: int
@@ -237,6 +219,7 @@ class RunStore:
         if change.type is ChangeType.CREATED:
             values = fields.row_values(stored)
             values["create_revision"] = run.revision
+            values["timeout_at_us"] = _timeout_at(run)
             try:
                 self._conn.execute(_INSERT_RUN, values)
             except IntegrityError as error:
@@ -250,8 +233,17 @@ class RunStore:
                 values = fields.row_values(stored)
             else:
                 values = fields.changed_values(run, change.previous)  # the revision included
+            if change.previous is None or _TIMEOUT_INPUTS & values.keys():
+                values["timeout_at_us"] = _timeout_at(run)
             values.pop("run_id", None)
             values["key"] = run.run_id
             self._conn.execute(_UPDATE_RUN, values)
         else:
             self._conn.execute(_DELETE_RUN, {"run_id": run.run_id})
+
+    def renew_lease(self, run_id: str, worker_id: str, lease_expires_at: int) -> Run | None:
+        """Set the lease of the run if `worker_id` holds it; the run as it is then.
+        Use `UnitOfWork.renew_lease`, which tells the transaction's listeners."""
+        params = {"key": run_id, "holder": worker_id, "until": lease_expires_at}
+        row = self._conn.execute(_RENEW_LEASE, params).first()
+        return None if row is None else fields.from_row(row)
