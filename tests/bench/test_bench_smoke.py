@@ -7,9 +7,12 @@ harness is noticed before someone needs its numbers.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.support.servers import ServerThread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT_KEYS = {
@@ -67,3 +70,36 @@ def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
         "create_32_sqlite_min_per_s",
         "create_1_p99_max_ms",
     }
+
+
+def test_claim_and_heartbeat_benchmarks_run_against_a_server(server: ServerThread) -> None:
+    """The executor benchmark with a backlog and the heartbeat benchmark, small."""
+    url = server.config.database_url
+    cells = []
+    for module, *args in (
+        ("executor", "--mode", "create-to-claim", "--runs", "20", "--backlog", "300"),
+        ("heartbeats", "--runs", "60", "--lease", "1", "--seconds", "1.5"),
+    ):
+        completed = subprocess.run(
+            [
+                sys.executable,
+                *("-m", f"tests.bench.{module}", "--address", server.address),
+                *("--database-url", url, "--server-pid", str(os.getpid()), *args),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+        cells.append(json.loads(completed.stdout))
+    claims, heartbeats = cells
+    assert (claims["scenario"], claims["runs"], claims["backlog"]) == ("create_to_claim", 20, 300)
+    assert 0 < claims["p50_ms"] <= claims["p99_ms"]
+    assert claims["server_cpu_us_per_run"] > 0
+    assert heartbeats["scenario"] == "heartbeat"
+    assert heartbeats["errors"] == {}
+    assert heartbeats["throughput_per_s"] > 0
+    assert heartbeats["server_cpu_percent"] is not None
+    assert (heartbeats["database_cpu_percent"] is None) == url.startswith("sqlite")

@@ -18,7 +18,7 @@ from runplane.server.errors import RunNotFound
 from runplane.server.records import Change, ChangeType, MultitaskStrategy, Run, RunStatus
 from runplane.server.store.database import Database
 from runplane.server.store.migrate import upgrade
-from runplane.server.store.unit_of_work import UnitOfWork
+from runplane.server.store.unit_of_work import LeaseRenewal, UnitOfWork
 from tests.support.databases import database_url
 
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -151,7 +151,7 @@ def _claimed(run_id: str) -> Callable[[UnitOfWork], str]:
 
 def _renew(run_id: str, until: int, then_refuse: bool = False) -> Callable[[UnitOfWork], str]:
     def work(unit: UnitOfWork) -> str:
-        assert unit.renew_lease(run_id, "w", until) is not None
+        assert run_id in unit.renew_leases([LeaseRenewal(run_id, "w", until)])
         if then_refuse:
             raise RunNotFound(MISSING)
         return "renewed"

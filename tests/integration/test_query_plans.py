@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, event, text
 
-from runplane.server.records import Change, ChangeType, now_us
+from runplane.server.records import Change, ChangeType, RunStatus, now_us
 from runplane.server.store.database import Database
 from runplane.server.store.migrate import upgrade
-from runplane.server.store.unit_of_work import UnitOfWork
+from runplane.server.store.unit_of_work import LeaseRenewal, UnitOfWork
 from tests.support.databases import database_url
 
 RUNS = 100_000
@@ -147,6 +148,12 @@ def _fallen_due_range(plan: Plan) -> bool:
     )
 
 
+def _by_keys(plan: Plan) -> bool:
+    """A read of the rows whose primary keys the statement lists."""
+    bitmap = plan.get("Plans", [{}])[0]
+    return bool(plan["Node Type"] == "Bitmap Heap Scan" and bitmap.get("Index Name") == "runs_pkey")
+
+
 def _bounded(plan: Plan) -> bool:
     """Whether every table read under `plan` stops at a LIMIT, or is the fallen-due range."""
     if plan["Node Type"] == "Limit" or _fallen_due_range(plan):
@@ -175,7 +182,7 @@ def _assert_index_reads(backend: str, plans: list[tuple[str, Any]], *indexes: st
             for node in _nodes(plan):
                 assert node["Node Type"] != "Seq Scan", (statement, plan)
                 if node["Node Type"] == "Bitmap Heap Scan":
-                    assert _fallen_due_range(node), (statement, plan)
+                    assert _fallen_due_range(node) or _by_keys(node), (statement, plan)
                 if "Index Name" in node:
                     used.add(node["Index Name"])
                 if node["Node Type"] in ("Sort", "Incremental Sort"):
@@ -221,8 +228,9 @@ def test_a_claim_reads_ranges_of_the_ready_heads(
 ) -> None:
     def claim_look(unit: UnitOfWork) -> None:
         now = now_us()
-        assert unit.heads.claimable(now, namespaces, assistants, 8)
-        unit.heads.next_due(now)
+        assert unit.heads.look(now, namespaces, assistants)[0]  # a worker's look
+        assert unit.heads.claimable(now, namespaces, assistants, 8)  # candidates
+        assert next(unit.heads.claimable_runs(now, namespaces, assistants))  # the claim
 
     plans = _plans_of(backlog, claim_look)
     _assert_index_reads(backlog[0], plans, *indexes)
@@ -230,8 +238,7 @@ def test_a_claim_reads_ranges_of_the_ready_heads(
 
 def test_a_worker_with_nothing_to_claim_reads_no_backlog(backlog: tuple[str, Database]) -> None:
     plans = _plans_of(
-        backlog,
-        lambda unit: unit.heads.claimable(now_us(), frozenset({"ns-0"}), ("nobody",), 1),
+        backlog, lambda unit: unit.heads.look(now_us(), frozenset({"ns-0"}), ("nobody",))
     )
     _assert_index_reads(backlog[0], plans, "ix_thread_heads_ready_queue")
 
@@ -239,19 +246,13 @@ def test_a_worker_with_nothing_to_claim_reads_no_backlog(backlog: tuple[str, Dat
 def test_a_claim_and_a_completion_keep_the_heads_by_index(
     backlog: tuple[str, Database],
 ) -> None:
-    """The head's re-check under its thread's lock, the claim's update of its head, and
-    a completion handing the thread to its next run."""
+    """The claim's read of its run (with, on PostgreSQL, the re-check under its thread's
+    lock), the claim's update of its head, and a completion handing the thread to its
+    next run."""
 
     def claim_then_complete(unit: UnitOfWork) -> None:
         now = now_us()
-        head = unit.heads.claimable(now, None, ("agent-5",), 1)[0]
-        unit.heads.lock(head, now)
-        run = unit.runs.get(head.run_id)
-        assert run is not None
-        from dataclasses import replace
-
-        from runplane.server.records import RunStatus
-
+        run = next(unit.heads.claimable_runs(now, None, ("agent-5",)))
         running = replace(run, status=RunStatus.RUNNING, worker_id="w", lease_expires_at=now)
         unit.apply([Change(ChangeType.UPDATED, running, previous=run)])
         done = replace(running, status=RunStatus.SUCCESS, lease_expires_at=None)
@@ -273,8 +274,10 @@ def test_the_sweeper_reads_leases_and_timeouts_by_index(backlog: tuple[str, Data
     )
 
 
-def test_a_heartbeat_updates_one_row_by_key(backlog: tuple[str, Database]) -> None:
-    plans = _plans_of(backlog, lambda unit: unit.renew_lease("run-1", "worker", now_us() + HOUR_US))
+def test_heartbeats_update_their_rows_by_key(backlog: tuple[str, Database]) -> None:
+    until = now_us() + HOUR_US
+    renewals = [LeaseRenewal(f"run-{i}", "worker", until) for i in range(1, 200, 10)]
+    plans = _plans_of(backlog, lambda unit: unit.renew_leases(renewals))
     _assert_index_reads(backlog[0], plans)
     statement, plan = plans[0]
     assert statement.lstrip().upper().startswith("UPDATE")
@@ -282,5 +285,6 @@ def test_a_heartbeat_updates_one_row_by_key(backlog: tuple[str, Database]) -> No
         assert [line for _, _, line in plan] == [
             "SEARCH runs USING INDEX sqlite_autoindex_runs_1 (run_id=?)"
         ]
-    else:
-        assert plan["Plans"][0]["Index Name"] == "runs_pkey", plan
+    else:  # an index scan or a bitmap of the primary key, for the ids given
+        indexes = {node.get("Index Name") for node in _nodes(plan)}
+        assert indexes == {None, "runs_pkey"}, plan

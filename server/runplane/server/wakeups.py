@@ -3,8 +3,8 @@
 A claim that found nothing waits here, in line, until something may have made a run
 claimable:
 
-- this process committed a change that may free one (anything but a claim), heard
-  through `Database.on_commit`;
+- this process committed a change that may free one (a new run, a run that ended or
+  went back in line; not a claim or an edit), heard through `Database.on_commit`;
 - another replica committed one, heard through its PostgreSQL notification
   (`replica_committed`, which the change listener also calls after reconnecting);
 - the earliest delayed run falls due (the look says when);
@@ -15,26 +15,33 @@ claimable:
 A ring wakes one waiter, not all: a crowd of workers woken at once would all look,
 and most would race for the same run. The waiter that is woken looks; if it claims
 a run, it rings again (there may be more), and if it finds nothing, it passes the
-same round on to the next waiter whose scope (namespaces, assistants) has not been
-tried in that round, since those with the same scope would find nothing either. So
-one new run costs one or two looks however many workers wait, and a run of an
-assistant that only some workers take still reaches one of them.
+same round on to the next waiter whose scope has not been tried in that round, since
+those with the same scope would find nothing either. So one new run costs one or two
+looks however many workers wait, and a run of an assistant that only some workers
+take still reaches one of them.
+
+A new run rings for its own queue (namespace and assistant): only a waiter whose
+scope takes that queue is woken, and as it is all but sure to find the run, its look
+can skip the read that would tell it so (`until_found` tells the look). If it finds
+nothing after all (the run waits behind its thread's), the waiters the round goes on
+to look as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from runplane.server.records import Change, RunStatus, now_us
+from runplane.server.records import Change, ChangeType, RunStatus, now_us
 from runplane.server.store.database import Database
 
 T = TypeVar("T")
 
-Look = Callable[[], Awaitable[tuple[T | None, int | None]]]
-"""One look: what it found, or None and when the next delayed run is due (if any)."""
+Look = Callable[[bool], Awaitable[tuple[T | None, int | None]]]
+"""One look, told whether a ring named a run in its scope: what it found, or None and
+when the next delayed run is due (if any)."""
 
 REPLICA_POLL_S = 5.0
 """Replicas ring each other through their notifications, and the listener rings after
@@ -44,17 +51,36 @@ _OWN_MEMORY = 4096
 """Revisions of this process's recent commits, whose notifications need no ring."""
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimScope:
+    """What a claim takes: runs of these assistants (any, if none) in this namespace
+    (any, if None)."""
+
+    namespace: str | None
+    assistant_ids: tuple[str, ...]
+
+    def takes(self, queue: tuple[str, str]) -> bool:
+        namespace, assistant_id = queue
+        return (self.namespace is None or self.namespace == namespace) and (
+            not self.assistant_ids or assistant_id in self.assistant_ids
+        )
+
+
 @dataclass(eq=False)
 class _Round:
     """One ring's search for a waiter that can use it."""
 
-    tried: set[Hashable] = field(default_factory=set)
+    queue: tuple[str, str] | None = None
+    """The (namespace, assistant) of the run rung for, if known: only waiters that
+    take it may use the ring."""
+    tried: set[ClaimScope] = field(default_factory=set)
 
 
 @dataclass(eq=False)
 class _Waiter:
-    scope: Hashable
-    woken: asyncio.Future[_Round]
+    scope: ClaimScope
+    woken: asyncio.Future[_Round | None]
+    """The round that woke it; None when its time was up."""
 
 
 class ClaimWakeups:
@@ -66,17 +92,16 @@ class ClaimWakeups:
         nothing to ring for) when it committed, so its notification is not rung again."""
         database.on_commit(self._committed)
 
-    async def until_found(self, look: Look[T], scope: Hashable, wait_s: float) -> T | None:
+    async def until_found(self, look: Look[T], scope: ClaimScope, wait_s: float) -> T | None:
         """Call `look` until it finds something or `wait_s` seconds have passed, looking
-        again only when woken. `scope` tells which rings one look has used up: waiters
-        of an equal scope would find the same."""
+        again only when woken."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         held: _Round | None = None  # the round that woke this claim, until it has looked
         while True:
             waiter = self._park(scope)
             try:
-                found, next_due = await look()
+                found, next_due = await look(_surely(held))
             except BaseException:
                 self._hand_on(self._leave(waiter), held)
                 raise
@@ -99,15 +124,15 @@ class ClaimWakeups:
             if self._poll_s is not None:
                 pause = min(pause, self._poll_s)
             try:
-                await asyncio.wait({waiter.woken}, timeout=pause)
+                held = await self._sleep(waiter, pause)
             except BaseException:
                 self._hand_on(self._leave(waiter))
                 raise
-            held = self._leave(waiter)
 
-    def ring(self) -> None:
-        """Something may have become claimable: wake the longest-waiting claim."""
-        self._wake(_Round())
+    def ring(self, queue: tuple[str, str] | None = None) -> None:
+        """Something may have become claimable (a run of `queue`, if given): wake the
+        longest-waiting claim that could take it."""
+        self._wake(_Round(queue))
 
     def replica_committed(self, revision: int) -> None:
         """A commit notification: `revision`, or 0 when unknown (after a reconnect)."""
@@ -117,16 +142,31 @@ class ClaimWakeups:
             self.ring()  # another replica's: it may have freed a run
 
     def _committed(self, changes: list[Change]) -> None:
-        """This process committed `changes`: ring unless each is a run now RUNNING (a
-        claim frees nothing)."""
+        """This process committed `changes`: ring for each that may have freed a run."""
         for change in changes:
             self._own[change.run.revision] = None
+            if change.type is ChangeType.CREATED:
+                self.ring((change.run.namespace, change.run.assistant_id))
+            elif _may_free_a_run(change):
+                self.ring()  # the next run of its thread: of any assistant
         while len(self._own) > _OWN_MEMORY:
             del self._own[next(iter(self._own))]
-        if any(change.run.status is not RunStatus.RUNNING for change in changes):
-            self.ring()
 
-    def _park(self, scope: Hashable) -> _Waiter:
+    async def _sleep(self, waiter: _Waiter, pause: float) -> _Round | None:
+        """Wait in line until rung, or until `pause` seconds have passed (then None).
+        The future itself is awaited: no task or future in between to delay a ring."""
+        timer = asyncio.get_running_loop().call_later(pause, self._time_up, waiter)
+        try:
+            return await waiter.woken
+        finally:
+            timer.cancel()
+
+    def _time_up(self, waiter: _Waiter) -> None:
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+            waiter.woken.set_result(None)
+
+    def _park(self, scope: ClaimScope) -> _Waiter:
         """Join the line before looking, so a ring during the look is not missed."""
         waiter = _Waiter(scope, asyncio.get_running_loop().create_future())
         self._waiting.append(waiter)
@@ -139,7 +179,7 @@ class ClaimWakeups:
             return None
         return waiter.woken.result()
 
-    def _pass_on(self, round_: _Round, tried: Hashable | None) -> None:
+    def _pass_on(self, round_: _Round, tried: ClaimScope | None) -> None:
         """A waiter looked and found nothing for `tried` in this round (or, None, left
         without looking): let a waiter with another scope look."""
         if tried is not None:
@@ -154,7 +194,25 @@ class ClaimWakeups:
 
     def _wake(self, round_: _Round) -> None:
         for waiter in self._waiting:
-            if waiter.scope not in round_.tried:
+            if waiter.scope not in round_.tried and (
+                round_.queue is None or waiter.scope.takes(round_.queue)
+            ):
                 self._waiting.remove(waiter)
                 waiter.woken.set_result(round_)
                 return
+
+
+def _surely(round_: _Round | None) -> bool:
+    """Whether the round that woke a waiter is all but sure to have work for it: a new
+    run in its scope that nobody looked for yet."""
+    return round_ is not None and round_.queue is not None and not round_.tried
+
+
+def _may_free_a_run(change: Change) -> bool:
+    """Whether a change may have made a run claimable: a deleted run, or one whose
+    status changed to anything but RUNNING (its thread, or the head of its line, may
+    be free now). A claim or an edit frees nothing."""
+    before = change.previous
+    if change.type is not ChangeType.UPDATED or before is None:
+        return True
+    return before.status is not change.run.status and change.run.status is not RunStatus.RUNNING

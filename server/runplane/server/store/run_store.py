@@ -8,13 +8,18 @@ reach it as `UnitOfWork.runs`. Reads return `records.Run` (through the field map
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    Case,
     ColumnElement,
     Connection,
+    Update,
     and_,
     bindparam,
+    case,
     delete,
     insert,
     or_,
@@ -75,17 +80,38 @@ _STILL_STUCK = _GET_RUN_FOR_CHANGE.where(
         _runs.c.timeout_at_us < bindparam("now"),
     )
 )
-# Parameters named after columns would set them: the guards' have other names.
-_RENEW_LEASE = (
-    update(_runs)
-    .where(
-        _runs.c.run_id == bindparam("key"),
-        _runs.c.status == RunStatus.RUNNING.value,
-        _runs.c.worker_id == bindparam("holder"),
+_GET_RUNS = _SELECT_RUN.where(_runs.c.run_id.in_(bindparam("run_ids", expanding=True)))
+
+
+# The worker that holds a run: nobody unless it is RUNNING. An expression no index can
+# serve, so that the primary key drives the renewals; SQLite would rather read every
+# RUNNING run through ix_runs_status_queue than look up more than ten run ids.
+_HOLDER = case((_runs.c.status == RunStatus.RUNNING.value, _runs.c.worker_id))
+
+
+@functools.lru_cache(maxsize=256)
+def _renew_leases(count: int) -> Update:
+    """One UPDATE for `count` renewals: each run, if its worker holds it, takes its new
+    lease. CASE rather than a joined VALUES list: SQLite names no VALUES columns, and
+    `run_id IN (...)` reads the primary key on both databases."""
+
+    def per_run(name: str) -> Case[Any]:
+        return case(
+            *(
+                (_runs.c.run_id == bindparam(f"run_{i}"), bindparam(f"{name}_{i}"))
+                for i in range(count)
+            )
+        )
+
+    return (
+        update(_runs)
+        .where(
+            _runs.c.run_id.in_([bindparam(f"run_{i}") for i in range(count)]),
+            per_run("holder") == _HOLDER,
+        )
+        .values(lease_expires_at_us=per_run("until"))
+        .returning(*(_runs.c[column] for column in fields.COLUMNS))
     )
-    .values(lease_expires_at_us=bindparam("until"))
-    .returning(*(_runs.c[column] for column in fields.COLUMNS))
-)
 
 
 _TIMEOUT_INPUTS = frozenset({"status", "started_at_us", "timeout_us"})
@@ -241,9 +267,16 @@ class RunStore:
         else:
             self._conn.execute(_DELETE_RUN, {"run_id": run.run_id})
 
-    def renew_lease(self, run_id: str, worker_id: str, lease_expires_at: int) -> Run | None:
-        """Set the lease of the run if `worker_id` holds it; the run as it is then.
-        Use `UnitOfWork.renew_lease`, which tells the transaction's listeners."""
-        params = {"key": run_id, "holder": worker_id, "until": lease_expires_at}
-        row = self._conn.execute(_RENEW_LEASE, params).first()
-        return None if row is None else fields.from_row(row)
+    def renew_leases(self, renewals: Sequence[tuple[str, str, int]]) -> list[Run]:
+        """For each (run_id, worker_id, lease_expires_at) of distinct runs: set the lease
+        if the worker holds the run. Returns the runs renewed, as they are then. Use
+        `UnitOfWork.renew_leases`, which tells the transaction's listeners."""
+        params: dict[str, Any] = {}
+        for i, (run_id, worker_id, until) in enumerate(renewals):
+            params.update({f"run_{i}": run_id, f"holder_{i}": worker_id, f"until_{i}": until})
+        rows = self._conn.execute(_renew_leases(len(renewals)), params)
+        return [fields.from_row(row) for row in rows]
+
+    def get_many(self, run_ids: Sequence[str]) -> list[Run]:
+        rows = self._conn.execute(_GET_RUNS, {"run_ids": list(run_ids)})
+        return [fields.from_row(row) for row in rows]

@@ -18,7 +18,7 @@ along with the ready ones, and the sweeper moves them into the ready index
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from runplane.server.records import (
     RunStatus,
     now_us,
 )
+from runplane.server.store import fields
 from runplane.server.store.dialects import Dialect, Lock
 from runplane.server.store.schema import (
     DELAYED_PREDICATE,
@@ -86,7 +87,9 @@ _ON_THREAD = (
 )
 
 _NEXT_DUE = select(func.min(_heads.c.due_us)).where(_IS_DELAYED, _heads.c.due_us > bindparam("now"))
-_STILL_CLAIMABLE = select(_heads.c.run_id).where(
+_SELECT_RUN = select(*(_runs.c[column] for column in fields.COLUMNS))
+# A candidate read again under its thread's lock: its run, if still the claimable head.
+_STILL_CLAIMABLE = _SELECT_RUN.join_from(_runs, _heads, _heads.c.run_id == _runs.c.run_id).where(
     *_ON_THREAD,
     _heads.c.run_id == bindparam("run_id"),
     or_(
@@ -265,6 +268,23 @@ def _claimable_query(namespaces: int, assistants: int) -> Select[Any]:
     return select(*both.c).order_by(both.c.priority.desc(), both.c.due_us).limit(bindparam("limit"))
 
 
+@functools.lru_cache(maxsize=64)
+def _look_query(namespaces: int, assistants: int) -> Select[Any]:
+    """Whether a head is claimable, and when the earliest delayed one falls due: one
+    statement, so that a worker's look is one round trip."""
+    return select(
+        _claimable_query(namespaces, assistants).exists().label("ready"),
+        _NEXT_DUE.scalar_subquery().label("next_due"),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _first_claimable_run_query(namespaces: int, assistants: int) -> Select[Any]:
+    """The run of `_claimable_query`'s first head (LIMIT 1), looked up by key."""
+    head = _claimable_query(namespaces, assistants).subquery("claimable")
+    return _SELECT_RUN.join_from(head, _runs, _runs.c.run_id == head.c.run_id)
+
+
 @functools.cache
 def _upserts(dialect: type[Dialect]) -> tuple[Any, Any]:
     """(insert unless the thread has a head, insert or replace the thread's head)."""
@@ -301,10 +321,65 @@ class ThreadHeads:
         """Up to `limit` heads a worker may claim now, in claim order: highest priority,
         then earliest due. `namespaces` None means every namespace; no `assistant_ids`
         means any assistant."""
+        query, params = self._claimable(_claimable_query, now, namespaces, assistant_ids, limit)
+        if query is None:
+            return []
+        return [Head(*row) for row in self._conn.execute(query, params)]
+
+    def look(
+        self, now: int, namespaces: frozenset[str] | None, assistant_ids: Sequence[str]
+    ) -> tuple[bool, int | None]:
+        """Whether a head is claimable now, and when the earliest delayed head that is
+        not due yet falls due (None if none is waiting)."""
+        query, params = self._claimable(_look_query, now, namespaces, assistant_ids, 1)
+        if query is None:
+            return False, None
+        ready, next_due = self._conn.execute(query, params).one()
+        return bool(ready), next_due
+
+    def claimable_runs(
+        self, now: int, namespaces: frozenset[str] | None, assistant_ids: Sequence[str]
+    ) -> Iterator[Run]:
+        """The runs of the claimable heads, in claim order, each made safe to claim as it
+        comes: take the first. Where concurrent claims may hold some (replicas), a few
+        are read, and each is yielded only if its thread's lock is free and it is still
+        its thread's claimable head under the lock; where none can, the first is read
+        with its run in one statement.
+        """
+        limit = self._dialect.claim_candidates
+        if self._dialect.serial_writes:
+            query, params = self._claimable(
+                _first_claimable_run_query, now, namespaces, assistant_ids, 1
+            )
+            if query is not None:
+                yield from map(fields.from_row, self._conn.execute(query, params))
+            return
+        for head in self.claimable(now, namespaces, assistant_ids, limit):
+            if not self._dialect.try_lock(self._conn, Lock.THREAD, head.thread_id):
+                continue  # another transaction is changing its thread, or took it
+            params = {
+                "namespace": head.namespace,
+                "thread_id": head.thread_id,
+                "run_id": head.run_id,
+                "now": now,
+            }
+            row = self._conn.execute(_STILL_CLAIMABLE, params).first()
+            if row is not None:
+                yield fields.from_row(row)
+
+    @staticmethod
+    def _claimable(
+        build: Callable[[int, int], Select[Any]],
+        now: int,
+        namespaces: frozenset[str] | None,
+        assistant_ids: Sequence[str],
+        limit: int,
+    ) -> tuple[Select[Any] | None, dict[str, Any]]:
+        """The query `build` makes for this scope and its parameters; no query for an
+        empty set of namespaces."""
         spaces = sorted(namespaces) if namespaces is not None else []
         if namespaces is not None and not spaces:
-            return []
-        query = _claimable_query(len(spaces), len(assistant_ids))
+            return None, {}
         params: dict[str, Any] = {"now": now, "limit": limit}
         params.update({f"namespace_{n}": space for n, space in enumerate(spaces)})
         params.update({f"assistant_{a}": name for a, name in enumerate(assistant_ids)})
@@ -315,30 +390,7 @@ class ThreadHeads:
                 for a, name in enumerate(assistant_ids)
             }
         )
-        return [Head(*row) for row in self._conn.execute(query, params)]
-
-    def candidates(
-        self, now: int, namespaces: frozenset[str] | None, assistant_ids: Sequence[str]
-    ) -> list[Head]:
-        """The claimable heads worth trying to lock: a few where concurrent claims may
-        hold some (replicas), the first where none can."""
-        return self.claimable(now, namespaces, assistant_ids, self._dialect.claim_candidates)
-
-    def lock(self, head: Head, now: int) -> bool:
-        """Lock the head's thread, if free, and make sure the head is still claimable
-        under the lock (it was read without it). A writer that holds the database's
-        only write lock has nothing to do."""
-        if self._dialect.serial_writes:
-            return True
-        if not self._dialect.try_lock(self._conn, Lock.THREAD, head.thread_id):
-            return False
-        params = {
-            "namespace": head.namespace,
-            "thread_id": head.thread_id,
-            "run_id": head.run_id,
-            "now": now,
-        }
-        return self._conn.execute(_STILL_CLAIMABLE, params).first() is not None
+        return build(len(spaces), len(assistant_ids)), params
 
     def next_due(self, now: int) -> int | None:
         """When the earliest delayed head becomes due, if any is not due yet."""

@@ -44,6 +44,15 @@ class Written:
         self.renewed.extend(other.renewed)
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseRenewal:
+    """A worker asks to hold a run until `expires_at` (microseconds)."""
+
+    run_id: str
+    worker_id: str
+    expires_at: int
+
+
 class UnitOfWork:
     __slots__ = ("_connection", "_dialect", "heads", "log", "runs")
 
@@ -86,13 +95,15 @@ class UnitOfWork:
         self._dialect.notify(self._connection, changes[-1].run.revision)
         return [change.run for change in changes]
 
-    def renew_lease(self, run_id: str, worker_id: str, lease_expires_at: int) -> Run | None:
-        """Extend the lease of a run that `worker_id` holds (RUNNING, claimed by it), in
-        place: no revision, no event, no notification. Returns the run with its new
-        lease, or None if the worker does not hold it (nothing is written then).
+    def renew_leases(self, renewals: Sequence[LeaseRenewal]) -> dict[str, Run]:
+        """Extend the lease of each run (distinct ones) that its worker holds (RUNNING,
+        claimed by it), in place: no revision, no event, no notification. Returns the
+        runs renewed, with their new lease, by id; the others were left as they are.
         """
-        run = self.runs.renew_lease(run_id, worker_id, lease_expires_at)
-        if run is not None:
+        renewed = self.runs.renew_leases(
+            [(renewal.run_id, renewal.worker_id, renewal.expires_at) for renewal in renewals]
+        )
+        if renewed:
             # A transaction that fails past here wrote something (see GroupWriter).
-            self._written().renewed.append(run)
-        return run
+            self._written().renewed.extend(renewed)
+        return {run.run_id: run for run in renewed}
