@@ -138,3 +138,14 @@ def test_threads_are_namespaced(stub: Stub, assistant: str) -> None:
     second = create(stub, assistant, namespace="team-b", thread_id=thread_id)
     claimed = {claim(stub, assistant, namespace=ns).run_id for ns in ("team-a", "team-b")}  # type: ignore[union-attr]
     assert claimed == {first.run_id, second.run_id}
+
+
+def test_a_claim_for_many_assistants_keeps_the_order(stub: Stub, assistant: str) -> None:
+    """Past the assistants read one range each, one read of them all, sorted."""
+    assistants = [f"{assistant}-{i}" for i in range(40)]
+    low = create(stub, assistants[3], priority=2)
+    high = create(stub, assistants[30], priority=8)
+    request = run_service_pb2.ClaimRunRequest(worker_id="w", assistant_ids=assistants)
+    claimed = [stub.ClaimRun(request).run.run_id for _ in range(2)]
+    assert claimed == [high.run_id, low.run_id]
+    assert not stub.ClaimRun(request).HasField("run")

@@ -4,6 +4,7 @@ data of older schemas forward, on both backends."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -130,3 +131,73 @@ def test_0003_puts_the_runs_of_an_0002_database_in_the_default_namespace(
         assert not run.HasField("result")
         assert dict(run.trace_context) == {}
     assert stored == logged
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_0004_finds_the_head_of_every_thread_of_an_0003_database(
+    backend: str, tmp_path: Path
+) -> None:
+    now = time.time_ns() // 1000
+    hour = 3600 * 10**6
+    # thread: [(run, status, start_after, started_at, timeout)], oldest first
+    threads: dict[str, list[tuple[str, str, int | None, int | None, int | None]]] = {
+        "busy": [("a", "running", None, now, hour), ("b", "pending", None, None, None)],
+        "later": [("c", "pending", now + hour, None, None)],
+        "next": [("d", "success", None, now, None), ("e", "pending", None, None, None)],
+        "done": [("f", "interrupted", None, None, None)],
+    }
+    with database_url(backend, tmp_path) as url:
+        database = Database(url)
+        try:
+            upgrade(database.engine, "0003")
+            with database.engine.begin() as connection:
+                revision = 0
+                for thread, runs in threads.items():
+                    for run, status, start_after, started_at, timeout in runs:
+                        revision += 1
+                        connection.execute(
+                            text(
+                                "INSERT INTO runs (run_id, thread_id, assistant_id, status, "
+                                "multitask_strategy, metadata, kwargs, created_at_us, "
+                                "updated_at_us, revision, create_revision, attempt, error, "
+                                "cancel_reason, worker_id, start_after_us, started_at_us, "
+                                "timeout_us, lease_expires_at_us, namespace, priority) "
+                                "VALUES (:run, :thread, 'agent', :status, 'enqueue', '{}', "
+                                "'{}', :at, :at, :rev, :rev, 0, '', '', '', :start_after, "
+                                ":started_at, :timeout, :lease, 'ns', 7)"
+                            ),
+                            {
+                                "run": run,
+                                "thread": thread,
+                                "status": status,
+                                "at": now - hour + revision,
+                                "rev": revision,
+                                "start_after": start_after,
+                                "started_at": started_at,
+                                "timeout": timeout,
+                                "lease": now + hour if status == "running" else None,
+                            },
+                        )
+            upgrade(database.engine)
+            with database.engine.connect() as connection:
+                heads = {
+                    row.thread_id: (row.run_id, row.state, row.queue, row.priority)
+                    for row in connection.execute(text("SELECT * FROM thread_heads"))
+                }
+                timeouts: dict[str, int] = dict(
+                    connection.execute(
+                        text(
+                            "SELECT run_id, timeout_at_us FROM runs WHERE timeout_at_us IS NOT NULL"
+                        )
+                    ).all()
+                )
+        finally:
+            database.dispose()
+    assert heads == {
+        "busy": ("a", "running", "ns/agent", 7),
+        "later": ("c", "delayed", "ns/agent", 7),
+        "next": ("e", "ready", "ns/agent", 7),
+    }
+    assert timeouts == {"a": now + hour}

@@ -64,6 +64,9 @@ scope: the sweeper moves them to the ready index every second, so only those tha
 fell due since are left. A claim for some assistants misses theirs behind 64 others
 for at most that second."""
 
+MAX_RANGE_READS = 32
+"""Scope values (namespace, assistant or pair) a claim reads one range each for."""
+
 _heads = Base.metadata.tables[ThreadHeadRow.__tablename__]
 _runs = Base.metadata.tables[RunRow.__tablename__]
 _KEY = ("namespace", "thread_id")
@@ -230,24 +233,34 @@ def _moves_head(run: Run, before: Run) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
+def _scope_column(namespaces: int, assistants: int) -> tuple[Any, list[str]]:
+    """The ready heads' column a scope is an equality on, and the parameters of its
+    values: queue, namespace or assistant, the leading column of one ready index each."""
+    if namespaces and assistants:
+        return _heads.c.queue, [
+            f"queue_{n}_{a}" for n in range(namespaces) for a in range(assistants)
+        ]
+    if namespaces:
+        return _heads.c.namespace, [f"namespace_{n}" for n in range(namespaces)]
+    return _heads.c.assistant_id, [f"assistant_{a}" for a in range(assistants)]
+
+
 def _claimable_query(namespaces: int, assistants: int) -> Select[Any]:
     """Claimable heads in claim order, for claims given `namespaces` and `assistants`
-    values (0: any). Each (namespace, assistant) pair is its own range read of a ready
-    index (PostgreSQL cannot read `IN (...)` in index order, and would sort every
-    matching head instead), up to the LIMIT. Heads that fell due are read alongside.
+    values (0: any). Each value of the scope (a queue, a namespace or an assistant) is
+    its own range read of a ready index, up to the LIMIT: PostgreSQL cannot read
+    `IN (...)` in index order, and would sort every matching head instead (as it does
+    past MAX_RANGE_READS values). Heads that fell due are read alongside.
     """
-    ready: list[Select[Any]] = []
-    for n in range(max(namespaces, 1)):
-        for a in range(max(assistants, 1)):
-            # One equality, on the leading column of exactly one ready index.
-            branch = select(*_HEAD_COLUMNS).where(_IS_READY)
-            if namespaces and assistants:
-                branch = branch.where(_heads.c.queue == bindparam(f"queue_{n}_{a}"))
-            elif namespaces:
-                branch = branch.where(_heads.c.namespace == bindparam(f"namespace_{n}"))
-            elif assistants:
-                branch = branch.where(_heads.c.assistant_id == bindparam(f"assistant_{a}"))
-            ready.append(branch.order_by(*_CLAIM_ORDER).limit(bindparam("limit")))
+    ready = select(*_HEAD_COLUMNS).where(_IS_READY)
+    branches = [ready]
+    if namespaces or assistants:
+        column, names = _scope_column(namespaces, assistants)
+        if len(names) > MAX_RANGE_READS:
+            branches = [ready.where(column.in_([bindparam(name) for name in names]))]
+        else:
+            branches = [ready.where(column == bindparam(name)) for name in names]
+    ready_heads = [branch.order_by(*_CLAIM_ORDER).limit(bindparam("limit")) for branch in branches]
     # The first fallen-due heads of any scope, then those of this one: a condition on
     # the scope inside could steer the planner to the primary key (every head of a
     # namespace) instead of the range of fallen-due ones.
@@ -262,7 +275,7 @@ def _claimable_query(namespaces: int, assistants: int) -> Select[Any]:
             fallen_due.c.assistant_id.in_([bindparam(f"assistant_{a}") for a in range(assistants)])
         )
     # SQLite takes ORDER BY and LIMIT in a compound's members only inside subqueries.
-    members = [select(*member.subquery().c) for member in ready] + [in_scope]
+    members = [select(*member.subquery().c) for member in ready_heads] + [in_scope]
     union: CompoundSelect[Any] = members[0].union_all(*members[1:])
     both = union.subquery("heads")
     return select(*both.c).order_by(both.c.priority.desc(), both.c.due_us).limit(bindparam("limit"))
