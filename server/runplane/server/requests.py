@@ -2,10 +2,10 @@
 the domain receives. Plain values (times in microseconds, durations in microseconds
 unless named in seconds), no protobuf.
 
-Namespaces are carried but not applied yet: `ListRuns.namespace`,
-`WatchRuns.namespace`, `CancelRuns.namespace`, `ClaimRun.namespace` and
-`GetStats.namespace` are validated DNS labels, or None for "every namespace", and no
-rule reads them so far; `CreateRun.namespace` is stored with the run.
+Namespaces are validated DNS labels, or None for "every namespace".
+`CreateRun.namespace` is stored with the run, and `ClaimRun.namespace` limits a
+claim; `ListRuns.namespace`, `WatchRuns.namespace`, `CancelRuns.namespace` and
+`GetStats.namespace` are carried but not applied yet.
 """
 
 from __future__ import annotations
