@@ -60,9 +60,13 @@ def pending_backlog(count: int, seed: int = 1) -> Iterator[Run]:
         yield _run(f"backlog-{index % BACKLOG_ASSISTANTS}", priority=rng.randrange(10))
 
 
-def running(count: int, assistant_id: str, worker_id: str, lease_us: int) -> list[Run]:
-    """RUNNING runs held by `worker_id`, as if it had claimed each just now."""
+def running(
+    count: int, assistant_id: str, worker_id: str, lease_us: int, kwargs_bytes: int = 0
+) -> list[Run]:
+    """RUNNING runs held by `worker_id`, as if it had claimed each just now, with kwargs
+    of about `kwargs_bytes`."""
     now = now_us()
+    kwargs = {"input": "x" * kwargs_bytes} if kwargs_bytes else {}
     return [
         _run(
             assistant_id,
@@ -71,6 +75,7 @@ def running(count: int, assistant_id: str, worker_id: str, lease_us: int) -> lis
             worker_id=worker_id,
             started_at=now,
             lease_expires_at=now + lease_us,
+            kwargs=kwargs,
         )
         for _ in range(count)
     ]

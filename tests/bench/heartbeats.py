@@ -1,7 +1,8 @@
 """Heartbeat benchmark: many RUNNING runs keeping their leases alive, against a running server.
 
     python -m tests.bench.heartbeats --address HOST:PORT --database-url URL \\
-        [--runs 10000] [--lease 10] [--per-lease 3] [--seconds 20] [--server-pid PID]
+        [--runs 10000] [--lease 10] [--per-lease 3] [--seconds 20] [--server-pid PID] \\
+        [--kwargs-bytes 0]
 
 The runs are written RUNNING through the store (`tests.bench.backlog`), held by one
 worker id, then each heartbeats `--per-lease` times per lease (the Worker's schedule: a
@@ -31,8 +32,8 @@ from tests.bench import backlog
 from tests.bench.load import percentile_ms, process_cpu_s
 
 WORKER = "bench-heartbeat-worker"
-CALLERS = 64
-CHANNELS = 4
+CALLERS = 256
+CHANNELS = 8
 
 
 def _postgres_backends(database_url: str) -> list[int]:
@@ -103,9 +104,12 @@ def measure(
     per_lease: float,
     seconds: float,
     server_pid: int | None,
+    kwargs_bytes: int = 0,
 ) -> dict[str, object]:
     # Held for an hour to start with: loading takes a while, and the leases must last.
-    held = backlog.running(runs, f"bench-heartbeat-{uuid.uuid4()}", WORKER, 3600 * 10**6)
+    held = backlog.running(
+        runs, f"bench-heartbeat-{uuid.uuid4()}", WORKER, 3600 * 10**6, kwargs_bytes
+    )
     backlog.load(database_url, held)
     backends = _postgres_backends(database_url)
     server_before = None if server_pid is None else process_cpu_s(server_pid)
@@ -125,6 +129,7 @@ def measure(
     return {
         "scenario": "heartbeat",
         "runs": runs,
+        "kwargs_bytes": kwargs_bytes,
         "lease_s": lease_s,
         "heartbeats_per_lease": per_lease,
         "target_per_s": round(runs * per_lease / lease_s, 1),
@@ -151,6 +156,7 @@ def main() -> None:
     parser.add_argument("--per-lease", type=float, default=3.0, help="heartbeats per lease")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--server-pid", type=int, default=None)
+    parser.add_argument("--kwargs-bytes", type=int, default=0, help="each run's kwargs size")
     args = parser.parse_args()
     result = measure(
         args.address,
@@ -160,6 +166,7 @@ def main() -> None:
         per_lease=args.per_lease,
         seconds=args.seconds,
         server_pid=args.server_pid,
+        kwargs_bytes=args.kwargs_bytes,
     )
     print(json.dumps(result))
 
