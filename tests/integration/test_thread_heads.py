@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from runplane.server.claims import ClaimService
 from runplane.server.errors import RunplaneError
 from runplane.server.records import (
     CancelAction,
+    Change,
+    ChangeType,
     MultitaskStrategy,
     Run,
     RunFilter,
@@ -36,6 +39,7 @@ from runplane.server.records import (
 from runplane.server.runs import RunService
 from runplane.server.store.database import Database
 from runplane.server.store.migrate import upgrade
+from runplane.server.store.unit_of_work import UnitOfWork
 from runplane.server.sweeper import Sweeper
 from runplane.server.wakeups import ClaimWakeups
 from tests.support.databases import database_url
@@ -288,3 +292,46 @@ def test_a_thread_whose_head_ends_hands_over_to_its_next_run(database: Database)
 
     created, claimed = asyncio.run(scenario())
     assert claimed == created
+
+
+def test_a_retried_head_keeps_its_place_and_waits_for_its_new_due_time(
+    database: Database,
+) -> None:
+    """A RUNNING head sent back to PENDING with a later start_after (a retry) stays its
+    thread's head, delayed: the run behind it is not claimable, and the sweeper moves
+    the head back to the ready line once it is due."""
+
+    async def scenario() -> None:
+        runs, claims = RunService(database), ClaimService(database, ClaimWakeups(database))
+        sweeper = Sweeper(database, max_attempts=3)
+        thread_id = str(uuid.uuid4())
+        first = await runs.create(requests.CreateRun("a", thread_id=thread_id))
+        await runs.create(requests.CreateRun("a", thread_id=thread_id))
+        claimed = await claims.claim(requests.ClaimRun("w", ("a",), 10**7, 0.0))
+        assert claimed is not None
+        assert claimed.run_id == first.run_id
+        due = now_us() + 300_000
+
+        def retry(unit: UnitOfWork) -> None:
+            run = unit.runs.get_locked(first.run_id)
+            assert run is not None
+            again = dataclasses.replace(
+                run, status=RunStatus.PENDING, worker_id="", lease_expires_at=None, start_after=due
+            )
+            unit.apply([Change(ChangeType.UPDATED, again, previous=run)])
+
+        await database.write(retry)
+        _check_heads(database)
+        (head,) = (h for h in _heads(database).values() if h["thread_id"] == thread_id)
+        assert (head["run_id"], head["state"], head["due_us"]) == (first.run_id, "delayed", due)
+        look = requests.ClaimRun("w", ("a",), 10**7, 0.0)
+        assert await claims.claim(look) is None  # neither the retried run nor the one behind
+        await asyncio.sleep(0.35)
+        await sweeper.sweep()
+        (head,) = (h for h in _heads(database).values() if h["thread_id"] == thread_id)
+        assert head["state"] == "ready"
+        again = await claims.claim(look)
+        assert again is not None
+        assert (again.run_id, again.attempt) == (first.run_id, 2)
+
+    asyncio.run(scenario())
