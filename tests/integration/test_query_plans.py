@@ -99,7 +99,7 @@ Plan = dict[str, Any]
 def _plans_of(
     backlog: tuple[str, Database], use: Callable[[UnitOfWork], object]
 ) -> list[tuple[str, Any]]:
-    """(statement, plan) of every SELECT and UPDATE that `use(unit)` runs, in a
+    """(statement, plan) of every SELECT, UPDATE and DELETE that `use(unit)` runs, in a
     transaction that is rolled back."""
     backend, database = backlog
     plans: list[tuple[str, Any]] = []
@@ -109,7 +109,7 @@ def _plans_of(
         def explain(
             conn: Connection, cursor: object, statement: str, params: Any, *_: object
         ) -> None:
-            if not statement.lstrip().upper().startswith(("SELECT", "UPDATE")):
+            if not statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
                 return
             if backend == "sqlite":
                 rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)

@@ -123,7 +123,17 @@ _MOVE_HEAD = update(_heads).where(
     _heads.c.thread_id == bindparam("head_thread_id"),
     _heads.c.run_id == bindparam("head_run_id"),
 )
-_DROP_HEAD = delete(_heads).where(*_ON_THREAD)
+_INFLIGHT_ON_THREAD = (
+    select(_runs.c.run_id)
+    .where(
+        _runs.c.namespace == bindparam("namespace"),
+        _runs.c.thread_id == bindparam("thread_id"),
+        _IS_INFLIGHT,
+    )
+    .exists()
+)
+# A thread whose last inflight run ended has no head: the common case, one statement.
+_DROP_HEAD_IF_DONE = delete(_heads).where(*_ON_THREAD, ~_INFLIGHT_ON_THREAD)
 
 
 def _fallen_due(limit: Any, *columns: Any) -> Select[Any]:
@@ -446,10 +456,11 @@ class ThreadHeads:
     def _find_head(self, namespace: str, thread_id: str, now: int) -> None:
         """Make the thread's first inflight run its head, or drop the head if none is left."""
         key = {"namespace": namespace, "thread_id": thread_id}
+        if self._conn.execute(_DROP_HEAD_IF_DONE, key).rowcount:
+            return
         first = self._conn.execute(_FIRST_INFLIGHT, key).first()
         if first is None:
-            self._conn.execute(_DROP_HEAD, key)
-            return
+            return  # no head, and nothing inflight
         head = _HeadRun(
             first.run_id,
             first.assistant_id,
