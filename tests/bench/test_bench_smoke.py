@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.support.servers import ServerThread
 
@@ -32,13 +33,10 @@ RESULT_KEYS = {
 }
 
 
-def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
+def _run_json(module: str, *args: str) -> dict[str, Any]:
+    """What `python -m tests.bench.<module> ARGS` prints, parsed; it must succeed."""
     completed = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "tests.bench.run"),
-            *("--targets", "echo", "--seconds", "0.5", "--concurrency", "2"),
-        ],
+        [sys.executable, "-m", f"tests.bench.{module}", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -46,8 +44,12 @@ def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
+    document: dict[str, Any] = json.loads(completed.stdout)
+    return document
 
-    document = json.loads(completed.stdout)
+
+def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
+    document = _run_json("run", "--targets", "echo", "--seconds", "0.5", "--concurrency", "2")
     assert set(document) >= {"machine", "results", "ratios", "targets", "failures"}
     assert document["machine"]["cpus"] >= 1
     assert document["failures"] == []
@@ -75,26 +77,13 @@ def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
 def test_claim_and_heartbeat_benchmarks_run_against_a_server(server: ServerThread) -> None:
     """The executor benchmark with a backlog and the heartbeat benchmark, small."""
     url = server.config.database_url
-    cells = []
-    for module, *args in (
-        ("executor", "--mode", "create-to-claim", "--runs", "20", "--backlog", "300"),
-        ("heartbeats", "--runs", "60", "--lease", "1", "--seconds", "1.5"),
-    ):
-        completed = subprocess.run(
-            [
-                sys.executable,
-                *("-m", f"tests.bench.{module}", "--address", server.address),
-                *("--database-url", url, "--server-pid", str(os.getpid()), *args),
-            ],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert completed.returncode == 0, completed.stderr
-        cells.append(json.loads(completed.stdout))
-    claims, heartbeats = cells
+    common = ("--address", server.address, "--database-url", url, "--server-pid", str(os.getpid()))
+    claims = _run_json(
+        "executor", *common, "--mode", "create-to-claim", "--runs", "20", "--backlog", "300"
+    )
+    heartbeats = _run_json(
+        "heartbeats", *common, "--runs", "60", "--lease", "1", "--seconds", "1.5"
+    )
     assert (claims["scenario"], claims["runs"], claims["backlog"]) == ("create_to_claim", 20, 300)
     assert 0 < claims["p50_ms"] <= claims["p99_ms"]
     assert claims["server_cpu_us_per_run"] > 0

@@ -8,25 +8,10 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
-from tests.support.stubs import run_service
 
 Stub = run_service_pb2_grpc.RunServiceStub
-
-
-@pytest.fixture
-def stub(server_address: str) -> Iterator[Stub]:
-    with run_service(server_address) as stub:
-        yield stub
-
-
-@pytest.fixture
-def assistant() -> str:
-    return f"assistant-{uuid.uuid4()}"
 
 
 def create(stub: Stub, assistant: str, **fields: object) -> run_pb2.Run:

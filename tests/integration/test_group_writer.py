@@ -9,30 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from runplane.server.errors import RunNotFound
 from runplane.server.records import Change, ChangeType, MultitaskStrategy, Run, RunStatus
 from runplane.server.store.database import Database
-from runplane.server.store.migrate import upgrade
 from runplane.server.store.unit_of_work import LeaseRenewal, UnitOfWork
-from tests.support.databases import database_url
 
 MISSING = "00000000-0000-4000-8000-000000000000"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with database_url(request.param, tmp_path) as url:
-        database = Database(url)
-        upgrade(database.engine)
-        try:
-            yield database
-        finally:
-            database.dispose()
 
 
 def _create(run_id: str) -> Callable[[UnitOfWork], str]:

@@ -7,23 +7,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
-from tests.support.stubs import run_service
 from tests.support.watching import cancel
 
 Stub = run_service_pb2_grpc.RunServiceStub
-
-
-@pytest.fixture
-def stub(server_address: str) -> Iterator[Stub]:
-    with run_service(server_address) as stub:
-        yield stub
 
 
 def seconds(value: float) -> duration_pb2.Duration:

@@ -14,9 +14,7 @@ import contextlib
 import dataclasses
 import random
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,26 +36,13 @@ from runplane.server.records import (
 )
 from runplane.server.runs import RunService
 from runplane.server.store.database import Database
-from runplane.server.store.migrate import upgrade
 from runplane.server.store.unit_of_work import UnitOfWork
 from runplane.server.sweeper import Sweeper
 from runplane.server.wakeups import ClaimWakeups
-from tests.support.databases import database_url
 
 NAMESPACES = ("default", "other")
 ASSISTANTS = ("a", "b")
 HOUR_US = 3600 * 10**6
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with database_url(request.param, tmp_path) as url:
-        database = Database(url)
-        upgrade(database.engine)
-        try:
-            yield database
-        finally:
-            database.dispose()
 
 
 @dataclass(frozen=True)
