@@ -242,7 +242,6 @@ def _moves_head(run: Run, before: Run) -> bool:
     )
 
 
-@functools.lru_cache(maxsize=64)
 def _scope_column(namespaces: int, assistants: int) -> tuple[Any, list[str]]:
     """The ready heads' column a scope is an equality on, and the parameters of its
     values: queue, namespace or assistant, the leading column of one ready index each."""
@@ -255,6 +254,7 @@ def _scope_column(namespaces: int, assistants: int) -> tuple[Any, list[str]]:
     return _heads.c.assistant_id, [f"assistant_{a}" for a in range(assistants)]
 
 
+@functools.lru_cache(maxsize=64)
 def _claimable_query(namespaces: int, assistants: int) -> Select[Any]:
     """Claimable heads in claim order, for claims given `namespaces` and `assistants`
     values (0: any). Each value of the scope (a queue, a namespace or an assistant) is
@@ -360,6 +360,10 @@ class ThreadHeads:
         ready, next_due = self._conn.execute(query, params).one()
         return bool(ready), next_due
 
+    def next_due(self, now: int) -> int | None:
+        """When the earliest delayed head becomes due, if any is not due yet."""
+        return self._conn.execute(_NEXT_DUE, {"now": now}).scalar_one_or_none()
+
     def claimable_runs(
         self, now: int, namespaces: frozenset[str] | None, assistant_ids: Sequence[str]
     ) -> Iterator[Run]:
@@ -414,10 +418,6 @@ class ThreadHeads:
             }
         )
         return build(len(spaces), len(assistant_ids)), params
-
-    def next_due(self, now: int) -> int | None:
-        """When the earliest delayed head becomes due, if any is not due yet."""
-        return self._conn.execute(_NEXT_DUE, {"now": now}).scalar_one_or_none()
 
     # -- upkeep ------------------------------------------------------------------------------
 
