@@ -3,8 +3,8 @@
 On SQLite every write goes through this process's writer, which hands each
 committed change to `apply`, and each lease renewed in place to `renewed`, before
 the writer's caller is answered; so the cache is never behind a write anyone has
-seen. A lookup still costs a SQLite read when
-it misses. PostgreSQL replicas write behind each other's backs: no cache there.
+seen. A lookup still costs a SQLite read when it misses. PostgreSQL replicas write
+behind each other's backs: no cache there.
 """
 
 from __future__ import annotations

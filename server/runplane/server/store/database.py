@@ -85,7 +85,7 @@ class Database:
 
     def on_renewal(self, listener: RenewalListener) -> None:
         """Call `listener` on the event loop with the runs whose lease a committed write
-        renewed in place (`UnitOfWork.renew_lease`), in commit order with the changes."""
+        renewed in place (`UnitOfWork.renew_leases`), in commit order with the changes."""
         self._renewal_listeners.append(listener)
 
     def _publish(self, written: Written) -> None:
