@@ -128,9 +128,31 @@ def _create_1_p99(results: list[Result], target: str) -> float | None:
 
 def _create_to_claim_p50(results: list[Result], target: str) -> float | None:
     for result in results:
-        if result.get("scenario") == "create_to_claim" and result["target"] == target:
+        if (
+            result.get("scenario") == "create_to_claim"
+            and result["target"] == target
+            and not result.get("backlog")
+        ):
             return _number(result, "p50_ms")
     return None
+
+
+def _create_to_claim_backlog_ratio(results: list[Result], target: str) -> float | None:
+    """Create-to-claim p50 behind a backlog of other runs over the same without one."""
+    empty = _create_to_claim_p50(results, target)
+    for result in results:
+        if (
+            result.get("scenario") == "create_to_claim"
+            and result["target"] == target
+            and result.get("backlog")
+        ):
+            behind = _number(result, "p50_ms")
+            return round(behind / empty, 3) if behind is not None and empty else None
+    return None
+
+
+def _heartbeat_database_cpu(results: list[Result], target: str) -> float | None:
+    return _number(_scenario_cell(results, target, "heartbeat"), "database_cpu_percent")
 
 
 def _scenario_cell(
@@ -190,6 +212,20 @@ GOALS = (
     ),
     Goal("create_1_p99_max_ms", 10, False, _create_1_p99, lambda t: t != REFERENCE),
     Goal("create_to_claim_p50_max_ms", 5, False, _create_to_claim_p50, lambda t: t != REFERENCE),
+    Goal(
+        "create_to_claim_100k_backlog_vs_none_max",
+        1.5,
+        False,
+        _create_to_claim_backlog_ratio,
+        lambda t: t != REFERENCE,
+    ),
+    Goal(
+        "heartbeat_10k_database_cpu_max_percent",
+        30,
+        False,
+        _heartbeat_database_cpu,
+        lambda t: t == "runplane-postgres",
+    ),
     Goal("end_to_end_16_min_per_s", 300, True, _end_to_end_16, lambda t: t != REFERENCE),
     Goal(
         "watch_1000_p99_vs_echo_max",

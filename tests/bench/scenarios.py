@@ -83,30 +83,35 @@ def unary_calls(target: Target, server: RunningServer, options: BenchOptions) ->
     return results
 
 
-def _executor_cell(server: RunningServer, *args: str) -> Result:
+def _executor_cell(server: RunningServer, *args: str, module: str = "executor") -> Result:
     completed = subprocess.run(
-        [sys.executable, "-m", "tests.bench.executor", "--address", server.address, *args],
+        [sys.executable, "-m", f"tests.bench.{module}", "--address", server.address, *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     if completed.returncode != 0:
-        raise LoadFailedError(f"executor benchmark failed:\n{completed.stderr.strip()}")
+        raise LoadFailedError(f"{module} benchmark failed:\n{completed.stderr.strip()}")
     cell: Result = json.loads(completed.stdout)
     rate = cell.get("throughput_per_s", "-")
-    _log(f"    {rate}/s  p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms")
+    cpu = cell.get("server_cpu_us_per_run") or cell.get("server_cpu_percent")
+    _log(f"    {rate}/s  p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms  server cpu {cpu}")
     return cell
 
 
 def executor_latency(target: Target, server: RunningServer, options: BenchOptions) -> list[Result]:
     """Create-to-claim latency with a long-polling worker, then create -> claim ->
-    complete -> wait_run end to end at 1 and 16 clients (runplane targets only)."""
-    if target.name == "echo":
+    complete -> wait_run end to end at 1 and 16 clients, then create-to-claim again
+    behind a backlog of BACKLOG runs of other assistants in every priority (runplane
+    targets only)."""
+    if target.name == "echo" or server.database_url is None:
         return []
+    pid = ("--server-pid", str(server.pid))
     _log(f"  {target.name}: create-to-claim")
-    results = [{"target": target.name, **_executor_cell(server, "--mode", "create-to-claim")}]
+    cell = _executor_cell(server, "--mode", "create-to-claim", *pid)
+    results = [{"target": target.name, **cell}]
     for clients in (1, 16):
         _log(f"  {target.name}: end to end, {clients} clients, 8 workers")
         cell = _executor_cell(
@@ -115,7 +120,37 @@ def executor_latency(target: Target, server: RunningServer, options: BenchOption
             *("--seconds", str(options.seconds)),
         )
         results.append({"target": target.name, **cell})
+    _log(f"  {target.name}: create-to-claim behind {BACKLOG:,} queued runs (loading them)")
+    cell = _executor_cell(
+        server,
+        *("--mode", "create-to-claim", *pid, "--backlog", str(BACKLOG)),
+        *("--database-url", server.database_url),
+    )
+    results.append({"target": target.name, **cell})
     return results
 
 
-SCENARIOS: dict[str, Scenario] = {"unary": unary_calls, "executor": executor_latency}
+def heartbeats(target: Target, server: RunningServer, options: BenchOptions) -> list[Result]:
+    """HEARTBEAT_RUNS running runs with 10 s leases keeping them alive, each every third
+    of its lease, for at least 20 s: the server's and (PostgreSQL) the database's CPU."""
+    if target.name == "echo" or server.database_url is None:
+        return []
+    _log(f"  {target.name}: {HEARTBEAT_RUNS:,} runs heartbeating (loading them)")
+    cell = _executor_cell(
+        server,
+        *("--database-url", server.database_url, "--server-pid", str(server.pid)),
+        *("--runs", str(HEARTBEAT_RUNS), "--seconds", str(max(20.0, options.seconds))),
+        module="heartbeats",
+    )
+    _log(f"    target {cell['target_per_s']}/s, database cpu {cell['database_cpu_percent']}%")
+    return [{"target": target.name, **cell}]
+
+
+BACKLOG = 100_000
+HEARTBEAT_RUNS = 10_000
+
+SCENARIOS: dict[str, Scenario] = {
+    "unary": unary_calls,
+    "executor": executor_latency,
+    "heartbeat": heartbeats,
+}

@@ -7,10 +7,13 @@ harness is noticed before someone needs its numbers.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from tests.support.servers import ServerThread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT_KEYS = {
@@ -30,10 +33,10 @@ RESULT_KEYS = {
 }
 
 
-def bench(*args: str) -> dict[str, Any]:
-    """`make bench`'s harness run with `args`: its JSON document, once it exited 0."""
+def _run_json(module: str, *args: str) -> dict[str, Any]:
+    """What `python -m tests.bench.<module> ARGS` prints, parsed; it must succeed."""
     completed = subprocess.run(
-        [sys.executable, "-m", "tests.bench.run", *args],
+        [sys.executable, "-m", f"tests.bench.{module}", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -46,7 +49,7 @@ def bench(*args: str) -> dict[str, Any]:
 
 
 def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
-    document = bench("--targets", "echo", "--seconds", "0.5", "--concurrency", "2")
+    document = _run_json("run", "--targets", "echo", "--seconds", "0.5", "--concurrency", "2")
     assert set(document) >= {"machine", "results", "ratios", "targets", "failures"}
     assert document["machine"]["cpus"] >= 1
     assert document["failures"] == []
@@ -72,7 +75,8 @@ def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
 
 
 def test_tls_and_auth_variant_is_measured_against_its_plaintext_baseline() -> None:
-    document = bench(
+    document = _run_json(
+        "run",
         *("--tls", "--auth", "--scenarios", "unary", "--targets", "runplane-sqlite"),
         *("--seconds", "0.3", "--concurrency", "2", "--rpcs", "get"),
     )
@@ -81,3 +85,23 @@ def test_tls_and_auth_variant_is_measured_against_its_plaintext_baseline() -> No
     cost = document["variant_cost"]["runplane-sqlite-tls-auth"]
     assert cost["baseline"] == "runplane-sqlite"
     assert isinstance(cost["unary"]["get_2"]["throughput_ratio"], float)
+
+
+def test_claim_and_heartbeat_benchmarks_run_against_a_server(server: ServerThread) -> None:
+    """The executor benchmark with a backlog and the heartbeat benchmark, small."""
+    url = server.config.database_url
+    common = ("--address", server.address, "--database-url", url, "--server-pid", str(os.getpid()))
+    claims = _run_json(
+        "executor", *common, "--mode", "create-to-claim", "--runs", "20", "--backlog", "300"
+    )
+    heartbeats = _run_json(
+        "heartbeats", *common, "--runs", "60", "--lease", "1", "--seconds", "1.5"
+    )
+    assert (claims["scenario"], claims["runs"], claims["backlog"]) == ("create_to_claim", 20, 300)
+    assert 0 < claims["p50_ms"] <= claims["p99_ms"]
+    assert claims["server_cpu_us_per_run"] > 0
+    assert heartbeats["scenario"] == "heartbeat"
+    assert heartbeats["errors"] == {}
+    assert heartbeats["throughput_per_s"] > 0
+    assert heartbeats["server_cpu_percent"] is not None
+    assert (heartbeats["database_cpu_percent"] is None) == url.startswith("sqlite")

@@ -471,3 +471,41 @@ def test_a_cancelled_long_poll_does_not_swallow_a_ring(server_address: str, assi
             return time.monotonic() - started
 
     assert asyncio.run(scenario()) < 2
+
+
+def test_a_ring_reaches_the_worker_whose_namespace_it_is(
+    server_address: str, assistant: str
+) -> None:
+    """Waiters of the same assistant in other namespaces, parked first, are not woken
+    for a run they cannot take; the worker of its namespace is, at once."""
+
+    async def scenario() -> tuple[list[bool], float]:
+        async with grpc.aio.insecure_channel(server_address) as channel:
+            stub = run_service_pb2_grpc.RunServiceStub(channel)
+
+            def claim_in(namespace: str) -> asyncio.Future[run_service_pb2.ClaimRunResponse]:
+                request = run_service_pb2.ClaimRunRequest(
+                    worker_id=f"w-{namespace}",
+                    assistant_ids=[assistant],
+                    namespace=namespace,
+                    wait=seconds(3),
+                )
+                return asyncio.ensure_future(stub.ClaimRun(request))
+
+            others = [claim_in(f"elsewhere-{i}") for i in range(5)]
+            await asyncio.sleep(0.2)
+            mine = claim_in("here")
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            await stub.CreateRun(
+                run_service_pb2.CreateRunRequest(assistant_id=assistant, namespace="here")
+            )
+            response = await mine
+            waited = time.monotonic() - started
+            empty = [not (await other).HasField("run") for other in others]
+            assert response.run.namespace == "here"
+            return empty, waited
+
+    empty, waited = asyncio.run(scenario())
+    assert empty == [True] * 5
+    assert waited < 2  # woken by the ring, not by the end of its 3 s wait

@@ -9,30 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from runplane.server.errors import RunNotFound
 from runplane.server.records import Change, ChangeType, MultitaskStrategy, Run, RunStatus
 from runplane.server.store.database import Database
-from runplane.server.store.migrate import upgrade
-from runplane.server.store.unit_of_work import UnitOfWork
-from tests.support.databases import database_url
+from runplane.server.store.unit_of_work import LeaseRenewal, UnitOfWork
 
 MISSING = "00000000-0000-4000-8000-000000000000"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with database_url(request.param, tmp_path) as url:
-        database = Database(url)
-        upgrade(database.engine)
-        try:
-            yield database
-        finally:
-            database.dispose()
 
 
 def _create(run_id: str) -> Callable[[UnitOfWork], str]:
@@ -135,3 +121,54 @@ def test_many_queued_writes_all_commit(database: Database) -> None:
     assert _stored(database) == set(run_ids)
     assert sorted(run_id for _, run_id in _logged(database)) == run_ids
     assert [revision for revision, _ in _logged(database)] == list(range(1, 501))
+
+
+def _claimed(run_id: str) -> Callable[[UnitOfWork], str]:
+    """A RUNNING run held by worker "w", its lease at 1."""
+
+    def work(unit: UnitOfWork) -> str:
+        run = Run(run_id, "thread", "assistant", RunStatus.RUNNING, MultitaskStrategy.ENQUEUE, 0, 0)
+        run.worker_id, run.lease_expires_at = "w", 1
+        unit.apply([Change(ChangeType.CREATED, run)])
+        return "claimed"
+
+    return work
+
+
+def _renew(run_id: str, until: int, then_refuse: bool = False) -> Callable[[UnitOfWork], str]:
+    def work(unit: UnitOfWork) -> str:
+        assert run_id in unit.renew_leases([LeaseRenewal(run_id, "default", "w", until)])
+        if then_refuse:
+            raise RunNotFound(MISSING)
+        return "renewed"
+
+    return work
+
+
+def _lease(database: Database, run_id: str) -> int:
+    with database.engine.connect() as connection:
+        return int(
+            connection.exec_driver_sql(
+                f"SELECT lease_expires_at_us FROM runs WHERE run_id = '{run_id}'"
+            ).scalar_one()
+        )
+
+
+def test_a_renewal_is_published_apart_from_changes_and_undone_with_its_group(
+    database: Database,
+) -> None:
+    """A lease renewal writes without a revision: it is told to renewal listeners, not
+    commit listeners, and a refusal after it undoes the group like any write."""
+    asyncio.run(database.write(_claimed("r")))
+    told = _published(database)
+    renewed: list[tuple[str, int | None]] = []
+    database.on_renewal(lambda runs: renewed.extend((r.run_id, r.lease_expires_at) for r in runs))
+    outcomes = asyncio.run(
+        _run_group(database, [_create("a"), _renew("r", 500), _renew("r", 999, then_refuse=True)])
+    )
+    assert outcomes[:2] == ["runplane-db-write", "renewed"]
+    assert isinstance(outcomes[2], RunNotFound)
+    assert _lease(database, "r") == 500
+    assert renewed == [("r", 500)]  # the undone renewal is never told
+    assert told == ["a"]
+    assert [revision for revision, _ in _logged(database)] == [1, 2]  # renewals take none

@@ -4,6 +4,7 @@ data of older schemas forward, on both backends."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -176,3 +177,74 @@ def test_0005_keeps_the_runs_and_makes_request_ids_per_namespace(
         finally:
             server.stop()
     assert (stored.thread_id, stored.namespace) == (thread_id, "default")
+
+
+def test_0006_finds_the_head_of_every_thread_of_an_0005_database(
+    backend: str, tmp_path: Path
+) -> None:
+    now = time.time_ns() // 1000
+    hour = 3600 * 10**6
+    # (namespace, thread): [(run, status, start_after, started_at, timeout)], oldest first;
+    # the same thread_id in another namespace is another thread, with a head of its own.
+    threads: dict[tuple[str, str], list[tuple[str, str, int | None, int | None, int | None]]] = {
+        ("ns", "busy"): [("a", "running", None, now, hour), ("b", "pending", None, None, None)],
+        ("ns", "later"): [("c", "pending", now + hour, None, None)],
+        ("ns", "next"): [("d", "success", None, now, None), ("e", "pending", None, None, None)],
+        ("ns", "done"): [("f", "interrupted", None, None, None)],
+        ("other", "busy"): [("g", "pending", None, None, None)],
+    }
+    with database_url(backend, tmp_path) as url:
+        database = Database(url)
+        try:
+            upgrade(database.engine, "0005")
+            with database.engine.begin() as connection:
+                revision = 0
+                for (namespace, thread), runs in threads.items():
+                    for run, status, start_after, started_at, timeout in runs:
+                        revision += 1
+                        connection.execute(
+                            text(
+                                "INSERT INTO runs (run_id, thread_id, assistant_id, status, "
+                                "multitask_strategy, metadata, kwargs, created_at_us, "
+                                "updated_at_us, revision, create_revision, attempt, error, "
+                                "cancel_reason, worker_id, start_after_us, started_at_us, "
+                                "timeout_us, lease_expires_at_us, namespace, priority) "
+                                "VALUES (:run, :thread, 'agent', :status, 'enqueue', '{}', "
+                                "'{}', :at, :at, :rev, :rev, 0, '', '', '', :start_after, "
+                                ":started_at, :timeout, :lease, :namespace, 7)"
+                            ),
+                            {
+                                "run": run,
+                                "thread": thread,
+                                "namespace": namespace,
+                                "status": status,
+                                "at": now - hour + revision,
+                                "rev": revision,
+                                "start_after": start_after,
+                                "started_at": started_at,
+                                "timeout": timeout,
+                                "lease": now + hour if status == "running" else None,
+                            },
+                        )
+            upgrade(database.engine)
+            with database.engine.connect() as connection:
+                heads = {
+                    (row.namespace, row.thread_id): (row.run_id, row.state, row.queue, row.priority)
+                    for row in connection.execute(text("SELECT * FROM thread_heads"))
+                }
+                timeouts: dict[str, int] = dict(
+                    connection.execute(
+                        text(
+                            "SELECT run_id, timeout_at_us FROM runs WHERE timeout_at_us IS NOT NULL"
+                        )
+                    ).all()
+                )
+        finally:
+            database.dispose()
+    assert heads == {
+        ("ns", "busy"): ("a", "running", "ns/agent", 7),
+        ("ns", "later"): ("c", "delayed", "ns/agent", 7),
+        ("ns", "next"): ("e", "ready", "ns/agent", 7),
+        ("other", "busy"): ("g", "ready", "other/agent", 7),
+    }
+    assert timeouts == {"a": now + hour}

@@ -1,68 +1,328 @@
-"""The claim path's and the listings' queries use indexes, so a backlog of runs (or
-another tenant's runs) does not slow every claim and every page.
+"""The claim path's, the sweeper's and the listings' queries are index range reads,
+whatever the backlog (or another tenant's runs), and on PostgreSQL before any ANALYZE:
+no statistics can turn them into scans.
 
-Timings do not belong in tests; query plans do: SQLite's EXPLAIN QUERY PLAN is
-deterministic for a given schema and statement.
+Timings do not belong in tests; query plans do. Each database gets a backlog written
+at schema 0003 (100,000 runs: PENDING runs queued on 60,000 threads of 20 assistants
+in 3 namespaces with every priority, RUNNING runs with leases and timeouts, finished
+ones), then migrated to the head (0006 finds the thread heads). Autovacuum is off for
+the tables, so PostgreSQL plans with no column statistics at all. Every SELECT and
+UPDATE that the real store methods run is explained.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 
-from runplane.server.records import RunFilter, SortOrder, now_us
+from runplane.server.records import Change, ChangeType, RunFilter, RunStatus, SortOrder, now_us
 from runplane.server.store.database import Database
-from runplane.server.store.dialects import SQLite
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.run_store import RunStore
+from runplane.server.store.unit_of_work import LeaseRenewal, UnitOfWork
+from tests.support.databases import database_url
+
+RUNS = 100_000
+THREADS = 60_000
+HOUR_US = 3600 * 10**6
+
+# Run i: thread i % THREADS, so the first THREADS runs are heads and the rest queue
+# behind them; 1 in 10 heads RUNNING, 1 in 50 runs finished, 1 in 7 delayed an hour.
+_BACKLOG = """
+INSERT INTO runs (run_id, thread_id, assistant_id, status, multitask_strategy, metadata,
+    kwargs, created_at_us, updated_at_us, revision, create_revision, attempt, error,
+    cancel_reason, worker_id, lease_expires_at_us, timeout_us, started_at_us,
+    start_after_us, namespace, priority)
+SELECT 'run-' || i, 'thread-' || (i % {threads}), 'agent-' || (i % 20),
+    CASE WHEN i % 50 = 0 THEN 'success'
+         WHEN i < {threads} AND i % 10 = 1 THEN 'running' ELSE 'pending' END,
+    'enqueue', '{}', '{}', :at + i, :at + i, i, i, 0, '', '',
+    CASE WHEN i < {threads} AND i % 10 = 1 THEN 'worker' ELSE '' END,
+    CASE WHEN i < {threads} AND i % 10 = 1 THEN :now + {hour} END,
+    CASE WHEN i % 3 = 0 THEN {hour} END,
+    CASE WHEN i < {threads} AND i % 10 = 1 THEN :now END,
+    CASE WHEN i % 7 = 0 THEN :now + {hour} END,
+    'ns-' || (i % 3), i % 10
+FROM {numbers}
+""".replace("{threads}", str(THREADS)).replace("{hour}", str(HOUR_US))
+_NUMBERS = {
+    "sqlite": "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+    f"WHERE i < {RUNS}) SELECT i FROM n)",
+    "postgres": f"generate_series(1, {RUNS}) AS n(i)",
+}
 
 
-def _plans_of(database: Database, use: object) -> list[str]:
-    """The query plan of every SELECT that `use(store)` runs."""
-    plans: list[str] = []
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def backlog(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Database]]:
+    backend = str(request.param)
+    with database_url(backend, tmp_path_factory.mktemp("plans")) as url:
+        database = Database(url)
+        try:
+            upgrade(database.engine, "0003")
+            with database.engine.begin() as connection:
+                if backend == "postgres":
+                    connection.execute(text("ALTER TABLE runs SET (autovacuum_enabled = off)"))
+                at = now_us() - 10 * HOUR_US
+                statement = _BACKLOG.replace("{numbers}", _NUMBERS[backend])
+                connection.execute(text(statement), {"at": at, "now": now_us()})
+            upgrade(database.engine)
+            if backend == "postgres":
+                with database.engine.begin() as connection:
+                    connection.execute(
+                        text("ALTER TABLE thread_heads SET (autovacuum_enabled = off)")
+                    )
+            yield backend, database
+            if backend == "postgres":
+                assert _never_analyzed(database)
+        finally:
+            database.dispose()
+
+
+def _never_analyzed(database: Database) -> bool:
+    with database.engine.connect() as connection:
+        analyzed = connection.execute(
+            text("SELECT count(*) FROM pg_stats WHERE tablename IN ('runs', 'thread_heads')")
+        ).scalar_one()
+    return bool(analyzed == 0)
+
+
+Plan = dict[str, Any]
+
+
+def _plans_of(
+    backlog: tuple[str, Database], use: Callable[[UnitOfWork], object]
+) -> list[tuple[str, Any]]:
+    """(statement, plan) of every SELECT, UPDATE and DELETE that `use(unit)` runs, in a
+    transaction that is rolled back."""
+    backend, database = backlog
+    plans: list[tuple[str, Any]] = []
     with database.engine.connect() as connection:
 
         @event.listens_for(connection, "before_cursor_execute")
         def explain(
-            conn: Connection, cursor: object, statement: str, params: object, *_: object
+            conn: Connection, cursor: object, statement: str, params: Any, *_: object
         ) -> None:
-            if statement.lstrip().upper().startswith("SELECT"):
-                rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)  # type: ignore[arg-type]
-                plans.append(" | ".join(str(row[3]) for row in rows))
+            if not statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
+                return
+            if backend == "sqlite":
+                rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
+                plans.append((statement, [(row[0], row[1], str(row[3])) for row in rows]))
+            else:
+                found = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, params)
+                document = found.scalar_one()
+                plan = document if isinstance(document, list) else json.loads(document)
+                plans.append((statement, plan[0]["Plan"]))
 
-        assert callable(use)
-        use(RunStore(connection, SQLite()))
+        with connection.begin() as transaction:
+            use(UnitOfWork(connection, database._dialect))
+            transaction.rollback()
+    assert plans
     return plans
 
 
-@pytest.fixture
-def database(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'plans.db'}")
-    upgrade(database.engine)
-    return database
+def _nodes(plan: Plan) -> Iterator[Plan]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
 
 
+def _reads_table(line: str) -> bool:
+    return line.startswith(("SCAN", "SEARCH")) and ("runs" in line or "thread_heads" in line)
+
+
+def _fallen_due_range(plan: Plan) -> bool:
+    """A read of the delayed heads that fell due: a range of the delayed index that
+    ends at now, which holds only the heads that fell due since the last sweep."""
+    bitmap = plan.get("Plans", [{}])[0]
+    return (
+        plan["Node Type"] == "Bitmap Heap Scan"
+        and bitmap.get("Index Name") == "ix_thread_heads_delayed"
+        and "due_us <=" in bitmap.get("Index Cond", "")
+    )
+
+
+def _by_keys(plan: Plan) -> bool:
+    """A read of the rows whose primary keys the statement lists."""
+    bitmap = plan.get("Plans", [{}])[0]
+    return bool(plan["Node Type"] == "Bitmap Heap Scan" and bitmap.get("Index Name") == "runs_pkey")
+
+
+def _bounded(plan: Plan) -> bool:
+    """Whether every table read under `plan` stops at a LIMIT, or is the fallen-due range."""
+    if plan["Node Type"] == "Limit" or _fallen_due_range(plan):
+        return True
+    if "Relation Name" in plan:
+        return False
+    return all(_bounded(child) for child in plan.get("Plans", []))
+
+
+def _assert_index_reads(backend: str, plans: list[tuple[str, Any]], *indexes: str) -> None:
+    """Every read of runs and thread_heads is a range of an index, in the order asked
+    for; a sort only orders what bounded reads returned (the claim's union of LIMITed
+    branches, the fallen-due heads). And each named index is used."""
+    used: set[str] = set()
+    for statement, plan in plans:
+        if backend == "sqlite":
+            for _, _, line in plan:
+                if _reads_table(line):
+                    assert " INDEX " in line, (statement, plan)
+                    used.add(line.split("INDEX ")[-1].split(" ")[0])
+            for node, parent, line in plan:
+                if "TEMP B-TREE" in line:  # beside a subquery's output, not a table read
+                    siblings = [other for _, up, other in plan if up == parent]
+                    assert not any(map(_reads_table, siblings)), (statement, plan, node)
+        else:
+            for node in _nodes(plan):
+                assert node["Node Type"] != "Seq Scan", (statement, plan)
+                if node["Node Type"] == "Bitmap Heap Scan":
+                    assert _fallen_due_range(node) or _by_keys(node), (statement, plan)
+                if "Index Name" in node:
+                    used.add(node["Index Name"])
+                if node["Node Type"] in ("Sort", "Incremental Sort"):
+                    assert _bounded(node), (statement, plan)
+    assert set(indexes) <= used, (indexes, used, plans)
+
+
+def test_the_migration_found_a_head_for_every_thread(backlog: tuple[str, Database]) -> None:
+    with backlog[1].engine.connect() as connection:
+        threads = connection.execute(
+            text(
+                "SELECT count(*) FROM (SELECT DISTINCT namespace, thread_id FROM runs "
+                "WHERE status IN ('pending', 'running')) AS inflight"
+            )
+        ).scalar_one()
+        rows = connection.execute(text("SELECT state, count(*) FROM thread_heads GROUP BY state"))
+        states = {state: count for state, count in rows}
+    assert sum(states.values()) == threads > THREADS / 2
+    assert states["ready"] > THREADS / 2
+    assert states["running"] > 0
+    assert states["delayed"] > 0
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "assistants", "indexes"),
+    [
+        (None, (), ["ix_thread_heads_ready", "ix_thread_heads_delayed"]),
+        (None, ("agent-3",), ["ix_thread_heads_ready_assistant"]),
+        (None, ("agent-3", "agent-4"), ["ix_thread_heads_ready_assistant"]),
+        (frozenset({"ns-1"}), (), ["ix_thread_heads_ready_namespace"]),
+        (
+            frozenset({"ns-1", "ns-2"}),
+            ("agent-3",),
+            ["ix_thread_heads_ready_queue"],
+        ),
+    ],
+)
+def test_a_claim_reads_ranges_of_the_ready_heads(
+    backlog: tuple[str, Database],
+    namespaces: frozenset[str] | None,
+    assistants: tuple[str, ...],
+    indexes: list[str],
+) -> None:
+    def claim_look(unit: UnitOfWork) -> None:
+        now = now_us()
+        assert unit.heads.look(now, namespaces, assistants)[0]  # a worker's look
+        assert unit.heads.claimable(now, namespaces, assistants, 8)  # candidates
+        assert next(unit.heads.claimable_runs(now, namespaces, assistants))  # the claim
+
+    plans = _plans_of(backlog, claim_look)
+    _assert_index_reads(backlog[0], plans, *indexes)
+
+
+def test_a_worker_with_nothing_to_claim_reads_no_backlog(backlog: tuple[str, Database]) -> None:
+    plans = _plans_of(
+        backlog, lambda unit: unit.heads.look(now_us(), frozenset({"ns-0"}), ("nobody",))
+    )
+    _assert_index_reads(backlog[0], plans, "ix_thread_heads_ready_queue")
+
+
+def test_a_claim_and_a_completion_keep_the_heads_by_index(
+    backlog: tuple[str, Database],
+) -> None:
+    """The claim's read of its run (with, on PostgreSQL, the re-check under its thread's
+    lock), the claim's update of its head, and a completion handing the thread to its
+    next run."""
+
+    def claim_then_complete(unit: UnitOfWork) -> None:
+        now = now_us()
+        run = next(unit.heads.claimable_runs(now, None, ("agent-5",)))
+        running = replace(run, status=RunStatus.RUNNING, worker_id="w", lease_expires_at=now)
+        unit.apply([Change(ChangeType.UPDATED, running, previous=run)])
+        done = replace(running, status=RunStatus.SUCCESS, lease_expires_at=None)
+        unit.apply([Change(ChangeType.UPDATED, done, previous=running)])
+
+    plans = _plans_of(backlog, claim_then_complete)
+    _assert_index_reads(backlog[0], plans, "ix_runs_thread_inflight")
+
+
+def test_the_sweeper_reads_leases_and_timeouts_by_index(backlog: tuple[str, Database]) -> None:
+    def sweep(unit: UnitOfWork) -> None:
+        now = now_us() + 2 * HOUR_US  # every lease and timeout of the backlog has passed
+        unit.heads.promote_due(now, 100)
+        assert unit.runs.stuck(now, 10)
+
+    plans = _plans_of(backlog, sweep)
+    _assert_index_reads(
+        backlog[0], plans, "ix_runs_lease", "ix_runs_timeout", "ix_thread_heads_delayed"
+    )
+
+
+def test_heartbeats_read_and_update_their_rows_by_key(backlog: tuple[str, Database]) -> None:
+    """A batch of heartbeats: the namespaces of its runs (for the callers' access), then
+    the renewals."""
+    until = now_us() + HOUR_US
+    ids = range(1, 200, 10)
+    renewals = [LeaseRenewal(f"run-{i}", f"ns-{i % 3}", "worker", until) for i in ids]
+
+    def heartbeats(unit: UnitOfWork) -> None:
+        assert len(unit.runs.namespaces_of([renewal.run_id for renewal in renewals])) == len(ids)
+        assert unit.renew_leases(renewals)
+
+    plans = _plans_of(backlog, heartbeats)
+    _assert_index_reads(backlog[0], plans)
+    assert [statement.lstrip().split()[0].upper() for statement, _ in plans] == [
+        "SELECT",
+        "UPDATE",
+    ]
+    for _, plan in plans:
+        if backlog[0] == "sqlite":
+            assert [line for _, _, line in plan] == [
+                "SEARCH runs USING INDEX sqlite_autoindex_runs_1 (run_id=?)"
+            ]
+        else:  # an index scan or a bitmap of the primary key, for the ids given
+            indexes = {node.get("Index Name") for node in _nodes(plan)}
+            assert indexes == {None, "runs_pkey"}, plan
+
+
+# Listings, on SQLite: its plans, with no statistics, are the same for any number of rows.
 THREAD = "123e4567-e89b-42d3-a456-426614174000"
 SHOP = frozenset({"shop"})
 
 
-@pytest.mark.parametrize("namespaces", [None, SHOP, frozenset({"shop", "lab"})])
-def test_claim_for_an_assistant_seeks_its_pending_runs(
-    database: Database, namespaces: frozenset[str] | None
-) -> None:
-    plans = _plans_of(database, lambda store: store.claimable(now_us(), ["agent"], namespaces, 1))
-    assert any("ix_runs_assistant_status_queue" in plan for plan in plans), plans
-    # The thread's blockers are sought within its namespace.
-    assert any("ix_runs_thread (thread_id=? AND namespace=?)" in plan for plan in plans), plans
-    assert not any("SCAN runs" in plan for plan in plans), plans
+@pytest.fixture
+def empty(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'plans.db'}")
+    try:
+        upgrade(database.engine)
+        yield database
+    finally:
+        database.dispose()
 
 
-def test_next_start_after_is_an_index_seek(database: Database) -> None:
-    plans = _plans_of(database, lambda store: store.next_start_after(now_us()))
-    assert plans
-    assert all("ix_runs_status_start_after" in plan for plan in plans), plans
+def _sqlite_plans_of(database: Database, use: Callable[[RunStore], object]) -> list[str]:
+    """The query plan of every statement that `use(runs)` runs, one line each."""
+    plans = _plans_of(("sqlite", database), lambda unit: use(unit.runs))
+    return [" | ".join(line for _, _, line in plan) for _, plan in plans]
 
 
 LISTINGS = {
@@ -84,25 +344,29 @@ LISTINGS = {
 
 
 @pytest.mark.parametrize("case", list(LISTINGS))
-def test_a_listing_seeks_the_runs_it_shows(database: Database, case: str) -> None:
+def test_a_listing_seeks_the_runs_it_shows(empty: Database, case: str) -> None:
     run_filter, expected = LISTINGS[case]
-    plans = _plans_of(database, lambda store: store.list_page(run_filter, SortOrder.DESC, None, 51))
+    plans = _sqlite_plans_of(
+        empty, lambda runs: runs.list_page(run_filter, SortOrder.DESC, None, 51)
+    )
     assert len(plans) == 1
     assert expected in plans[0], plans
 
 
-def test_a_listing_of_several_namespaces_seeks_each(database: Database) -> None:
+def test_a_listing_of_several_namespaces_seeks_each(empty: Database) -> None:
     run_filter = RunFilter(namespaces=frozenset({"shop", "lab"}))
-    plans = _plans_of(database, lambda store: store.list_page(run_filter, SortOrder.DESC, None, 51))
+    plans = _sqlite_plans_of(
+        empty, lambda runs: runs.list_page(run_filter, SortOrder.DESC, None, 51)
+    )
     assert plans == ["SEARCH runs USING INDEX ix_runs_namespace_created (namespace=?)"] * 2
 
 
-def test_a_thread_and_a_request_id_are_sought_within_their_namespace(database: Database) -> None:
-    plans = _plans_of(
-        database,
-        lambda store: (
-            store.inflight_on_thread("shop", THREAD),
-            store.get_by_request_id("shop", "request-1"),
+def test_a_thread_and_a_request_id_are_sought_within_their_namespace(empty: Database) -> None:
+    plans = _sqlite_plans_of(
+        empty,
+        lambda runs: (
+            runs.inflight_on_thread("shop", THREAD),
+            runs.get_by_request_id("shop", "request-1"),
         ),
     )
     assert "ix_runs_thread (thread_id=? AND namespace=? AND status=?)" in plans[0], plans

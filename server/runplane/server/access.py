@@ -8,7 +8,7 @@ the request dataclass; the rules then ask it, and nothing else decides:
 - a call on one run, once the run is read by its id: `access.found(run_id, run)` gives
   the run back, or raises RunNotFound where the caller holds no role at all (the run
   must look exactly like a missing one) and PermissionDenied where it may read but
-  lacks the role the call needs;
+  lacks the role the call needs (`found_in` asks the same of a run's namespace alone);
 - a call that names where it writes (CreateRun): `access.require(namespace)`;
 - a call over many runs (ListRuns, WatchRuns, ClaimRun, CancelRuns, GetStats):
   `access.namespaces(requested)`, the namespaces to filter on, from the one the request
@@ -47,12 +47,20 @@ class Access:
 
     def found(self, run_id: str, run: Run | None) -> Run:
         """`run`, read by `run_id` (None: there is none), if this call may act on it."""
-        if run is not None:
-            verdict = self.verdict(run.namespace)
+        if run is None:
+            raise RunNotFound(run_id)
+        self.found_in(run.namespace, run_id)
+        return run
+
+    def found_in(self, namespace: str | None, run_id: str) -> str:
+        """`found` of a run known by its namespace only (None: there is none), for a
+        batch that reads no more of its runs before it writes (heartbeats)."""
+        if namespace is not None:
+            verdict = self.verdict(namespace)
             if verdict is Verdict.ALLOWED:
-                return run
+                return namespace
             if verdict is Verdict.DENIED:
-                raise PermissionDenied(self.caller, self.role.value, run.namespace)
+                raise PermissionDenied(self.caller, self.role.value, namespace)
         raise RunNotFound(run_id)
 
     def require(self, namespace: str) -> None:

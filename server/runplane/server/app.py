@@ -23,7 +23,6 @@ from runplane.server import identity, logs, transport, validation
 from runplane.server.cache import RunCache
 from runplane.server.claims import ClaimService
 from runplane.server.config import ServerConfig
-from runplane.server.doorbell import Doorbell
 from runplane.server.errors import CannotStart
 from runplane.server.guard import CallGuard
 from runplane.server.identity import Authenticator
@@ -38,6 +37,7 @@ from runplane.server.store.migrate import upgrade
 from runplane.server.store.notifications import ChangeListener
 from runplane.server.sweeper import SWEEP_INTERVAL_S, Sweeper
 from runplane.server.telemetry import Telemetry
+from runplane.server.wakeups import ClaimWakeups
 from runplane.server.watch.compaction import Compactor
 from runplane.server.watch.hub import WatchHub
 from runplane.server.watch.streams import WatchService
@@ -194,7 +194,7 @@ async def _start(
     tokens = PageTokens(await database.read(lambda unit: unit.secret("page_tokens")))
     hub = WatchHub(database, poll_interval=config.watch_poll_interval)
     await hub.start()
-    doorbell = Doorbell()
+    wakeups = ClaimWakeups(database)
     compactor = Compactor(database, config.event_retention)
     background = [
         PeriodicTask("compaction", compactor.compact_now, interval=config.compaction_interval)
@@ -203,22 +203,19 @@ async def _start(
     if database.shared:
 
         def changed_on_some_replica(revision: int) -> None:
-            # Our own commits rang already (on_commit); another replica's change may
-            # have freed a run that a long poll here awaits. 0: after a reconnect.
-            if revision == 0 or revision > hub.known:
-                doorbell.ring()
+            wakeups.replica_committed(revision)
             hub.ring(revision)
 
         listener = ChangeListener(database.url, changed_on_some_replica)
         background.append(PeriodicTask("change-listener", listener.listen, interval=0))
     telemetry.attach(database, hub, compactor)
-    database.on_commit(doorbell.ring_for)
     cache = None if database.shared else RunCache()
     if cache is not None:
         database.on_commit(cache.apply)
+        database.on_renewal(cache.renewed)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
     runs = RunService(database, tokens, cache)
-    claims = ClaimService(database, doorbell, limits)
+    claims = ClaimService(database, wakeups, limits)
     watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
     servicer = RunServicer(runs, claims, watches, limits)
     add_to_server(servicer, server)

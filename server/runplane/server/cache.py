@@ -5,9 +5,10 @@ is passed. `RunCache` keeps runs recently read or written, for GetRun on a
 single-process (SQLite) store.
 
 On SQLite every write goes through this process's writer, which hands each
-committed change to `RunCache.apply` before the writer's caller is answered; so the
-cache is never behind a write anyone has seen. A lookup still costs a SQLite read
-when it misses. PostgreSQL replicas write behind each other's backs: no cache there.
+committed change to `RunCache.apply`, and each lease renewed in place to
+`RunCache.renewed`, before the writer's caller is answered; so the cache is never
+behind a write anyone has seen. A lookup still costs a SQLite read when it misses.
+PostgreSQL replicas write behind each other's backs: no cache there.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ class SizedCache(Generic[Key, Value]):
         while len(self._entries) > self._max_entries or self.bytes > self._max_bytes:
             _, (_, dropped) = self._entries.popitem(last=False)
             self.bytes -= dropped
+
+    def replace(self, key: Key, value: Value) -> None:
+        """Keep `value` in place of the value kept under `key`, as large as it; nothing
+        if none is kept."""
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries[key] = (value, found[1])
 
     def pop(self, key: Key) -> None:
         found = self._entries.pop(key, None)
@@ -104,3 +112,10 @@ class RunCache:
                 self._runs.pop(change.run.run_id)
             else:
                 self.remember(change.run)
+
+    def renewed(self, runs: list[Run]) -> None:
+        """Leases extended in place: the runs keep their revision, with a new lease."""
+        for run in runs:
+            kept = self._runs.get(run.run_id)
+            if kept is not None and kept.revision <= run.revision:
+                self._runs.replace(run.run_id, run)  # only its lease differs

@@ -4,8 +4,10 @@
 - lease expired: PENDING again, keeping its place in its thread's line (its
   creation order), or ERROR once it has been claimed `max_attempts` times.
 
-Each sweep is one ordinary revisioned transaction; one replica sweeps at a time.
-The server runs `Sweeper.sweep` as a `PeriodicTask` every SWEEP_INTERVAL_S.
+Each sweep is one ordinary revisioned transaction; one replica sweeps at a time. It
+also moves the delayed thread heads that fell due into the ready line, where claims
+find them in priority order (`ThreadHeads.promote_due`). The server runs
+`Sweeper.sweep` as a `PeriodicTask` every SWEEP_INTERVAL_S.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
 _BATCH = 200
+_PROMOTIONS = 5000
 
 
 def _settle(run: Run, now: int, max_attempts: int) -> Run:
@@ -73,10 +76,10 @@ class Sweeper:
             if not runs.try_lock_sweeper():
                 return []
             now = now_us()
+            unit.heads.promote_due(now, _PROMOTIONS)
             changes = [
                 Change(ChangeType.UPDATED, _settle(run, now, self._max_attempts), previous=run)
                 for run in runs.stuck(now, _BATCH)
-                if runs.try_lock_thread(run.namespace, run.thread_id)  # busy: next pass
             ]
             return unit.apply(changes)
 

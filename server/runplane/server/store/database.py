@@ -34,14 +34,15 @@ from sqlalchemy import Connection, Engine, exc
 from sqlalchemy.engine import make_url
 
 from runplane.server.errors import RunplaneError, StoreUnavailable
-from runplane.server.records import Change
+from runplane.server.records import Change, Run
 from runplane.server.store.dialects import dialect_of, normalize_url
-from runplane.server.store.unit_of_work import WRITTEN, UnitOfWork
+from runplane.server.store.unit_of_work import WRITTEN, UnitOfWork, Written
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CommitListener = Callable[[list[Change]], None]
+RenewalListener = Callable[[list[Run]], None]
 Work = Callable[[UnitOfWork], T]
 
 
@@ -78,6 +79,7 @@ class Database:
         self._dialect = dialect_of(self.url)
         self._new_files = self._dialect.new_files(self.url)
         self._listeners: list[CommitListener] = []
+        self._renewal_listeners: list[RenewalListener] = []
         engines = self._dialect.engines(self.url)
         self._write_engine, self._read_engine = engines.write, engines.read
         self._read_pool = ThreadPoolExecutor(
@@ -104,16 +106,25 @@ class Database:
         before the writer's caller is answered."""
         self._listeners.append(listener)
 
-    def _publish(self, changes: list[Change]) -> None:
-        if changes:
+    def on_renewal(self, listener: RenewalListener) -> None:
+        """Call `listener` on the event loop with the runs whose lease a committed write
+        renewed in place (`UnitOfWork.renew_leases`), in commit order with the changes."""
+        self._renewal_listeners.append(listener)
+
+    def _publish(self, written: Written) -> None:
+        if written.changes:
             for listener in self._listeners:
-                listener(changes)
+                listener(written.changes)
+        if written.renewed:
+            for renewal_listener in self._renewal_listeners:
+                renewal_listener(written.renewed)
 
     async def write(self, work: Work[T]) -> T:
         """Run `work` in one write transaction; commit if it returns.
 
-        `work` must raise RunplaneError only before it applies changes: a refusal then
-        contributes nothing to the group it was committed with (see GroupWriter).
+        `work` must raise RunplaneError only before it writes (applies changes, renews
+        a lease): a refusal then contributes nothing to the group it was committed with
+        (see GroupWriter).
         """
         dialect = self._dialect
         return await self._writer.submit(lambda connection: work(UnitOfWork(connection, dialect)))
@@ -202,7 +213,11 @@ class GroupWriter:
     MAX_GROUP = 64
 
     def __init__(
-        self, engine: Engine, publish: CommitListener, timer: TransactionTimer, faults: FaultLog
+        self,
+        engine: Engine,
+        publish: Callable[[Written], None],
+        timer: TransactionTimer,
+        faults: FaultLog,
     ) -> None:
         self._engine = engine
         self._publish = publish
@@ -235,32 +250,32 @@ class GroupWriter:
                     break
                 group.append(queued)
             started = time.perf_counter()
-            outcomes, changes = self._commit(group)
+            outcomes, written = self._commit(group)
             self._timer.write(time.perf_counter() - started, len(group))
-            group[0].loop.call_soon_threadsafe(self._deliver, group, outcomes, changes)
+            group[0].loop.call_soon_threadsafe(self._deliver, group, outcomes, written)
 
-    def _deliver(self, group: list[_Job[Any]], outcomes: list[Any], changes: list[Change]) -> None:
+    def _deliver(self, group: list[_Job[Any]], outcomes: list[Any], written: Written) -> None:
         """On the event loop: tell the listeners, then answer the callers."""
-        self._publish(changes)
+        self._publish(written)
         for member, outcome in zip(group, outcomes, strict=True):
             _settle(member.future, outcome)
 
-    def _commit(self, group: list[_Job[Any]]) -> tuple[list[Any], list[Change]]:
+    def _commit(self, group: list[_Job[Any]]) -> tuple[list[Any], Written]:
         try:
             with _translate_errors(self._faults), self._engine.connect() as connection:
-                connection.info[WRITTEN] = []
+                connection.info[WRITTEN] = Written()
                 with connection.begin():
                     outcomes = [self._attempt(connection, member) for member in group]
                 return outcomes, connection.info.pop(WRITTEN)
         except Exception as error:
             if len(group) == 1:
-                return [error.__cause__ if isinstance(error, _GroupFailed) else error], []
-            outcomes, changes = [], []
+                return [error.__cause__ if isinstance(error, _GroupFailed) else error], Written()
+            outcomes, written = [], Written()
             for member in group:
-                (outcome,), written = self._commit([member])
+                (outcome,), alone = self._commit([member])
                 outcomes.append(outcome)
-                changes.extend(written)
-            return outcomes, changes
+                written.extend(alone)
+            return outcomes, written
 
     @staticmethod
     def _attempt(connection: Connection, member: _Job[Any]) -> Any:

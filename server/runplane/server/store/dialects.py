@@ -7,8 +7,8 @@ and nothing outside `store/` sees a dialect at all:
   readers in WAL mode; PostgreSQL one pool for both;
 - locks: PostgreSQL takes transaction-scoped advisory locks so that replicas exclude
   each other; SQLite's write transaction already holds the database's only write lock;
-- JSON comparison for metadata filters, a hint for SQLite's planner, and the NOTIFY
-  that rings other replicas.
+- JSON comparison for metadata filters, a hint for SQLite's planner, the NOTIFY that
+  rings other replicas, and the INSERT that can say ON CONFLICT.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Table,
     and_,
     create_engine,
     event,
@@ -35,6 +36,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 
 from runplane.server.errors import CannotStart
@@ -65,6 +67,12 @@ class Lock(enum.IntEnum):
     REQUEST = 2
     SWEEPER = 3
     COMPACTION = 4
+
+
+def scoped_key(namespace: str, key: str) -> str:
+    """A lock key of one namespace: the same thread_id (or request_id) in two namespaces
+    is two threads (two keys)."""
+    return f"{namespace}/{key}"
 
 
 def _lock_key(value: str | None) -> int:
@@ -126,6 +134,12 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def unselective(self, clause: ColumnElement[bool]) -> ColumnElement[bool]:
         """`clause`, marked as true of most rows for a planner that cannot know it."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def insert(table: Table) -> sqlite.Insert | postgresql.Insert:
+        """An INSERT into `table` that takes ON CONFLICT clauses (both databases have
+        them, in the same words, through different constructs)."""
 
 
 class SQLite(Dialect):
@@ -225,6 +239,10 @@ class SQLite(Dialect):
         # would walk a whole namespace in list order rather than seek a thread in it.
         return func.likely(clause)
 
+    @staticmethod
+    def insert(table: Table) -> sqlite.Insert:
+        return sqlite.insert(table)
+
 
 class PostgreSQL(Dialect):
     shared = True
@@ -274,6 +292,10 @@ class PostgreSQL(Dialect):
 
     def unselective(self, clause: ColumnElement[bool]) -> ColumnElement[bool]:
         return clause  # its statistics know
+
+    @staticmethod
+    def insert(table: Table) -> postgresql.Insert:
+        return postgresql.insert(table)
 
 
 def normalize_url(url: str) -> URL:

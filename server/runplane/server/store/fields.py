@@ -89,8 +89,8 @@ FIELDS: tuple[RunField, ...] = (
 
 COLUMNS: tuple[str, ...] = tuple(field.column for field in FIELDS)
 
-# Columns the store keeps for itself, not part of a Run.
-_STORE_ONLY = frozenset({"create_revision"})
+# Columns the store keeps for itself, not part of a Run (see RunStore.write).
+_STORE_ONLY = frozenset({"create_revision", "timeout_at_us"})
 
 if tuple(field.name for field in FIELDS) != tuple(f.name for f in dataclasses.fields(Run)):
     raise AssertionError("FIELDS must list every Run attribute, in Run's order")

@@ -9,22 +9,25 @@ reach it as `UnitOfWork.runs`. Reads return `records.Run` (through the field map
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import itertools
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    Case,
     ColumnElement,
     Connection,
-    Select,
+    Update,
     and_,
     bindparam,
+    case,
     delete,
-    func,
     insert,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -34,7 +37,6 @@ from runplane.server.records import (
     INFLIGHT,
     Change,
     ChangeType,
-    NamespaceSet,
     PageCursor,
     Run,
     RunFilter,
@@ -42,7 +44,7 @@ from runplane.server.records import (
     SortOrder,
 )
 from runplane.server.store import fields
-from runplane.server.store.dialects import Dialect, Lock
+from runplane.server.store.dialects import Dialect, Lock, scoped_key
 from runplane.server.store.schema import Base, RunRow
 
 _runs = Base.metadata.tables[RunRow.__tablename__]
@@ -64,50 +66,80 @@ _INFLIGHT_ON_THREAD = _SELECT_RUN.where(
 _INSERT_RUN = insert(_runs)
 _UPDATE_RUN = update(_runs).where(_runs.c.run_id == bindparam("key"))
 _DELETE_RUN = delete(_runs).where(_runs.c.run_id == bindparam("run_id"))
-_NEXT_START_AFTER = select(func.min(_runs.c.start_after_us)).where(
-    _runs.c.status == RunStatus.PENDING.value, _runs.c.start_after_us > bindparam("now")
+_GET_RUN_FOR_CHANGE = _GET_RUN.with_for_update()
+# Only RUNNING runs have a lease or a timeout_at: each kind of stuck run is an ordered
+# range read of its partial index, up to the limit (an OR of the two conditions, or a
+# status condition, lets the planner pick a scan of the table).
+_STUCK = union_all(
+    *(
+        # SQLite takes ORDER BY and LIMIT in a compound's members only inside subqueries.
+        select(
+            _SELECT_RUN.where(column < bindparam("now"))
+            .order_by(column)
+            .limit(bindparam("limit"))
+            .subquery()
+        )
+        for column in (_runs.c.lease_expires_at_us, _runs.c.timeout_at_us)
+    )
+)
+_STILL_STUCK = _GET_RUN_FOR_CHANGE.where(
+    or_(
+        _runs.c.lease_expires_at_us < bindparam("now"),
+        _runs.c.timeout_at_us < bindparam("now"),
+    )
+)
+_GET_RUNS = _SELECT_RUN.where(_runs.c.run_id.in_(bindparam("run_ids", expanding=True)))
+_NAMESPACES_OF = select(_runs.c.run_id, _runs.c.namespace).where(
+    _runs.c.run_id.in_(bindparam("run_ids", expanding=True))
 )
 
 
-def _scoped(namespace: str, key: str) -> str:
-    """A lock key of one namespace: the same thread_id (or request_id) in two namespaces
-    is two threads (two keys)."""
-    return f"{namespace}/{key}"
-
-
-def _claimable_query(by_assistant: bool, one_run: bool, by_namespace: bool) -> Select[Any]:
-    blocker = _runs.alias("blocker")
-    query = _SELECT_RUN.where(
-        _runs.c.status == RunStatus.PENDING.value,
-        or_(_runs.c.start_after_us.is_(None), _runs.c.start_after_us <= bindparam("now")),
-        ~select(blocker.c.run_id)
-        .where(
-            blocker.c.thread_id == _runs.c.thread_id,
-            blocker.c.namespace == _runs.c.namespace,
-            or_(
-                blocker.c.status == RunStatus.RUNNING.value,
-                and_(
-                    blocker.c.status == RunStatus.PENDING.value,
-                    blocker.c.create_revision < _runs.c.create_revision,
-                ),
-            ),
-        )
-        .exists(),
+# Who holds a run: `namespace/worker_id` (a namespace has no '/'), nobody unless it is
+# RUNNING. A renewal names the namespace its caller's access was checked in, so a run
+# id taken again in another namespace meanwhile is not renewed. An expression no index
+# can serve, so that the primary key drives the renewals; SQLite would rather read
+# every RUNNING run through ix_runs_status_queue than look up more than ten run ids.
+_HOLDER = case(
+    (
+        _runs.c.status == RunStatus.RUNNING.value,
+        _runs.c.namespace + "/" + _runs.c.worker_id,
     )
-    if by_assistant:
-        query = query.where(_runs.c.assistant_id.in_(bindparam("assistant_ids", expanding=True)))
-    if one_run:
-        query = query.where(_runs.c.run_id == bindparam("run_id"))
-    if by_namespace:
-        query = query.where(_runs.c.namespace.in_(bindparam("namespaces", expanding=True)))
-    return query.order_by(_runs.c.create_revision).limit(bindparam("limit"))
+)
 
 
-# Built once per shape (any assistant or some; all runs or one; every namespace or
-# some) so compiling is cached.
-_CLAIMABLE = {
-    shape: _claimable_query(*shape) for shape in itertools.product((False, True), repeat=3)
-}
+@functools.lru_cache(maxsize=256)
+def _renew_leases(count: int) -> Update:
+    """One UPDATE for `count` renewals: each run, if its worker holds it, takes its new
+    lease. CASE rather than a joined VALUES list: SQLite names no VALUES columns, and
+    `run_id IN (...)` reads the primary key on both databases."""
+
+    def per_run(name: str) -> Case[Any]:
+        return case(
+            *(
+                (_runs.c.run_id == bindparam(f"run_{i}"), bindparam(f"{name}_{i}"))
+                for i in range(count)
+            )
+        )
+
+    return (
+        update(_runs)
+        .where(
+            _runs.c.run_id.in_([bindparam(f"run_{i}") for i in range(count)]),
+            per_run("holder") == _HOLDER,
+        )
+        .values(lease_expires_at_us=per_run("until"))
+        .returning(*(_runs.c[column] for column in fields.COLUMNS))
+    )
+
+
+_TIMEOUT_INPUTS = frozenset({"status", "started_at_us", "timeout_us"})
+
+
+def _timeout_at(run: Run) -> int | None:
+    """When a RUNNING run times out: `timeout` after its first claim."""
+    if run.status is not RunStatus.RUNNING or run.started_at is None or run.timeout is None:
+        return None
+    return run.started_at + run.timeout
 
 
 class RunStore:
@@ -121,38 +153,19 @@ class RunStore:
 
     def lock_thread(self, namespace: str, thread_id: str) -> None:
         """Serialize writers of one thread until commit."""
-        self._dialect.lock(self._conn, Lock.THREAD, _scoped(namespace, thread_id))
+        self._dialect.lock(self._conn, Lock.THREAD, scoped_key(namespace, thread_id))
 
     def lock_request(self, namespace: str, request_id: str) -> None:
         """Serialize creates that carry the same idempotency key until commit."""
-        self._dialect.lock(self._conn, Lock.REQUEST, _scoped(namespace, request_id))
+        self._dialect.lock(self._conn, Lock.REQUEST, scoped_key(namespace, request_id))
 
     def try_lock_thread(self, namespace: str, thread_id: str) -> bool:
         """Like `lock_thread`, but give up at once if another transaction holds it."""
-        return self._dialect.try_lock(self._conn, Lock.THREAD, _scoped(namespace, thread_id))
+        return self._dialect.try_lock(self._conn, Lock.THREAD, scoped_key(namespace, thread_id))
 
     def try_lock_sweeper(self) -> bool:
         """Let one replica at a time sweep; held until commit."""
         return self._dialect.try_lock(self._conn, Lock.SWEEPER, "sweeper")
-
-    def claim_candidates(
-        self, now: int, assistant_ids: Sequence[str], namespaces: NamespaceSet
-    ) -> list[Run]:
-        """The claimable runs worth trying to lock, oldest first: a few where concurrent
-        claims may hold some (replicas), the first where none can."""
-        return self.claimable(now, assistant_ids, namespaces, self._dialect.claim_candidates)
-
-    def lock_candidate(self, run: Run, now: int, assistant_ids: Sequence[str]) -> bool:
-        """Lock the thread of a run `claim_candidates` listed, if free, and make sure the
-        run is still claimable under the lock (the list was read without it; its namespace
-        was one asked for then, and never changes). A writer that holds the database's
-        only write lock has nothing to do.
-        """
-        if self._dialect.serial_writes:
-            return True
-        return self.try_lock_thread(run.namespace, run.thread_id) and bool(
-            self.claimable(now, assistant_ids, None, 1, run_id=run.run_id)
-        )
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -161,13 +174,19 @@ class RunStore:
         return None if row is None else fields.from_row(row)
 
     def get_locked(self, run_id: str) -> Run | None:
-        """The run, read after locking its thread, so the caller may change it safely."""
-        if not self._dialect.serial_writes:
-            thread = self._conn.execute(_THREAD_OF, {"run_id": run_id}).first()
-            if thread is None:
-                return None
-            self.lock_thread(thread.namespace, thread.thread_id)
-        return self.get(run_id)
+        """The run, read after locking its thread, so the caller may change it safely.
+
+        Its row is locked too: a lease renewal, which takes no thread lock, waits until
+        the caller commits, and the caller never writes back a lease it has not seen.
+        """
+        if self._dialect.serial_writes:
+            return self.get(run_id)
+        thread = self._conn.execute(_THREAD_OF, {"run_id": run_id}).first()
+        if thread is None:
+            return None
+        self.lock_thread(thread.namespace, thread.thread_id)
+        row = self._conn.execute(_GET_RUN_FOR_CHANGE, {"run_id": run_id}).first()
+        return None if row is None else fields.from_row(row)
 
     def get_by_request_id(self, namespace: str, request_id: str) -> Run | None:
         row = self._conn.execute(
@@ -182,45 +201,22 @@ class RunStore:
         )
         return [fields.from_row(row) for row in rows]
 
-    def claimable(
-        self,
-        now: int,
-        assistant_ids: Sequence[str],
-        namespaces: NamespaceSet,
-        limit: int,
-        run_id: str | None = None,
-    ) -> list[Run]:
-        """PENDING runs a worker may take now, oldest first.
-
-        A run is claimable when it is due (`start_after`), of a wanted assistant, in one
-        of `namespaces`, and first in its thread's line: no run of its thread (the same
-        thread_id in the same namespace) is RUNNING and no older run of its thread is
-        PENDING. With `run_id`, the check is made for that run only.
-        """
-        if namespaces is not None and not namespaces:
-            return []
-        query = _CLAIMABLE[bool(assistant_ids), run_id is not None, namespaces is not None]
-        params: dict[str, Any] = {"now": now, "assistant_ids": list(assistant_ids), "limit": limit}
-        if run_id is not None:
-            params["run_id"] = run_id
-        if namespaces is not None:
-            params["namespaces"] = sorted(namespaces)
-        return [fields.from_row(row) for row in self._conn.execute(query, params)]
-
-    def next_start_after(self, now: int) -> int | None:
-        """When the earliest PENDING run that is not yet due becomes due."""
-        return self._conn.execute(_NEXT_START_AFTER, {"now": now}).scalar_one_or_none()
-
     def stuck(self, now: int, limit: int) -> list[Run]:
-        """RUNNING runs whose lease expired or whose timeout passed."""
-        query = _SELECT_RUN.where(
-            _runs.c.status == RunStatus.RUNNING.value,
-            or_(
-                _runs.c.lease_expires_at_us < now,
-                _runs.c.started_at_us + _runs.c.timeout_us < now,
-            ),
-        )
-        return [fields.from_row(row) for row in self._conn.execute(query.limit(limit))]
+        """Up to `limit` RUNNING runs whose lease expired or whose timeout passed, each
+        locked for change (threads that are busy now are left for the next look)."""
+        rows = self._conn.execute(_STUCK, {"now": now, "limit": limit})
+        # A run whose lease expired and whose timeout passed is read twice.
+        runs = list({run.run_id: run for run in map(fields.from_row, rows)}.values())[:limit]
+        if not self._dialect.serial_writes:
+            # Read again under the locks: it may have been renewed or ended meanwhile.
+            still = (
+                self._conn.execute(_STILL_STUCK, {"run_id": run.run_id, "now": now}).first()
+                for run in runs
+                if self.try_lock_thread(run.namespace, run.thread_id)
+            )
+            runs = [fields.from_row(row) for row in still if row is not None]
+        # A lease or timeout_at outside RUNNING would be a bug; never act on one.
+        return [run for run in runs if run.status is RunStatus.RUNNING]
 
     def list_page(
         self, run_filter: RunFilter, order: SortOrder, after: PageCursor | None, limit: int
@@ -289,6 +285,7 @@ class RunStore:
         if change.type is ChangeType.CREATED:
             values = fields.row_values(stored)
             values["create_revision"] = run.revision
+            values["timeout_at_us"] = _timeout_at(run)
             try:
                 self._conn.execute(_INSERT_RUN, values)
             except IntegrityError as error:
@@ -302,8 +299,31 @@ class RunStore:
                 values = fields.row_values(stored)
             else:
                 values = fields.changed_values(run, change.previous)  # the revision included
+            if change.previous is None or _TIMEOUT_INPUTS & values.keys():
+                values["timeout_at_us"] = _timeout_at(run)
             values.pop("run_id", None)
             values["key"] = run.run_id
             self._conn.execute(_UPDATE_RUN, values)
         else:
             self._conn.execute(_DELETE_RUN, {"run_id": run.run_id})
+
+    def renew_leases(self, renewals: Sequence[tuple[str, str, str, int]]) -> list[Run]:
+        """For each (run_id, namespace, worker_id, lease_expires_at) of distinct runs: set
+        the lease if the worker holds the run in that namespace. Returns the runs
+        renewed, as they are then. Use `UnitOfWork.renew_leases`, which tells the
+        transaction's listeners."""
+        params: dict[str, Any] = {}
+        for i, (run_id, namespace, worker_id, until) in enumerate(renewals):
+            holder = f"{namespace}/{worker_id}"
+            params.update({f"run_{i}": run_id, f"holder_{i}": holder, f"until_{i}": until})
+        rows = self._conn.execute(_renew_leases(len(renewals)), params)
+        return [fields.from_row(row) for row in rows]
+
+    def namespaces_of(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """The namespace of each of these runs that exists, by run id."""
+        rows = self._conn.execute(_NAMESPACES_OF, {"run_ids": list(run_ids)})
+        return {row.run_id: row.namespace for row in rows}
+
+    def get_many(self, run_ids: Sequence[str]) -> list[Run]:
+        rows = self._conn.execute(_GET_RUNS, {"run_ids": list(run_ids)})
+        return [fields.from_row(row) for row in rows]

@@ -29,6 +29,18 @@ JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 OptionalJSONDocument = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
+INFLIGHT_PREDICATE = "status IN ('pending', 'running')"
+READY_PREDICATE = "state = 'ready'"
+DELAYED_PREDICATE = "state = 'delayed'"
+"""Partial-index predicates. A query uses such an index only when its WHERE clause
+repeats the predicate with the same literals (never bound parameters)."""
+
+
+def _where(predicate: str) -> dict[str, Any]:
+    """The keyword arguments that make an Index partial on both databases."""
+    return {"sqlite_where": text(predicate), "postgresql_where": text(predicate)}
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -48,6 +60,8 @@ class RunRow(Base):
     revision: Mapped[int] = mapped_column(BigInteger)
     # Revision of the create: a thread's queue order, kept when a run is requeued.
     create_revision: Mapped[int] = mapped_column(BigInteger)
+    # When a RUNNING run with a timeout times out (started_at + timeout), for the sweeper.
+    timeout_at_us: Mapped[int | None] = mapped_column(BigInteger)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     started_at_us: Mapped[int | None] = mapped_column(BigInteger)
     ended_at_us: Mapped[int | None] = mapped_column(BigInteger)
@@ -83,9 +97,62 @@ class RunRow(Base):
         ),
         Index("ux_runs_namespace_request", "namespace", "request_id", unique=True),
         Index("ix_runs_status_queue", "status", "create_revision"),
-        Index("ix_runs_assistant_status_queue", "assistant_id", "status", "create_revision"),
-        Index("ix_runs_status_start_after", "status", "start_after_us"),
+        # A thread's line, to find its next head: only inflight runs are indexed.
+        Index(
+            "ix_runs_thread_inflight",
+            "namespace",
+            "thread_id",
+            "create_revision",
+            **_where(INFLIGHT_PREDICATE),
+        ),
+        # What the sweeper looks for: only RUNNING runs have a lease or a timeout_at.
+        Index("ix_runs_lease", "lease_expires_at_us", **_where("lease_expires_at_us IS NOT NULL")),
+        Index("ix_runs_timeout", "timeout_at_us", **_where("timeout_at_us IS NOT NULL")),
     )
+
+
+class ThreadHeadRow(Base):
+    """The head of each thread that has inflight runs: its first inflight run (by
+    creation), which is the only run of the thread a worker may claim.
+
+    The store keeps it in step with `runs` in every write transaction (`ThreadHeads`),
+    so a claim is one range read of a ready index, whatever the backlog behind the heads.
+    `state` is `ready` (PENDING and due), `delayed` (PENDING, due later) or `running`.
+    """
+
+    __tablename__ = "thread_heads"
+
+    namespace: Mapped[str] = mapped_column(String(63), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(36))
+    assistant_id: Mapped[str] = mapped_column(String(256))
+    queue: Mapped[str] = mapped_column(String(320))
+    """`namespace/assistant_id`: one column, so a claim for given namespaces and
+    assistants is an equality that only its own index can serve."""
+    priority: Mapped[int] = mapped_column(SmallInteger)
+    due_us: Mapped[int] = mapped_column(BigInteger)
+    """When the run may start: its creation, or its start_after when later."""
+    state: Mapped[str] = mapped_column(String(8))
+
+
+# Claim order is priority (highest first), then due time: one ready index per shape of
+# claim (any assistant or given ones; any namespace or given ones), each read as a range.
+_heads_order = (ThreadHeadRow.priority.desc(), ThreadHeadRow.due_us)
+Index("ix_thread_heads_ready", *_heads_order, **_where(READY_PREDICATE))
+Index(
+    "ix_thread_heads_ready_assistant",
+    ThreadHeadRow.assistant_id,
+    *_heads_order,
+    **_where(READY_PREDICATE),
+)
+Index(
+    "ix_thread_heads_ready_namespace",
+    ThreadHeadRow.namespace,
+    *_heads_order,
+    **_where(READY_PREDICATE),
+)
+Index("ix_thread_heads_ready_queue", ThreadHeadRow.queue, *_heads_order, **_where(READY_PREDICATE))
+Index("ix_thread_heads_delayed", ThreadHeadRow.due_us, **_where(DELAYED_PREDICATE))
 
 
 class RunEventRow(Base):
