@@ -37,9 +37,9 @@ MUTATING = {
     "CancelRuns",
     "DeleteRun",
     "ClaimRun",
-    "HeartbeatRun",
     "CompleteRun",
 }
+"""The audited changes: not HeartbeatRun, which keeps a lease alive in place."""
 SERVICE = run_service_pb2.DESCRIPTOR.services_by_name["RunService"]
 REQUESTS = {
     method.name: getattr(run_service_pb2, method.input_type.name) for method in SERVICE.methods
