@@ -3,8 +3,11 @@
 Each `Reloadable` names its files and loads them whole. The `Reloader` reads those
 files at every `check` (a `PeriodicTask` calls it every second) and reloads a source
 when their bytes changed (so a file replaced by rename, edited in place or touched
-twice within a second is all seen), or at once on `reload_now()` (SIGHUP). A load that
-fails keeps what was in force and logs one error line, once per distinct content.
+twice within a second is all seen) and stayed the same for one more look, or at once
+on `reload_now()` (SIGHUP). That look matters: a file rewritten in place is empty or
+half-written for a moment, and an auth config read then (an empty file is valid TOML)
+would lock every caller out. A load that fails keeps what was in force and logs one
+error line, once per distinct content.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class _Watched:
     def __init__(self, source: Reloadable) -> None:
         self.source = source
         self.seen = _contents(source.files())
+        self.changing: tuple[bytes | None, ...] | None = None
+        """New contents seen at one look: loaded if the next look finds them again."""
 
 
 class Reloader:
@@ -60,8 +65,12 @@ class Reloader:
     def reload_changed(self) -> None:
         for watched in self._watched:
             contents = _contents(watched.source.files())
-            if contents != watched.seen:
+            if contents == watched.seen:
+                watched.changing = None
+            elif contents == watched.changing:
                 self._reload(watched, contents)
+            else:
+                watched.changing = contents  # perhaps mid-write: let it settle
 
     def reload_now(self) -> None:
         """Reload every source whether or not its files changed (SIGHUP)."""
@@ -70,6 +79,7 @@ class Reloader:
 
     def _reload(self, watched: _Watched, contents: tuple[bytes | None, ...]) -> None:
         watched.seen = contents
+        watched.changing = None
         files = watched.source.files()
         try:
             watched.source.reload()
