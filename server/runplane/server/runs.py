@@ -105,7 +105,9 @@ class RunService:
                 return first  # a retry: no second run, no strategy applied again
         run_id = new.run_id or str(uuid.uuid4())
         thread_id = new.thread_id or str(uuid.uuid4())
-        runs.lock_thread(namespace, thread_id)
+        if new.thread_id:
+            # A thread id the server just made is nobody else's: nothing to lock.
+            runs.lock_thread(namespace, thread_id)
         if new.run_id is not None and runs.get(new.run_id) is not None:
             # Run ids are global, so this tells that the id is taken, maybe in another
             # namespace; nothing more. Ids the server makes never collide.

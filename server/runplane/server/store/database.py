@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 
 from runplane.server.errors import RunplaneError, StoreUnavailable
 from runplane.server.records import Change, Run
-from runplane.server.store.dialects import dialect_of, normalize_url
+from runplane.server.store.dialects import Dialect, dialect_of, normalize_url
 from runplane.server.store.unit_of_work import WRITTEN, UnitOfWork, Written
 
 T = TypeVar("T")
@@ -88,7 +88,9 @@ class Database:
         self._point_unit: UnitOfWork | None = None
         self._point_connection: Connection | None = None
         self._faults = FaultLog()
-        self._writer = GroupWriter(self._write_engine, self._publish, self._timer, self._faults)
+        self._writer = GroupWriter(
+            self._write_engine, self._dialect, self._publish, self._timer, self._faults
+        )
 
     @property
     def engine(self) -> Engine:
@@ -126,8 +128,7 @@ class Database:
         a lease): a refusal then contributes nothing to the group it was committed with
         (see GroupWriter).
         """
-        dialect = self._dialect
-        return await self._writer.submit(lambda connection: work(UnitOfWork(connection, dialect)))
+        return await self._writer.submit(work)
 
     async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
         """Run `work`, a read.
@@ -185,7 +186,7 @@ class Database:
 
 @dataclass(slots=True)
 class _Job(Generic[T]):
-    work: Callable[[Connection], T]
+    work: Work[T]
     future: asyncio.Future[T]
     loop: asyncio.AbstractEventLoop
 
@@ -215,11 +216,13 @@ class GroupWriter:
     def __init__(
         self,
         engine: Engine,
+        dialect: Dialect,
         publish: Callable[[Written], None],
         timer: TransactionTimer,
         faults: FaultLog,
     ) -> None:
         self._engine = engine
+        self._dialect = dialect
         self._publish = publish
         self._timer = timer
         self._faults = faults
@@ -227,7 +230,7 @@ class GroupWriter:
         self._thread = threading.Thread(target=self._serve, name="runplane-db-write", daemon=True)
         self._thread.start()
 
-    async def submit(self, work: Callable[[Connection], T]) -> T:
+    async def submit(self, work: Work[T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(work, future, loop))
@@ -264,8 +267,12 @@ class GroupWriter:
         try:
             with _translate_errors(self._faults), self._engine.connect() as connection:
                 connection.info[WRITTEN] = Written()
+                # One unit for the whole group: what its members append to the log is
+                # sent once, with one notification, before the commit.
+                unit = UnitOfWork(connection, self._dialect)
                 with connection.begin():
-                    outcomes = [self._attempt(connection, member) for member in group]
+                    outcomes = [self._attempt(unit, connection, member) for member in group]
+                    unit.finish()
                 return outcomes, connection.info.pop(WRITTEN)
         except Exception as error:
             if len(group) == 1:
@@ -278,10 +285,10 @@ class GroupWriter:
             return outcomes, written
 
     @staticmethod
-    def _attempt(connection: Connection, member: _Job[Any]) -> Any:
+    def _attempt(unit: UnitOfWork, connection: Connection, member: _Job[Any]) -> Any:
         written = len(connection.info[WRITTEN])
         try:
-            return member.work(connection)
+            return member.work(unit)
         except RunplaneError as refusal:
             if len(connection.info[WRITTEN]) > written:
                 raise _GroupFailed from refusal

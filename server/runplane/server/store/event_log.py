@@ -8,13 +8,16 @@ the log if and only if `P >= compact_revision`.
 
 `reserve` and `append` are the log's side of `UnitOfWork.apply`: the counter row is
 updated first in the transaction's writes, and held until commit, so revisions are
-handed out in commit order with no gaps.
+handed out in commit order with no gaps. Holding it, the transaction hands out later
+revisions itself and keeps the events it appends: `flush` moves the counter on and
+inserts them in one statement each, and rings the other replicas once (the group
+writer calls it before committing; the log's own reads call it first).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
@@ -28,12 +31,10 @@ _events = Base.metadata.tables[RunEventRow.__tablename__]
 _state = Base.metadata.tables[StoreStateRow.__tablename__]
 
 _STATE = select(_state.c.revision, _state.c.compact_revision)
-_RESERVE = (
-    update(_state)
-    .where(_state.c.id == 1)
-    .values(revision=_state.c.revision + bindparam("count"))
-    .returning(_state.c.revision)
+_ADVANCE = (
+    update(_state).where(_state.c.id == 1).values(revision=_state.c.revision + bindparam("count"))
 )
+_RESERVE = _ADVANCE.returning(_state.c.revision)
 _INSERT_EVENTS = insert(_events)
 
 
@@ -61,6 +62,17 @@ class Compaction:
     """Events the batch removed."""
 
 
+@dataclass(slots=True)
+class _Tail:
+    """What a transaction holding the counter row has logged and not yet sent."""
+
+    next_revision: int
+    """The next revision to hand out."""
+    owed: int = 0
+    """Revisions handed out beyond the counter row's value."""
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+
 def _to_event(row: Any) -> RunEvent:
     return RunEvent(
         type=EventType(row.type),
@@ -76,8 +88,10 @@ class EventLog:
     def __init__(self, connection: Connection, dialect: Dialect) -> None:
         self._conn = connection
         self._dialect = dialect
+        self._tail: _Tail | None = None
 
     def state(self) -> LogState:
+        self.flush()
         row = self._conn.execute(_STATE).one()
         return LogState(revision=row.revision, compact_revision=row.compact_revision)
 
@@ -86,7 +100,15 @@ class EventLog:
     def reserve(self, count: int) -> int:
         """Take the next `count` revisions; returns the first. Holds the counter row until
         commit, so every read and check of the transaction comes before this."""
-        return int(self._conn.execute(_RESERVE, {"count": count}).scalar_one()) - count + 1
+        tail = self._tail
+        if tail is None:
+            last = int(self._conn.execute(_RESERVE, {"count": count}).scalar_one())
+            self._tail = _Tail(next_revision=last + 1)
+            return last - count + 1
+        first = tail.next_revision
+        tail.next_revision += count
+        tail.owed += count
+        return first
 
     @staticmethod
     def entry(change: Change, stored: Sequence[Any], committed_at: int) -> dict[str, Any]:
@@ -104,7 +126,21 @@ class EventLog:
         }
 
     def append(self, entries: list[dict[str, Any]]) -> None:
-        self._conn.execute(_INSERT_EVENTS, entries)
+        """Log these entries of reserved revisions (sent by `flush`)."""
+        assert self._tail is not None, "reserve revisions first"
+        self._tail.entries.extend(entries)
+
+    def flush(self) -> None:
+        """Write what was reserved and appended: the counter, the events, and one
+        notification of the last revision to the other replicas (at commit)."""
+        tail, self._tail = self._tail, None
+        if tail is None:
+            return
+        if tail.owed:
+            self._conn.execute(_ADVANCE, {"count": tail.owed})
+        if tail.entries:
+            self._conn.execute(_INSERT_EVENTS, tail.entries)
+        self._dialect.notify(self._conn, tail.next_revision - 1)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -113,7 +149,7 @@ class EventLog:
         if given). Read in a snapshot transaction, the state tells whether the log still
         reached back to `after` and how far it went.
         """
-        state = self.state()
+        state = self.state()  # flushed
         query = _events.select().where(_events.c.revision > after)
         if run_id is not None:
             query = query.where(_events.c.run_id == run_id)
@@ -123,6 +159,7 @@ class EventLog:
     def logged_run(self, run_id: str, since: int) -> Run | None:
         """The run as its first change at `since` or later left it, if the log holds one
         (its namespace, say, for a run deleted since)."""
+        self.flush()
         row = self._conn.execute(
             _events.select()
             .where(_events.c.revision >= since, _events.c.run_id == run_id)

@@ -58,11 +58,10 @@ class LeaseRenewal:
 
 
 class UnitOfWork:
-    __slots__ = ("_connection", "_dialect", "heads", "log", "runs")
+    __slots__ = ("_connection", "heads", "log", "runs")
 
     def __init__(self, connection: Connection, dialect: Dialect) -> None:
         self._connection = connection
-        self._dialect = dialect
         self.runs = RunStore(connection, dialect)
         self.heads = ThreadHeads(connection, dialect)
         self.log = EventLog(connection, dialect)
@@ -97,11 +96,14 @@ class UnitOfWork:
             self.runs.write(change, stored)
             entries.append(self.log.entry(change, stored, committed_at))
         self.heads.follow(changes)
+        # Sent by `finish`, with the notification that other replicas' watch hubs and
+        # claims hear at commit; this process's hear through Database.on_commit.
         self.log.append(entries)
-        # Other replicas' watch hubs and claims hear of it at commit; this process's
-        # hear through Database.on_commit.
-        self._dialect.notify(self._connection, changes[-1].run.revision)
         return [change.run for change in changes]
+
+    def finish(self) -> None:
+        """Send what the transaction's changes left to write: called before it commits."""
+        self.log.flush()
 
     def renew_leases(self, renewals: Sequence[LeaseRenewal]) -> dict[str, Run]:
         """Extend the lease of each run (distinct ones) that its worker holds (RUNNING,
