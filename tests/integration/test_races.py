@@ -8,6 +8,7 @@ from collections import Counter
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 
@@ -143,3 +144,59 @@ def test_client_chosen_run_id_race_creates_one_run(server_address: str) -> None:
     losers = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
     assert len(winners) == 1
     assert {error.code() for error in losers} == {grpc.StatusCode.ALREADY_EXISTS}
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_gets_each_see_their_run_and_every_write_before_them(
+    server_address: str,
+) -> None:
+    """GetRuns in flight together are read together on PostgreSQL: each still gets its
+    own run (or NOT_FOUND), at least as new as every update answered before it was sent."""
+
+    async def race() -> None:
+        async with grpc.aio.insecure_channel(server_address) as channel:
+            stub = run_service_pb2_grpc.RunServiceStub(channel)
+            runs = await asyncio.gather(
+                *(
+                    stub.CreateRun(run_service_pb2.CreateRunRequest(assistant_id="racer"))
+                    for _ in range(CALLERS)
+                )
+            )
+            missing = str(uuid.uuid4())
+
+            async def update_then_get(run: run_pb2.Run, round_: int) -> None:
+                run.metadata.update({"round": round_})
+                updated = await stub.UpdateRun(
+                    run_service_pb2.UpdateRunRequest(
+                        run=run, update_mask=field_mask_pb2.FieldMask(paths=["metadata"])
+                    )
+                )
+                got = await stub.GetRun(run_service_pb2.GetRunRequest(run_id=run.run_id))
+                assert got.run_id == run.run_id
+                assert got.revision >= updated.revision
+                assert got.metadata["round"] == round_
+
+            async def get_missing() -> grpc.StatusCode:
+                try:
+                    await stub.GetRun(run_service_pb2.GetRunRequest(run_id=missing))
+                except grpc.aio.AioRpcError as error:
+                    return error.code()
+                raise AssertionError("a run nobody created was found")
+
+            for round_ in range(3):
+                # Each run twice per round, with calls for a run that does not exist.
+                codes = await asyncio.gather(
+                    *(update_then_get(run, round_) for run in runs),
+                    *(
+                        stub.GetRun(run_service_pb2.GetRunRequest(run_id=run.run_id))
+                        for run in runs
+                    ),
+                    *(get_missing() for _ in range(CALLERS)),
+                )
+                found = [
+                    got for got in codes[CALLERS : 2 * CALLERS] if isinstance(got, run_pb2.Run)
+                ]
+                assert sorted(got.run_id for got in found) == sorted(run.run_id for run in runs)
+                assert codes[2 * CALLERS :] == [grpc.StatusCode.NOT_FOUND] * CALLERS
+
+    asyncio.run(race())

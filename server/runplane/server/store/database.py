@@ -103,6 +103,12 @@ class Database:
         reach this one only through `notifications`, and nothing may be cached."""
         return self._dialect.shared
 
+    @property
+    def reads_together(self) -> bool:
+        """Each point read costs a thread hop and a round trip: lookups by id are better
+        read together (`RunLookups`) than one at a time."""
+        return not self._dialect.point_reads_on_loop
+
     def on_commit(self, listener: CommitListener) -> None:
         """Call `listener` on the event loop with the changes of each committed write,
         before the writer's caller is answered."""
