@@ -28,38 +28,50 @@ class RunLookups:
         self._db = database
         self._together = database.reads_together
         self._waiting: _Waiting = {}
-        self._reads: set[asyncio.Task[None]] = set()
+        """Lookups for the next read, by run id."""
+        self._reading = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def get(self, run_id: str) -> Run | None:
         """The run with this id as committed when the call came, or None."""
         if not self._together:
             return await self._db.read(lambda unit: unit.runs.get(run_id))
+        if self._reading < MAX_READS:
+            # Nobody waits while a read is free: read alone, at once.
+            self._reading += 1
+            try:
+                return await self._db.read(lambda unit: unit.runs.get(run_id))
+            finally:
+                self._ended()
         future: asyncio.Future[Run | None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(run_id, []).append(future)
-        if len(self._reads) < MAX_READS:
-            self._start()
         return await future
 
-    def _start(self) -> None:
+    def _ended(self, _read: object = None) -> None:
+        """A read ended: the lookups waiting meanwhile go in the next one."""
+        self._reading -= 1
+        if not self._waiting:
+            return
         if len(self._waiting) <= MAX_BATCH:
             batch, self._waiting = self._waiting, {}
         else:
             run_ids = list(self._waiting)[:MAX_BATCH]
             batch = {run_id: self._waiting.pop(run_id) for run_id in run_ids}
+        self._reading += 1
         read = asyncio.create_task(self._read(batch))
-        self._reads.add(read)
+        self._tasks.add(read)
+        read.add_done_callback(self._tasks.discard)
         read.add_done_callback(self._ended)
-
-    def _ended(self, read: asyncio.Task[None]) -> None:
-        self._reads.discard(read)
-        if self._waiting:
-            self._start()
 
     async def _read(self, batch: _Waiting) -> None:
         run_ids = list(batch)
         try:
-            runs = await self._db.read(lambda unit: unit.runs.get_many(run_ids))
-            found = {run.run_id: run for run in runs}
+            if len(run_ids) == 1:
+                run = await self._db.read(lambda unit: unit.runs.get(run_ids[0]))
+                found = {} if run is None else {run.run_id: run}
+            else:
+                runs = await self._db.read(lambda unit: unit.runs.get_many(run_ids))
+                found = {run.run_id: run for run in runs}
             for run_id, futures in batch.items():
                 for future in futures:
                     if not future.done():
