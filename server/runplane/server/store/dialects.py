@@ -8,7 +8,8 @@ and nothing outside `store/` sees a dialect at all:
 - locks: PostgreSQL takes transaction-scoped advisory locks so that replicas exclude
   each other; SQLite's write transaction already holds the database's only write lock;
 - JSON comparison for metadata filters, a hint for SQLite's planner, the NOTIFY that
-  rings other replicas, and the INSERT that can say ON CONFLICT.
+  rings other replicas (riding on the statement that takes revisions), and the INSERT
+  that can say ON CONFLICT.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    Text,
+    Update,
     and_,
+    cast,
     create_engine,
     event,
     exc,
@@ -124,8 +128,9 @@ class Dialect(abc.ABC):
         """Like `lock`, but False at once if another transaction holds it."""
 
     @abc.abstractmethod
-    def notify(self, connection: Connection, revision: int) -> None:
-        """Tell the other replicas, at commit, that the log grew to `revision`."""
+    def notifying(self, reserve: Update) -> Update:
+        """`reserve`, which returns the last revision it took, made to also tell the
+        other replicas at commit that the log grew to it (no statement of its own)."""
 
     @abc.abstractmethod
     def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
@@ -211,8 +216,8 @@ class SQLite(Dialect):
     def try_lock(self, connection: Connection, lock: Lock, value: str | None = None) -> bool:
         return True
 
-    def notify(self, connection: Connection, revision: int) -> None:
-        pass  # SQLite serves one process: there is nobody to tell
+    def notifying(self, reserve: Update) -> Update:
+        return reserve  # SQLite serves one process: there is nobody to tell
 
     def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
         if '"' not in key:
@@ -283,12 +288,10 @@ class PostgreSQL(Dialect):
             ).scalar_one()
         )
 
-    def notify(self, connection: Connection, revision: int) -> None:
+    def notifying(self, reserve: Update) -> Update:
         # Delivered when the transaction commits, dropped if it rolls back.
-        connection.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANGES_CHANNEL, "payload": str(revision)},
-        )
+        revision = reserve.exported_columns[0]
+        return reserve.returning(func.pg_notify(CHANGES_CHANNEL, cast(revision, Text)))
 
     def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
         return column.op("->")(literal(key)) == func.cast(literal(dumps(value)), column.type)

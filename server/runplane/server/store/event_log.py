@@ -8,19 +8,21 @@ the log if and only if `P >= compact_revision`.
 
 `reserve` and `append` are the log's side of `UnitOfWork.apply`: the counter row is
 updated first in the transaction's writes, and held until commit, so revisions are
-handed out in commit order with no gaps. Holding it, the transaction hands out later
-revisions itself and keeps the events it appends: `flush` moves the counter on and
-inserts them in one statement each, and rings the other replicas once (the group
-writer calls it before committing; the log's own reads call it first).
+handed out in commit order with no gaps. The statement that first takes it also rings
+the other replicas at commit (PostgreSQL's NOTIFY). Holding it, the transaction hands
+out later revisions itself and keeps the events it appends: `flush` moves the counter
+on and inserts them, one statement each (the group writer calls it before committing;
+the log's own reads call it first).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Update, bindparam, delete, insert, select, update
 
 from runplane.server.records import Change, EventType, Run, RunEvent
 from runplane.server.store import fields
@@ -34,7 +36,15 @@ _STATE = select(_state.c.revision, _state.c.compact_revision)
 _ADVANCE = (
     update(_state).where(_state.c.id == 1).values(revision=_state.c.revision + bindparam("count"))
 )
-_RESERVE = _ADVANCE.returning(_state.c.revision)
+
+
+@functools.lru_cache(maxsize=8)
+def _reserve(dialect: Dialect) -> Update:
+    """Take revisions and return the last; on a shared database, also ring the other
+    replicas at commit (their hubs read the log from where they stand)."""
+    return dialect.notifying(_ADVANCE.returning(_state.c.revision))
+
+
 _INSERT_EVENTS = insert(_events)
 
 
@@ -102,7 +112,8 @@ class EventLog:
         commit, so every read and check of the transaction comes before this."""
         tail = self._tail
         if tail is None:
-            last = int(self._conn.execute(_RESERVE, {"count": count}).scalar_one())
+            reserve = _reserve(self._dialect)
+            last = int(self._conn.execute(reserve, {"count": count}).scalars().one())
             self._tail = _Tail(next_revision=last + 1)
             return last - count + 1
         first = tail.next_revision
@@ -131,8 +142,7 @@ class EventLog:
         self._tail.entries.extend(entries)
 
     def flush(self) -> None:
-        """Write what was reserved and appended: the counter, the events, and one
-        notification of the last revision to the other replicas (at commit)."""
+        """Write what was reserved and appended: the counter and the events."""
         tail, self._tail = self._tail, None
         if tail is None:
             return
@@ -140,7 +150,6 @@ class EventLog:
             self._conn.execute(_ADVANCE, {"count": tail.owed})
         if tail.entries:
             self._conn.execute(_INSERT_EVENTS, tail.entries)
-        self._dialect.notify(self._conn, tail.next_revision - 1)
 
     # -- reads -------------------------------------------------------------------------------
 
