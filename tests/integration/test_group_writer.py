@@ -123,6 +123,26 @@ def test_many_queued_writes_all_commit(database: Database) -> None:
     assert [revision for revision, _ in _logged(database)] == list(range(1, 501))
 
 
+def _log_revision(unit: UnitOfWork) -> str:
+    return str(unit.log.state().revision)
+
+
+def _counter(database: Database) -> int:
+    with database.engine.connect() as connection:
+        return int(connection.exec_driver_sql("SELECT revision FROM store_state").scalar_one())
+
+
+def test_a_member_reading_the_log_sees_the_members_before_it(database: Database) -> None:
+    """A group hands out its revisions itself and sends its events at the end: a member
+    that reads the log's state in between still sees the revisions taken before it."""
+    outcomes = asyncio.run(
+        _run_group(database, [_create("a"), _create("b"), _log_revision, _create("c")])
+    )
+    assert outcomes == ["runplane-db-write", "runplane-db-write", "2", "runplane-db-write"]
+    assert _logged(database) == [(1, "a"), (2, "b"), (3, "c")]
+    assert _counter(database) == 3
+
+
 def _claimed(run_id: str) -> Callable[[UnitOfWork], str]:
     """A RUNNING run held by worker "w", its lease at 1."""
 
