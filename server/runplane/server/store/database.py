@@ -35,6 +35,7 @@ from sqlalchemy.engine import make_url
 
 from runplane.server.errors import RunplaneError, StoreUnavailable
 from runplane.server.records import Change, Run
+from runplane.server.store import held_rows
 from runplane.server.store.dialects import Dialect, dialect_of, normalize_url
 from runplane.server.store.unit_of_work import WRITTEN, UnitOfWork, Written
 
@@ -82,6 +83,7 @@ class Database:
         self._renewal_listeners: list[RenewalListener] = []
         engines = self._dialect.engines(self.url)
         self._write_engine, self._read_engine = engines.write, engines.read
+        held_rows.send_before_reads(self._write_engine)
         self._read_pool = ThreadPoolExecutor(
             engines.read_threads, thread_name_prefix="runplane-db-read"
         )
@@ -273,6 +275,7 @@ class GroupWriter:
         try:
             with _translate_errors(self._faults), self._engine.connect() as connection:
                 connection.info[WRITTEN] = Written()
+                held_rows.discard(connection)  # left by a transaction that rolled back
                 # One unit for the whole group: what its members append to the log is
                 # sent once, with one notification, before the commit.
                 unit = UnitOfWork(connection, self._dialect)

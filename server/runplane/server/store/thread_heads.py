@@ -44,7 +44,7 @@ from runplane.server.records import (
     RunStatus,
     now_us,
 )
-from runplane.server.store import fields
+from runplane.server.store import fields, held_rows
 from runplane.server.store.dialects import Dialect, Lock, scoped_key
 from runplane.server.store.schema import (
     DELAYED_PREDICATE,
@@ -438,7 +438,8 @@ class ThreadHeads:
         """Follow changes that need no look at the thread's line; False if they do."""
         if all(change.type is ChangeType.CREATED for change in line):
             # New runs join the end of the line: the first is the head if it was empty.
-            self._conn.execute(self._insert_unless_headed, _row(line[0].run, now))
+            # Held (it cannot fail): sent with its group's, or before the next statement.
+            held_rows.hold(self._conn, self._insert_unless_headed, _row(line[0].run, now))
             return True
         change = line[0]
         before, run = change.previous, change.run

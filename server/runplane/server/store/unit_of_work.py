@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, bindparam, select
 
 from runplane.server.records import Change, Run, now_us
-from runplane.server.store import fields
+from runplane.server.store import fields, held_rows
 from runplane.server.store.dialects import Dialect
 from runplane.server.store.event_log import EventLog
 from runplane.server.store.run_store import RunStore
@@ -103,6 +103,7 @@ class UnitOfWork:
 
     def finish(self) -> None:
         """Send what the transaction's changes left to write: called before it commits."""
+        held_rows.send(self._connection)
         self.log.flush()
 
     def renew_leases(self, renewals: Sequence[LeaseRenewal]) -> dict[str, Run]:

@@ -1,0 +1,51 @@
+"""Rows a write transaction holds back until its next statement or its commit.
+
+A CreateRun on a new thread reads nothing: its thread's head can wait and go in one
+INSERT with the heads of the other creates of its group. Only an insert that cannot
+fail (ON CONFLICT DO NOTHING) may be held, since its error would surface in some
+other statement. Any statement the transaction runs that may read a table rows are
+held for sends them first (`send_before_reads`): a plain INSERT into another table,
+such as the next create's run, reads none. So everything the transaction reads sees
+every row held before it; the group writer sends the rest before committing (`send`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Insert, event
+
+_HELD = "runplane.held_rows"
+"""connection.info key: the held rows, by the statement that inserts them, in order."""
+
+
+def hold(connection: Connection, statement: Insert, row: dict[str, Any]) -> None:
+    held: dict[Insert, list[dict[str, Any]]] = connection.info.setdefault(_HELD, {})
+    held.setdefault(statement, []).append(row)
+
+
+def send(connection: Connection) -> None:
+    """Insert what is held, one statement per kind of row."""
+    held: dict[Insert, list[dict[str, Any]]] | None = connection.info.pop(_HELD, None)
+    for statement, rows in (held or {}).items():
+        connection.execute(statement, rows)
+
+
+def discard(connection: Connection) -> None:
+    """Forget what is held: its transaction is over (rolled back)."""
+    connection.info.pop(_HELD, None)
+
+
+def send_before_reads(engine: Engine) -> None:
+    @event.listens_for(engine, "before_execute")
+    def _send_first(connection: Connection, statement: Any, *_: Any) -> None:
+        held: dict[Insert, list[dict[str, Any]]] | None = connection.info.get(_HELD)
+        if not held:
+            return
+        if (
+            isinstance(statement, Insert)
+            and statement.select is None
+            and all(statement.table is not kind.table for kind in held)
+        ):
+            return  # reads nothing held
+        send(connection)
