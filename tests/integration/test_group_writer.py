@@ -143,6 +143,35 @@ def test_a_member_reading_the_log_sees_the_members_before_it(database: Database)
     assert _counter(database) == 3
 
 
+def _fail_after_writing(unit: UnitOfWork) -> str:
+    run = Run("broken", "its-own", "assistant", RunStatus.PENDING, MultitaskStrategy.ENQUEUE, 0, 0)
+    unit.apply([Change(ChangeType.CREATED, run)])  # the first run of its thread: a head
+    raise ValueError("a bug, after writing")
+
+
+def _heads(database: Database) -> set[str]:
+    with database.engine.connect() as connection:
+        return {row[0] for row in connection.exec_driver_sql("SELECT run_id FROM thread_heads")}
+
+
+def test_a_failed_transaction_leaves_nothing_for_later_ones_to_send(database: Database) -> None:
+    """The thread head of a run created by a transaction that failed is held, never sent:
+    not by the writer's next transaction, nor by reads on the same connections."""
+
+    async def scenario() -> list[str | BaseException]:
+        outcomes = await _run_group(database, [_create("a"), _fail_after_writing])
+        for _ in range(40):  # every pooled connection, in turn
+            await database.read(lambda unit: unit.runs.get(MISSING))
+        outcomes.append(await database.write(_create("b")))
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes[0] == outcomes[2] == "runplane-db-write"
+    assert isinstance(outcomes[1], ValueError)
+    assert _stored(database) == {"a", "b"}
+    assert _heads(database) == {"a"}  # b waits behind a on their thread
+
+
 def _claimed(run_id: str) -> Callable[[UnitOfWork], str]:
     """A RUNNING run held by worker "w", its lease at 1."""
 

@@ -14,7 +14,8 @@ in flight: 323 -> 703/s). A point read is a single indexed lookup: on SQLite it
 runs on the event loop, since the hop to a worker thread costs more and WAL
 readers never wait for the writer. Other reads go to a read pool; PostgreSQL's
 is as large as its thread count, so no read waits for, or reconnects, a
-connection.
+connection. On PostgreSQL, reads outside a snapshot run in autocommit (no BEGIN or
+COMMIT), and lookups by id that arrive together are read together (`RunLookups`).
 """
 
 from __future__ import annotations
@@ -275,13 +276,17 @@ class GroupWriter:
         try:
             with _translate_errors(self._faults), self._engine.connect() as connection:
                 connection.info[WRITTEN] = Written()
-                held_rows.discard(connection)  # left by a transaction that rolled back
-                # One unit for the whole group: what its members append to the log is
-                # sent once, with one notification, before the commit.
+                # One unit for the whole group: the events its members log and the heads
+                # of their new threads are sent together, before the commit.
                 unit = UnitOfWork(connection, self._dialect)
-                with connection.begin():
-                    outcomes = [self._attempt(unit, connection, member) for member in group]
-                    unit.finish()
+                try:
+                    with connection.begin():
+                        outcomes = [self._attempt(unit, connection, member) for member in group]
+                        unit.finish()
+                finally:
+                    # Rows held by a transaction that rolled back are never sent, even
+                    # by a read that checks this connection out next.
+                    held_rows.discard(connection)
                 return outcomes, connection.info.pop(WRITTEN)
         except Exception as error:
             if len(group) == 1:

@@ -130,7 +130,9 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def notifying(self, reserve: Update) -> Update:
         """`reserve`, which returns the last revision it took, made to also tell the
-        other replicas at commit that the log grew to it (no statement of its own)."""
+        other replicas at commit that the log grew to it (no statement of its own). In
+        a group, that is the first member's: the others' follow it in the same commit,
+        and a replica's hub reads the log on from where it stands."""
 
     @abc.abstractmethod
     def json_equals(self, column: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:

@@ -96,8 +96,9 @@ class UnitOfWork:
             self.runs.write(change, stored)
             entries.append(self.log.entry(change, stored, committed_at))
         self.heads.follow(changes)
-        # Sent by `finish`, with the notification that other replicas' watch hubs and
-        # claims hear at commit; this process's hear through Database.on_commit.
+        # Sent by `finish`. Other replicas' watch hubs and claims hear of the commit
+        # through the notification `reserve` made; this process's through
+        # Database.on_commit.
         self.log.append(entries)
         return [change.run for change in changes]
 
