@@ -40,7 +40,6 @@ from runplane.server.records import (
     now_us,
 )
 from runplane.server.store.database import Database
-from runplane.server.store.lookups import RunLookups
 from runplane.server.store.unit_of_work import UnitOfWork
 
 PAGE_BYTES = 1 << 20
@@ -89,7 +88,6 @@ class RunService:
         self._db = database
         self._tokens = tokens
         self._cache = cache
-        self._lookups = RunLookups(database)
 
     # -- create ------------------------------------------------------------------------------
 
@@ -160,7 +158,7 @@ class RunService:
         """The run with this id (RunLookup), from the cache when it has it."""
         run = self._cache.get(run_id) if self._cache is not None else None
         if run is None:
-            run = await self._lookups.get(run_id)
+            run = await self._db.read_run(run_id)
             if run is not None and self._cache is not None:
                 self._cache.remember(run)
         return access.found(run_id, run)

@@ -38,6 +38,7 @@ from runplane.server.errors import RunplaneError, StoreUnavailable
 from runplane.server.records import Change, Run
 from runplane.server.store import held_rows
 from runplane.server.store.dialects import Dialect, dialect_of, normalize_url
+from runplane.server.store.lookups import RunLookups
 from runplane.server.store.unit_of_work import WRITTEN, UnitOfWork, Written
 
 T = TypeVar("T")
@@ -88,6 +89,8 @@ class Database:
         self._read_pool = ThreadPoolExecutor(
             engines.read_threads, thread_name_prefix="runplane-db-read"
         )
+        # Each point read on PostgreSQL costs a thread hop and a round trip.
+        self._lookups = RunLookups(self.read, together=not self._dialect.point_reads_on_loop)
         self._point_unit: UnitOfWork | None = None
         self._point_connection: Connection | None = None
         self._faults = FaultLog()
@@ -105,12 +108,6 @@ class Database:
         """Other server processes (replicas) may write to this database: their commits
         reach this one only through `notifications`, and nothing may be cached."""
         return self._dialect.shared
-
-    @property
-    def reads_together(self) -> bool:
-        """Each point read costs a thread hop and a round trip: lookups by id are better
-        read together (`RunLookups`) than one at a time."""
-        return not self._dialect.point_reads_on_loop
 
     def on_commit(self, listener: CommitListener) -> None:
         """Call `listener` on the event loop with the changes of each committed write,
@@ -165,6 +162,11 @@ class Database:
                 self._timer.read(time.perf_counter() - started)
 
         return await asyncio.get_running_loop().run_in_executor(self._read_pool, transaction)
+
+    async def read_run(self, run_id: str) -> Run | None:
+        """The run with this id as committed when the call came, or None: on PostgreSQL
+        read together with the other lookups waiting for a read (`RunLookups`)."""
+        return await self._lookups.get(run_id)
 
     def _point_reader(self) -> UnitOfWork:
         """The event loop's own connection, kept open: checking a connection out of the

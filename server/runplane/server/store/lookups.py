@@ -12,9 +12,13 @@ cheaper alone.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from runplane.server.records import Run
-from runplane.server.store.database import Database
+from runplane.server.store.unit_of_work import UnitOfWork
+
+T = TypeVar("T")
 
 MAX_READS = 1
 """Reads in flight at once; lookups beyond wait for the next. One batches the most:
@@ -25,10 +29,19 @@ MAX_BATCH = 256
 _Waiting = dict[str, list["asyncio.Future[Run | None]"]]
 
 
+class Read(Protocol):
+    """`Database.read`, as lookups use it."""
+
+    def __call__(self, work: Callable[[UnitOfWork], T], /) -> Awaitable[T]: ...
+
+
 class RunLookups:
-    def __init__(self, database: Database) -> None:
-        self._db = database
-        self._together = database.reads_together
+    """Behind `Database.read_run`: `read` is the database's read, and `together` says
+    whether lookups are better read together than alone."""
+
+    def __init__(self, read: Read, *, together: bool) -> None:
+        self._reader = read
+        self._together = together
         self._waiting: _Waiting = {}
         """Lookups for the next read, by run id."""
         self._reading = 0
@@ -37,12 +50,12 @@ class RunLookups:
     async def get(self, run_id: str) -> Run | None:
         """The run with this id as committed when the call came, or None."""
         if not self._together:
-            return await self._db.read(lambda unit: unit.runs.get(run_id))
+            return await self._reader(lambda unit: unit.runs.get(run_id))
         if self._reading < MAX_READS:
             # Nobody waits while a read is free: read alone, at once.
             self._reading += 1
             try:
-                return await self._db.read(lambda unit: unit.runs.get(run_id))
+                return await self._reader(lambda unit: unit.runs.get(run_id))
             finally:
                 self._ended()
         future: asyncio.Future[Run | None] = asyncio.get_running_loop().create_future()
@@ -69,10 +82,10 @@ class RunLookups:
         run_ids = list(batch)
         try:
             if len(run_ids) == 1:
-                run = await self._db.read(lambda unit: unit.runs.get(run_ids[0]))
+                run = await self._reader(lambda unit: unit.runs.get(run_ids[0]))
                 found = {} if run is None else {run.run_id: run}
             else:
-                runs = await self._db.read(lambda unit: unit.runs.get_many(run_ids))
+                runs = await self._reader(lambda unit: unit.runs.get_many(run_ids))
                 found = {run.run_id: run for run in runs}
             for run_id, futures in batch.items():
                 for future in futures:
