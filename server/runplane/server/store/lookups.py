@@ -3,7 +3,7 @@
 On PostgreSQL each read is a trip to a worker thread and to the database, and their
 fixed cost dwarfs the row's. So lookups that arrive while a read is in flight wait
 for it to end and then go together, one query for all of them (GetRun at 32 calls in
-flight: about 570 us of server CPU per call, from 920). A lookup still starts its
+flight: about 560 us of server CPU per call, from 1,060). A lookup still starts its
 read after it arrived, never joining one under way: it sees every write committed
 before it, on any replica. On SQLite a lookup is a read on the event loop already,
 cheaper alone.
