@@ -64,9 +64,9 @@ _POLL = 0.2
 
 
 class RetryableError(Exception):
-    """Raised by a handler whose attempt failed in a way another attempt may not: the
-    run is completed with ERROR (this message) marked retryable, so its retry policy
-    tries it again while attempts remain."""
+    """Raise it from a handler when this attempt failed but another may succeed (a
+    timeout, a rate limit): the run is completed with ERROR (this message) marked
+    retryable, so its retry policy tries it again while attempts remain."""
 
 
 def default_worker_id() -> str:
