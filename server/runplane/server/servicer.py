@@ -31,6 +31,7 @@ from runplane.server.claims import ClaimService
 from runplane.server.errors import FieldViolation, InvalidInput, RunplaneError, ServerShuttingDown
 from runplane.server.records import EventType, RunEvent
 from runplane.server.runs import RunService
+from runplane.server.stats import StatsService
 from runplane.server.watch.streams import WatchService
 from runplane.server.watch.watcher import Delivery
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
@@ -331,11 +332,13 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         runs: RunService,
         claims: ClaimService,
         watches: WatchService,
+        stats: StatsService,
         limits: validation.Limits,
     ) -> None:
         self._runs = runs
         self._claims = claims
         self._watches = watches
+        self._stats = stats
         self._limits = limits
         self._event_messages = EventMessages()
         self.calls = Calls()
@@ -443,8 +446,9 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CancelRuns is not served yet")
         raise AssertionError("ServicerContext.abort returns by raising")
 
+    @_rpc
     async def GetStats(
-        self, request: run_service_pb2.GetStatsRequest, context: Context
+        self, request: run_service_pb2.GetStatsRequest, access: Access
     ) -> run_service_pb2.GetStatsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetStats is not served yet")
-        raise AssertionError("ServicerContext.abort returns by raising")
+        stats = await self._stats.get(validation.get_stats(request, access=access))
+        return convert.stats_to_proto(stats)

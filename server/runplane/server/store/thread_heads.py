@@ -13,6 +13,9 @@ writes them, so no rule has to remember the heads. Time moves heads too: a delay
 head becomes claimable at its due time. Claims read the delayed heads that fell due
 along with the ready ones, and the sweeper moves them into the ready index
 (`promote_due`), so the fallen-due heads a claim reads stay few.
+
+The same heads answer how deep each queue is (`queues`): the claimable runs are the
+ready heads and the fallen-due delayed ones, counted per queue over their indexes.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from runplane.server.records import (
     Change,
     ChangeType,
     NamespaceSet,
+    QueueCount,
     Run,
     RunStatus,
     now_us,
@@ -162,6 +166,21 @@ _PROMOTE = (
     )
     .values(state=READY)
 )
+
+
+# Claimable heads per queue: the ready index read whole, grouped by its leading column
+# when every namespace is asked for; the delayed index's range that fell due.
+_QUEUE_SIZES = (
+    select(_heads.c.queue, func.count(), func.min(_heads.c.due_us))
+    .where(_IS_READY)
+    .group_by(_heads.c.queue)
+)
+_FALLEN_DUE_SIZES = (
+    select(_heads.c.queue, func.count(), func.min(_heads.c.due_us))
+    .where(_IS_DELAYED, _heads.c.due_us <= bindparam("now"))
+    .group_by(_heads.c.queue)
+)
+_IN_NAMESPACES = _heads.c.namespace.in_(bindparam("namespaces", expanding=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +439,29 @@ class ThreadHeads:
             }
         )
         return build(len(spaces), len(assistant_ids)), params
+
+    # -- stats -------------------------------------------------------------------------------
+
+    def queues(self, now: int, namespaces: NamespaceSet) -> list[QueueCount]:
+        """Claimable runs per queue (namespace and assistant), with the earliest due
+        time among them, in `namespaces` (None: every namespace)."""
+        params: dict[str, Any] = {"now": now}
+        statements = [_QUEUE_SIZES, _FALLEN_DUE_SIZES]
+        if namespaces is not None:
+            if not namespaces:
+                return []
+            params["namespaces"] = sorted(namespaces)
+            statements = [statement.where(_IN_NAMESPACES) for statement in statements]
+        sizes: dict[str, tuple[int, int]] = {}
+        for statement in statements:
+            for name, depth, oldest_due in self._conn.execute(statement, params):
+                before_depth, before_due = sizes.get(name, (0, oldest_due))
+                sizes[name] = (before_depth + depth, min(before_due, oldest_due))
+        found = []
+        for name, (depth, oldest_due) in sorted(sizes.items()):
+            namespace, _, assistant_id = name.partition("/")
+            found.append(QueueCount(namespace, assistant_id, depth, oldest_due))
+        return found
 
     # -- upkeep ------------------------------------------------------------------------------
 
