@@ -56,6 +56,15 @@ _undecodable: contextvars.ContextVar[InvalidInput | None] = contextvars.ContextV
 """Why this call's request did not decode. grpc decodes in the call's own task, before
 interceptors and the handler run: they get an empty request, and `_rpc` this error."""
 
+_call: contextvars.ContextVar[Context] = contextvars.ContextVar("runplane_call")
+"""The context of the unary call being handled, for a handler that reads its metadata."""
+
+
+def _caller_trace_context() -> dict[str, str]:
+    """The W3C trace context the caller of this call sent in its metadata, if any."""
+    metadata = dict(_call.get().invocation_metadata() or ())
+    return validation.trace_context(metadata.get("traceparent"), metadata.get("tracestate"))
+
 
 def _decoder(message_class: type[Message]) -> Callable[[bytes], Message]:
     parse = message_class.FromString
@@ -181,6 +190,7 @@ def _rpc(handler: Rules[Request, Response]) -> Handler[Request, Response]:
                 if (undecodable := _undecodable.get()) is not None:
                     raise undecodable
                 access = Access.of(identity.caller(), method, request)
+                _call.set(context)
                 return await handler(self, request, access)
             finally:
                 calls.end()
@@ -352,7 +362,10 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     async def CreateRun(
         self, request: run_service_pb2.CreateRunRequest, access: Access
     ) -> run_pb2.Run:
-        run = await self._runs.create(validation.create_run(request, self._limits, access=access))
+        new = validation.create_run(
+            request, self._limits, access=access, trace_context=_caller_trace_context()
+        )
+        run = await self._runs.create(new)
         return convert.run_to_proto(run)
 
     @_rpc
