@@ -67,11 +67,11 @@ _INFLIGHT_ON_THREAD = _SELECT_RUN.where(
     _runs.c.thread_id == bindparam("thread_id"),
     _runs.c.status.in_([status.value for status in INFLIGHT]),
 ).order_by(_runs.c.create_revision)
-# Inflight runs by namespace and status: their partial index, read whole.
+# Inflight runs by status and namespace: their partial index, read whole in its order.
 _INFLIGHT_COUNTS = (
     select(_runs.c.namespace, _runs.c.status, func.count())
     .where(text(INFLIGHT_PREDICATE))
-    .group_by(_runs.c.namespace, _runs.c.status)
+    .group_by(_runs.c.status, _runs.c.namespace)
 )
 _IN_NAMESPACES = _runs.c.namespace.in_(bindparam("namespaces", expanding=True))
 _INSERT_RUN = insert(_runs)

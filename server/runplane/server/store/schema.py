@@ -107,9 +107,9 @@ class RunRow(Base):
         ),
         # Inflight runs counted per namespace and status (GetStats, the runs gauge).
         Index(
-            "ix_runs_inflight_namespace_status",
-            "namespace",
+            "ix_runs_inflight_status_namespace",
             "status",
+            "namespace",
             **_where(INFLIGHT_PREDICATE),
         ),
         # What the sweeper looks for: only RUNNING runs have a lease or a timeout_at.

@@ -21,6 +21,7 @@ ready heads and the fallen-due delayed ones, counted per queue over their indexe
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal,
     or_,
     select,
     text,
@@ -169,16 +171,15 @@ _PROMOTE = (
 
 
 # Claimable heads per queue: the ready index read whole, grouped by its leading column
-# when every namespace is asked for; the delayed index's range that fell due.
+# when every namespace is asked for; and the delayed index's range that fell due, a few
+# heads (the sweeper promotes them every second), counted as they come.
 _QUEUE_SIZES = (
     select(_heads.c.queue, func.count(), func.min(_heads.c.due_us))
     .where(_IS_READY)
     .group_by(_heads.c.queue)
 )
-_FALLEN_DUE_SIZES = (
-    select(_heads.c.queue, func.count(), func.min(_heads.c.due_us))
-    .where(_IS_DELAYED, _heads.c.due_us <= bindparam("now"))
-    .group_by(_heads.c.queue)
+_FALLEN_DUE_SIZES = select(_heads.c.queue, literal(1), _heads.c.due_us).where(
+    _IS_DELAYED, _heads.c.due_us <= bindparam("now")
 )
 _IN_NAMESPACES = _heads.c.namespace.in_(bindparam("namespaces", expanding=True))
 
@@ -445,22 +446,26 @@ class ThreadHeads:
     def queues(self, now: int, namespaces: NamespaceSet) -> list[QueueCount]:
         """Claimable runs per queue (namespace and assistant), with the earliest due
         time among them, in `namespaces` (None: every namespace)."""
+        ready = _QUEUE_SIZES
         params: dict[str, Any] = {"now": now}
-        statements = [_QUEUE_SIZES, _FALLEN_DUE_SIZES]
         if namespaces is not None:
             if not namespaces:
                 return []
+            ready = ready.where(_IN_NAMESPACES)
             params["namespaces"] = sorted(namespaces)
-            statements = [statement.where(_IN_NAMESPACES) for statement in statements]
         sizes: dict[str, tuple[int, int]] = {}
-        for statement in statements:
-            for name, depth, oldest_due in self._conn.execute(statement, params):
-                before_depth, before_due = sizes.get(name, (0, oldest_due))
-                sizes[name] = (before_depth + depth, min(before_due, oldest_due))
+        # The fallen-due heads of every namespace, kept here: a namespace condition in the
+        # query could steer the planner to every head of the namespace instead.
+        for name, depth, oldest_due in itertools.chain(
+            self._conn.execute(ready, params), self._conn.execute(_FALLEN_DUE_SIZES, params)
+        ):
+            before_depth, before_due = sizes.get(name, (0, oldest_due))
+            sizes[name] = (before_depth + depth, min(before_due, oldest_due))
         found = []
         for name, (depth, oldest_due) in sorted(sizes.items()):
             namespace, _, assistant_id = name.partition("/")
-            found.append(QueueCount(namespace, assistant_id, depth, oldest_due))
+            if namespaces is None or namespace in namespaces:
+                found.append(QueueCount(namespace, assistant_id, depth, oldest_due))
         return found
 
     # -- upkeep ------------------------------------------------------------------------------

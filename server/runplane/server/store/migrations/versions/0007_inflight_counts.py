@@ -1,8 +1,9 @@
 """Inflight runs are counted per namespace and status from an index of their own.
 
 GetStats and the `runplane_runs` gauge ask how many PENDING and RUNNING runs each
-namespace holds. A partial index of (namespace, status) over inflight runs answers it
-by reading only that index, however many finished runs the table keeps.
+namespace holds. A partial index of (status, namespace) over inflight runs answers it
+by reading only that index, in the order of the grouping, however many finished runs
+the table keeps.
 
 Revision ID: 0007
 Revises: 0006
@@ -23,13 +24,13 @@ INFLIGHT = "status IN ('pending', 'running')"
 
 def upgrade() -> None:
     op.create_index(
-        "ix_runs_inflight_namespace_status",
+        "ix_runs_inflight_status_namespace",
         "runs",
-        ["namespace", "status"],
+        ["status", "namespace"],
         sqlite_where=sa.text(INFLIGHT),
         postgresql_where=sa.text(INFLIGHT),
     )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_runs_inflight_namespace_status", table_name="runs")
+    op.drop_index("ix_runs_inflight_status_namespace", table_name="runs")
