@@ -358,23 +358,38 @@ class QueueGauges:
 
     A queue or a namespace that empties drops out of the next update rather than
     lingering at its last value; a namespace with inflight runs reports both statuses.
+    The first MAX_NAMESPACES namespaces by name keep their label, later ones are summed
+    as `other`, as are the assistants of a namespace beyond `max_assistants`.
     """
 
     def __init__(self, max_assistants: int) -> None:
         self._max_assistants = max_assistants
-        self._figures: tuple[list[Queue], list[RunCount]] = ([], [])
+        self._figures: tuple[list[Queue], dict[tuple[str, RunStatus], int]] = ([], {})
 
     def update(self, queues: Sequence[QueueCount], runs: Sequence[RunCount], now: int) -> None:
         """New figures, read at `now` (microseconds): one assignment, so a scrape sees the
         last figures or these, never a mixture."""
-        ages = (
-            Queue(q.namespace, q.assistant_id, q.depth, _seconds(now - q.oldest_due))
-            for q in queues
-        )
-        self._figures = (fold_queues(ages, self._max_assistants), list(runs))
+        names = sorted({q.namespace for q in queues} | {c.namespace for c in runs})
+        kept = set(names[:MAX_NAMESPACES])
+
+        def label(namespace: str) -> str:
+            return namespace if namespace in kept else OTHER
+
+        merged: dict[tuple[str, str], Queue] = {}
+        for q in queues:
+            key = (label(q.namespace), q.assistant_id)
+            age = _seconds(now - q.oldest_due)
+            if (before := merged.get(key)) is not None:
+                age = max(age, before.oldest_age)
+            depth = q.depth + (before.depth if before is not None else 0)
+            merged[key] = Queue(*key, depth, age)
+        counts: dict[tuple[str, RunStatus], int] = defaultdict(int)
+        for count in runs:
+            counts[label(count.namespace), count.status] += count.count
+        self._figures = (fold_queues(merged.values(), self._max_assistants), dict(counts))
 
     def collect(self) -> Iterator[Metric]:
-        queues, runs = self._figures
+        queues, counts = self._figures
         labels = ["namespace", "assistant_id"]
         depth = GaugeMetricFamily(
             "runplane_queue_depth",
@@ -394,8 +409,7 @@ class QueueGauges:
             "Inflight runs by namespace and status, read from the database.",
             labels=["namespace", "status"],
         )
-        counts = {(count.namespace, count.status): count.count for count in runs}
-        for namespace in sorted({count.namespace for count in runs}):
+        for namespace in sorted({namespace for namespace, _ in counts}):
             for status in sorted(INFLIGHT):
                 inflight.add_metric([namespace, status.value], counts.get((namespace, status), 0))
         yield from (depth, age, inflight)
