@@ -54,9 +54,8 @@ def main() -> None:
     parser.add_argument("--runs", default="10000,100000")
     args = parser.parse_args()
     for runs in (int(count) for count in args.runs.split(",")):
-        print(
-            f"{args.backend} {runs} pending runs: GetStats read {measure(args.backend, runs):.1f} ms"
-        )
+        took = measure(args.backend, runs)
+        print(f"{args.backend} {runs} pending runs: GetStats read {took:.1f} ms")
 
 
 if __name__ == "__main__":
