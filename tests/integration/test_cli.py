@@ -376,6 +376,46 @@ def test_reject_on_a_busy_thread_exits_1_with_thread_busy(cli: Cli) -> None:
     assert "(reason THREAD_BUSY)" in cli.stderr
 
 
+# -- stats ----------------------------------------------------------------------------------
+
+
+def test_stats_prints_queues_and_inflight_runs_of_the_namespace(cli: Cli, client: Client) -> None:
+    namespace = f"cli-{uuid.uuid4().hex[:8]}"
+    first = client.create_run("agent", namespace=namespace)
+    client.create_run("agent", namespace=namespace, thread_id=first.thread_id)
+    client.create_run("agent", namespace=namespace)
+    client.create_run("helper", namespace=namespace)
+    assert client.claim_run("w", namespace=namespace, assistant_ids=["helper"]) is not None
+
+    assert cli("stats", "-n", namespace) == 0
+    queues, runs, footer = cli.stdout.rstrip("\n").split("\n\n")
+    header, *rows = queues.splitlines()
+    assert header.split() == ["NAMESPACE", "ASSISTANT", "DEPTH", "OLDEST"]
+    assert [row.split()[:3] for row in rows] == [[namespace, "agent", "2"]]
+    assert [line.split() for line in runs.splitlines()] == [
+        ["NAMESPACE", "STATUS", "RUNS"],
+        [namespace, "pending", "3"],
+        [namespace, "running", "1"],
+    ]
+    assert footer.startswith("revision ")
+
+    document = cli.json("--namespace", namespace, "stats")
+    [queue] = document["queues"]
+    assert (queue["namespace"], queue["assistant_id"], queue["depth"]) == (namespace, "agent", 2)
+    assert queue["oldest_age"] > 0
+    assert document["runs"] == [
+        {"namespace": namespace, "status": "pending", "count": 3},
+        {"namespace": namespace, "status": "running", "count": 1},
+    ]
+    assert document["revision"] >= first.revision
+    assert set(document) == {"queues", "runs", "open_watches", "revision", "compact_revision"}
+
+
+def test_stats_of_a_quiet_namespace_says_so(cli: Cli) -> None:
+    assert cli("stats", "-n", f"quiet-{uuid.uuid4().hex[:8]}") == 0
+    assert cli.stdout.startswith("no claimable runs\n\nno inflight runs\n\nrevision ")
+
+
 # -- usage ----------------------------------------------------------------------------------
 
 

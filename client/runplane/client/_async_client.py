@@ -152,3 +152,4 @@ class AsyncClient:
     watch_runs = _watched(_requests.watch_runs)
     watch_run = _watched(_requests.watch_run)
     wait_run = _waited(_requests.wait_run)
+    stats = _unary(_requests.stats)

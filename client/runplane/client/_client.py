@@ -153,3 +153,4 @@ class Client:
     watch_runs = _watched(_requests.watch_runs)
     watch_run = _watched(_requests.watch_run)
     wait_run = _waited(_requests.wait_run)
+    stats = _unary(_requests.stats)

@@ -15,11 +15,14 @@ from runplane.client._models import (
     CancelAction,
     EventType,
     MultitaskStrategy,
+    QueueStats,
     Run,
+    RunCount,
     RunEvent,
     RunPage,
     RunRetryPolicy,
     RunStatus,
+    Stats,
     _WordEnum,
 )
 from runplane.v1 import run_pb2, run_service_pb2
@@ -200,4 +203,29 @@ def run_page_from_proto(message: run_service_pb2.ListRunsResponse) -> RunPage:
         runs=[run_from_proto(run) for run in message.runs],
         next_page_token=message.next_page_token,
         revision=message.revision,
+    )
+
+
+def stats_from_proto(message: run_service_pb2.GetStatsResponse) -> Stats:
+    return Stats(
+        queues=[
+            QueueStats(
+                namespace=queue.namespace,
+                assistant_id=queue.assistant_id,
+                depth=queue.depth,
+                oldest_age=duration_from_proto(queue.oldest_age),
+            )
+            for queue in message.queues
+        ],
+        runs=[
+            RunCount(
+                namespace=count.namespace,
+                status=enum_from_proto(RunStatus, run_pb2.RunStatus.Name(count.status)),
+                count=count.count,
+            )
+            for count in message.runs
+        ],
+        open_watches=message.open_watches,
+        revision=message.revision,
+        compact_revision=message.compact_revision,
     )

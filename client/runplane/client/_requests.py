@@ -27,6 +27,7 @@ from runplane.client._convert import (
     run_from_proto,
     run_page_from_proto,
     run_status_to_proto,
+    stats_from_proto,
     struct_to_proto,
     timestamp_to_proto,
 )
@@ -37,6 +38,7 @@ from runplane.client._models import (
     RunPage,
     RunRetryPolicy,
     RunStatus,
+    Stats,
 )
 from runplane.client._retry import NO_RETRY, Attempts, RetryPolicy
 from runplane.client._watching import ReconnectHook, WatchCall
@@ -418,6 +420,19 @@ def wait_run(
     """
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
     return watch_run(run_id, deadline=seconds, on_reconnect=on_reconnect)
+
+
+def stats(
+    *, namespace: str | None = None, deadline: float | None = None
+) -> UnaryCall[run_service_pb2.GetStatsResponse, Stats]:
+    """Queue depths and oldest waits per namespace and assistant, inflight runs per
+    namespace and status, and the watch streams open on the replica that answers.
+
+    `namespace` (default: the client's) limits the figures to one namespace; ""
+    means every namespace the caller may read.
+    """
+    request = run_service_pb2.GetStatsRequest(namespace=namespace or "")
+    return UnaryCall("GetStats", request, stats_from_proto, deadline, idempotent=True)
 
 
 def _run_filter(

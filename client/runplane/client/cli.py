@@ -42,6 +42,8 @@ from runplane.client._cli_output import (
     run_details,
     runs_json,
     runs_table,
+    stats_json,
+    stats_table,
 )
 from runplane.client._client import Client
 from runplane.client._errors import DeadlineExceeded, RunDeleted, RunplaneError
@@ -597,6 +599,19 @@ def _say_reconnecting(error: RunplaneError) -> None:
 
 def _show_run(settings: ClientSettings, run: Run) -> None:
     click.echo(runs_json(run) if settings.json else run_details(run))
+
+
+@cli.command()
+@_client_command
+def stats(settings: ClientSettings) -> None:
+    """Show queue depths, inflight runs and open watches.
+
+    Queues are claimable runs per namespace and assistant, with how long the oldest
+    has waited; the figures cover --namespace, or every namespace you may read.
+    """
+    with settings.client() as client:
+        figures = client.stats()
+    click.echo(stats_json(figures) if settings.json else stats_table(figures))
 
 
 # -- completion ----------------------------------------------------------------------------

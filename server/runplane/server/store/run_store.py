@@ -24,9 +24,11 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    func,
     insert,
     or_,
     select,
+    text,
     union_all,
     update,
 )
@@ -37,15 +39,17 @@ from runplane.server.records import (
     INFLIGHT,
     Change,
     ChangeType,
+    NamespaceSet,
     PageCursor,
     Run,
+    RunCount,
     RunFilter,
     RunStatus,
     SortOrder,
 )
 from runplane.server.store import fields
 from runplane.server.store.dialects import Dialect, Lock, scoped_key
-from runplane.server.store.schema import Base, RunRow
+from runplane.server.store.schema import INFLIGHT_PREDICATE, Base, RunRow
 
 _runs = Base.metadata.tables[RunRow.__tablename__]
 
@@ -63,6 +67,13 @@ _INFLIGHT_ON_THREAD = _SELECT_RUN.where(
     _runs.c.thread_id == bindparam("thread_id"),
     _runs.c.status.in_([status.value for status in INFLIGHT]),
 ).order_by(_runs.c.create_revision)
+# Inflight runs by status and namespace: their partial index, read whole in its order.
+_INFLIGHT_COUNTS = (
+    select(_runs.c.namespace, _runs.c.status, func.count())
+    .where(text(INFLIGHT_PREDICATE))
+    .group_by(_runs.c.status, _runs.c.namespace)
+)
+_IN_NAMESPACES = _runs.c.namespace.in_(bindparam("namespaces", expanding=True))
 _INSERT_RUN = insert(_runs)
 _UPDATE_RUN = update(_runs).where(_runs.c.run_id == bindparam("key"))
 _DELETE_RUN = delete(_runs).where(_runs.c.run_id == bindparam("run_id"))
@@ -217,6 +228,18 @@ class RunStore:
             runs = [fields.from_row(row) for row in still if row is not None]
         # A lease or timeout_at outside RUNNING would be a bug; never act on one.
         return [run for run in runs if run.status is RunStatus.RUNNING]
+
+    def inflight_counts(self, namespaces: NamespaceSet) -> list[RunCount]:
+        """PENDING and RUNNING runs per namespace (None: every namespace), by status."""
+        statement, params = _INFLIGHT_COUNTS, {}
+        if namespaces is not None:
+            if not namespaces:
+                return []
+            statement = statement.where(_IN_NAMESPACES)
+            params["namespaces"] = sorted(namespaces)
+        rows = self._conn.execute(statement, params)
+        counts = (RunCount(space, RunStatus(status), count) for space, status, count in rows)
+        return sorted(counts, key=lambda count: (count.namespace, count.status))
 
     def list_page(
         self, run_filter: RunFilter, order: SortOrder, after: PageCursor | None, limit: int
