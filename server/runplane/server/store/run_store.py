@@ -201,6 +201,33 @@ class RunStore:
         )
         return [fields.from_row(row) for row in rows]
 
+    def inflight_matching(self, run_filter: RunFilter, limit: int) -> list[Run]:
+        """Up to `limit` inflight runs matching the filter (its statuses narrow PENDING
+        and RUNNING), oldest first, each locked for change as `get_locked` locks one."""
+        statuses = (run_filter.statuses or INFLIGHT) & INFLIGHT
+        if not statuses:
+            return []
+        query = (
+            _SELECT_RUN.where(
+                *self._filter_clauses(dataclasses.replace(run_filter, statuses=statuses))
+            )
+            .order_by(_runs.c.create_revision)
+            .limit(limit)
+        )
+        runs = [fields.from_row(row) for row in self._conn.execute(query)]
+        if self._dialect.serial_writes:
+            return runs
+        # Lock their threads (in one order, so two of these never deadlock), then read
+        # them again with their rows: runs may have ended, or started on threads not
+        # locked yet, meanwhile.
+        locked: set[tuple[str, str]] = set()
+        while threads := sorted({(run.namespace, run.thread_id) for run in runs} - locked):
+            for namespace, thread_id in threads:
+                self.lock_thread(namespace, thread_id)
+            locked.update(threads)
+            runs = [fields.from_row(row) for row in self._conn.execute(query.with_for_update())]
+        return runs
+
     def stuck(self, now: int, limit: int) -> list[Run]:
         """Up to `limit` RUNNING runs whose lease expired or whose timeout passed, each
         locked for change (threads that are busy now are left for the next look)."""
