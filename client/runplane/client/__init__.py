@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     )
     from runplane.client._models import (
         CancelAction,
+        CancelledRuns,
         EventType,
         MultitaskStrategy,
         Run,
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
     from runplane.client._retry import RetryPolicy
     from runplane.client._worker import (
         AsyncWorker,
-        RetryableError,
         Worker,
     )
 
@@ -78,6 +78,7 @@ _LAZY = {
     "AsyncWorker": "runplane.client._worker",
     "CancelAction": "runplane.client._models",
     "Cancelled": "runplane.client._errors",
+    "CancelledRuns": "runplane.client._models",
     "Client": "runplane.client._client",
     "DataLoss": "runplane.client._errors",
     "DeadlineExceeded": "runplane.client._errors",
@@ -93,7 +94,6 @@ _LAZY = {
     "PermissionDenied": "runplane.client._errors",
     "RateLimited": "runplane.client._errors",
     "ResourceExhausted": "runplane.client._errors",
-    "RetryableError": "runplane.client._worker",
     "RetryPolicy": "runplane.client._retry",
     "RevisionCompacted": "runplane.client._errors",
     "RevisionMismatch": "runplane.client._errors",
@@ -136,6 +136,7 @@ __all__ = [
     "AsyncWorker",
     "CancelAction",
     "Cancelled",
+    "CancelledRuns",
     "Client",
     "DataLoss",
     "DeadlineExceeded",
@@ -151,7 +152,6 @@ __all__ = [
     "RateLimited",
     "ResourceExhausted",
     "RetryPolicy",
-    "RetryableError",
     "RevisionCompacted",
     "RevisionMismatch",
     "Run",
