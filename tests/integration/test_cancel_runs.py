@@ -28,6 +28,7 @@ from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from tests.support.databases import fresh_postgres_database
 from tests.support.serve_process import ServeProcess
 from tests.support.stubs import refused, run_service
+from tests.support.watching import cancel
 
 Stub = run_service_pb2_grpc.RunServiceStub
 PENDING, RUNNING = run_pb2.RUN_STATUS_PENDING, run_pb2.RUN_STATUS_RUNNING
@@ -63,8 +64,8 @@ def _events(stub: Stub, assistant: str, start: int, end: int) -> list[run_pb2.Ru
             if response.revision >= end:
                 return events
     finally:
-        stream.cancel()
-    raise AssertionError("the watch ended early")
+        cancel(stream)
+    raise AssertionError("the watch ended before reaching the revision")
 
 
 # -- what it cancels -------------------------------------------------------------------------
@@ -133,9 +134,8 @@ def test_rollback_through_raw_stubs_deletes_the_runs(stub: Stub, assistant: str)
     assert {event.run.run_id for event in events} == {run.run_id for run in created}
     assert {event.run.status for event in events} == {PENDING}  # their last state
     for run in created:
-        found = refused(
-            lambda run=run: stub.GetRun(run_service_pb2.GetRunRequest(run_id=run.run_id))
-        )  # type: ignore[misc]
+        get = run_service_pb2.GetRunRequest(run_id=run.run_id)
+        found = refused(lambda get=get: stub.GetRun(get))  # type: ignore[misc]
         assert found.code == grpc.StatusCode.NOT_FOUND
 
 
@@ -243,7 +243,10 @@ class Race:
 
 
 async def _race(
-    claim_addresses: list[str], cancel_address: str, assistant: str, action: int
+    claim_addresses: list[str],
+    cancel_address: str,
+    assistant: str,
+    action: run_pb2.CancelAction.ValueType,
 ) -> tuple[Race, run_service_pb2.CancelRunsResponse]:
     """Workers claim and complete the assistant's runs until a CancelRuns (sent once a
     few runs succeeded) has cancelled the rest, and a few claims more."""
@@ -293,11 +296,13 @@ async def _race(
             stop.set()
             await asyncio.gather(*tasks)
             for channel in channels:
-                await channel.close()
+                await channel.close(None)
     return race, response
 
 
-def _check_race(stub: Stub, assistant: str, claim_addresses: list[str], action: int) -> None:
+def _check_race(
+    stub: Stub, assistant: str, claim_addresses: list[str], action: run_pb2.CancelAction.ValueType
+) -> None:
     thread_ids = [str(uuid.uuid4()) for _ in range(THREADS)]
     created = [
         stub.CreateRun(run_service_pb2.CreateRunRequest(assistant_id=assistant, thread_id=t))
@@ -365,7 +370,7 @@ def _check_race(stub: Stub, assistant: str, claim_addresses: list[str], action: 
     ids=["interrupt", "rollback"],
 )
 def test_cancel_runs_racing_claims_ends_each_run_once(
-    stub: Stub, server_address: str, assistant: str, action: int
+    stub: Stub, server_address: str, assistant: str, action: run_pb2.CancelAction.ValueType
 ) -> None:
     _check_race(stub, assistant, [server_address], action)
 

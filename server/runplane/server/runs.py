@@ -12,6 +12,7 @@ is asked of the request's `access`, right where the rules read them.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from runplane.server.errors import (
     RunInflight,
     RunNotPending,
     RunTerminal,
+    StoreUnavailable,
     ThreadBusy,
     TooManyRuns,
 )
@@ -54,6 +56,10 @@ MAX_CANCELLED = 5000
 """Runs one CancelRuns may cancel. Its transaction locks each run's thread (on
 PostgreSQL an advisory lock each, from a lock table every connection shares) and holds
 the writer meanwhile: a filter matching more is refused, with nothing cancelled."""
+
+BUSY_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, *[0.1] * 20)
+"""Seconds CancelRuns waits before each new try while other transactions (replicas'
+claims and completions) hold some of its threads; then it gives up, UNAVAILABLE."""
 
 RunLookup = Callable[[str, Access], Awaitable[Run]]
 """GetRun's read: the run with this id, if the access reaches it; else RunNotFound (or
@@ -257,8 +263,10 @@ class RunService:
             request.run_filter, namespaces=request.access.namespaces(request.namespace)
         )
 
-        def cancel_matching(unit: UnitOfWork) -> Cancellation:
+        def cancel_matching(unit: UnitOfWork) -> Cancellation | None:
             runs = unit.runs.inflight_matching(run_filter, MAX_CANCELLED + 1)
+            if runs is None:
+                return None  # a thread is busy: nothing written, try again
             if len(runs) > MAX_CANCELLED:
                 raise TooManyRuns(MAX_CANCELLED)
             at = now_us()
@@ -267,7 +275,13 @@ class RunService:
                 return Cancellation(0, unit.log.state().revision)
             return Cancellation(len(changes), unit.apply(changes)[-1].revision)
 
-        return await self._db.write(cancel_matching)
+        for pause in (*BUSY_PAUSES, None):
+            done = await self._db.write(cancel_matching)
+            if done is not None:
+                return done
+            if pause is not None:
+                await asyncio.sleep(pause)
+        raise StoreUnavailable("busy")
 
     async def delete(self, request: requests.DeleteRun) -> None:
         await self._db.write(lambda unit: self._delete(unit, request))

@@ -201,9 +201,13 @@ class RunStore:
         )
         return [fields.from_row(row) for row in rows]
 
-    def inflight_matching(self, run_filter: RunFilter, limit: int) -> list[Run]:
+    def inflight_matching(self, run_filter: RunFilter, limit: int) -> list[Run] | None:
         """Up to `limit` inflight runs matching the filter (its statuses narrow PENDING
-        and RUNNING), oldest first, each locked for change as `get_locked` locks one."""
+        and RUNNING), oldest first, each locked for change as `get_locked` locks one;
+        None if another transaction is changing one of their threads.
+
+        The threads' locks are only tried: a transaction of a group may already hold
+        the revision counter, which a claim holding one of the threads waits for."""
         statuses = (run_filter.statuses or INFLIGHT) & INFLIGHT
         if not statuses:
             return []
@@ -217,14 +221,14 @@ class RunStore:
         runs = [fields.from_row(row) for row in self._conn.execute(query)]
         if self._dialect.serial_writes:
             return runs
-        # Lock their threads (in one order, so two of these never deadlock), then read
-        # them again with their rows: runs may have ended, or started on threads not
-        # locked yet, meanwhile.
+        # Lock their threads, then read them again with their rows: runs may have
+        # ended, or started on threads not locked yet, meanwhile.
         locked: set[tuple[str, str]] = set()
-        while threads := sorted({(run.namespace, run.thread_id) for run in runs} - locked):
-            for namespace, thread_id in threads:
-                self.lock_thread(namespace, thread_id)
-            locked.update(threads)
+        while threads := {(run.namespace, run.thread_id) for run in runs} - locked:
+            for namespace, thread_id in sorted(threads):
+                if not self.try_lock_thread(namespace, thread_id):
+                    return None
+            locked |= threads
             runs = [fields.from_row(row) for row in self._conn.execute(query.with_for_update())]
         return runs
 
