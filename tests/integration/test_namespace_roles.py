@@ -30,10 +30,10 @@ pytestmark = pytest.mark.timeout(120)
 READS = {"GetRun", "ListRuns", "WatchRuns", "WatchRun"}
 CONTRACT = {
     "reader": READS,
-    "writer": READS | {"CreateRun", "UpdateRun", "CancelRun", "DeleteRun"},
+    "writer": READS | {"CreateRun", "UpdateRun", "CancelRun", "CancelRuns", "DeleteRun"},
     "worker": READS | {"ClaimRun", "HeartbeatRun", "CompleteRun"},
     "admin": READS
-    | {"CreateRun", "UpdateRun", "CancelRun", "DeleteRun", "DeleteRun force"}
+    | {"CreateRun", "UpdateRun", "CancelRun", "CancelRuns", "DeleteRun", "DeleteRun force"}
     | {"ClaimRun", "HeartbeatRun", "CompleteRun"},
 }
 """The contract's roles table: what each role may call."""
@@ -195,6 +195,27 @@ def claim(named: bool) -> Perform:
     return perform
 
 
+def cancel_runs(named: bool) -> Perform:
+    """CancelRuns of the run's thread, in the run's namespace or in every one: shown if
+    it cancelled the run."""
+
+    def perform(tenants: Tenants, caller: Caller, namespace: str) -> Outcome:
+        run = tenants.create(namespace)
+        run_filter = run_service_pb2.RunFilter(
+            thread_id=run.thread_id, namespace=namespace if named else ""
+        )
+
+        def shown() -> Outcome:
+            done = tenants.call(
+                caller, "CancelRuns", run_service_pb2.CancelRunsRequest(filter=run_filter)
+            )
+            return Outcome("OK", shown=done.count == 1)
+
+        return outcome(shown)
+
+    return perform
+
+
 MASK = field_mask_pb2.FieldMask(paths=["metadata"])
 CALLS: dict[str, tuple[Call, Perform]] = {
     "GetRun": (
@@ -225,6 +246,11 @@ CALLS: dict[str, tuple[Call, Perform]] = {
     "CancelRun": (
         Call("CancelRun"),
         on_pending("CancelRun", lambda run: run_service_pb2.CancelRunRequest(run_id=run.run_id)),
+    ),
+    "CancelRuns": (Call("CancelRuns", many=True), cancel_runs(named=False)),
+    "CancelRuns in the namespace": (
+        Call("CancelRuns", many=True, names_namespace=True),
+        cancel_runs(named=True),
     ),
     "DeleteRun": (Call("DeleteRun"), delete_ended),
     "DeleteRun force": (
@@ -265,7 +291,7 @@ def tenants(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def test_the_matrix_covers_every_call_of_the_table() -> None:
-    # CancelRuns and GetStats are not served yet, and not in the table above.
+    # GetStats is not served yet, and not in the table above.
     assert {call.method for call, _ in CALLS.values()} == set(CONTRACT["admin"])
 
 
