@@ -317,8 +317,10 @@ describe("CancelRun", () => {
 describe("CancelRuns", () => {
   test("cancels every inflight run of a thread in one transaction and says how many", async () => {
     const threadId = newThreadId();
-    const runs = [];
-    for (let i = 0; i < 3; i++) runs.push(await client.createRun({ assistantId: ASSISTANT, threadId }));
+    const runs: Run[] = [];
+    for (let i = 0; i < 3; i++) {
+      runs.push(await client.createRun({ assistantId: ASSISTANT, threadId }));
+    }
     const other = await client.createRun({ assistantId: ASSISTANT });
 
     const done = await client.cancelRuns({ filter: { threadId }, reason: "bulk stop" });
@@ -328,7 +330,8 @@ describe("CancelRuns", () => {
       after.map((run) => [run.runId, run.status, run.cancelReason]),
       runs.map((run) => [run.runId, RunStatus.INTERRUPTED, "bulk stop"]),
     );
-    assert.equal(done.revision, after.map((run) => run.revision).reduce((a, b) => (a > b ? a : b)));
+    const last = after.map((run) => run.revision).reduce((a, b) => (a > b ? a : b));
+    assert.equal(done.revision, last);
     assert.equal((await client.getRun({ runId: other.runId })).status, RunStatus.PENDING);
 
     const rolledBack = await client.cancelRuns({
@@ -343,10 +346,7 @@ describe("CancelRuns", () => {
     const refused = await failure(client.cancelRuns({ filter: { statuses: [RunStatus.PENDING] } }));
     assert.equal(refused.code, Code.InvalidArgument);
     assert.equal(refused.reason, "INVALID_ARGUMENT");
-    assert.deepEqual(
-      refused.violations.map((violation) => violation.field),
-      ["filter"],
-    );
+    assert.deepEqual(refused.violations.map((violation) => violation.field), ["filter"]);
   });
 });
 
