@@ -16,6 +16,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from runplane.client import (
+    AsyncClient,
     CancelAction,
     CancelledRuns,
     Client,
@@ -226,6 +227,26 @@ def test_the_next_run_of_a_cancelled_head_becomes_claimable(client: Client, assi
         assert claimed.run_id == second.run_id
         assert head.run_id != claimed.run_id
         client.complete_run(claimed.run_id, "w2", RunStatus.SUCCESS)
+
+
+def test_the_async_client_cancels_in_its_namespace_only(server_address: str) -> None:
+    thread_id = str(uuid.uuid4())
+
+    async def scenario() -> tuple[CancelledRuns, list[RunStatus], list[RunStatus]]:
+        async with (
+            AsyncClient(server_address, namespace="team-a") as team_a,
+            AsyncClient(server_address, namespace="team-b") as team_b,
+        ):
+            mine = [await team_a.create_run("agent", thread_id=thread_id) for _ in range(2)]
+            theirs = await team_b.create_run("agent", thread_id=thread_id)
+            done = await team_a.cancel_runs(thread_id=thread_id)
+            statuses = [(await team_a.get_run(run.run_id)).status for run in mine]
+            return done, statuses, [(await team_b.get_run(theirs.run_id)).status]
+
+    done, mine, theirs = asyncio.run(scenario())
+    assert done.count == 2
+    assert mine == [RunStatus.INTERRUPTED] * 2
+    assert theirs == [RunStatus.PENDING]
 
 
 # -- the race --------------------------------------------------------------------------------
