@@ -19,6 +19,7 @@ from sqlalchemy import (
     Case,
     ColumnElement,
     Connection,
+    Select,
     Update,
     and_,
     bindparam,
@@ -204,21 +205,20 @@ class RunStore:
     def inflight_matching(self, run_filter: RunFilter, limit: int) -> list[Run] | None:
         """Up to `limit` inflight runs matching the filter (its statuses narrow PENDING
         and RUNNING), oldest first, each locked for change as `get_locked` locks one;
-        None if another transaction is changing one of their threads.
+        None if another transaction is changing one of their threads. (More than
+        `limit` match: which ones come is left to the plan, as the caller refuses them.)
 
         The threads' locks are only tried: a transaction of a group may already hold
         the revision counter, which a claim holding one of the threads waits for."""
         statuses = (run_filter.statuses or INFLIGHT) & INFLIGHT
         if not statuses:
             return []
-        query = (
-            _SELECT_RUN.where(
-                *self._filter_clauses(dataclasses.replace(run_filter, statuses=statuses))
-            )
-            .order_by(_runs.c.create_revision)
-            .limit(limit)
-        )
-        runs = [fields.from_row(row) for row in self._conn.execute(query)]
+        # Unordered, so that the plan reads an index range with nothing to sort: a thread's
+        # runs, an assistant's or the inflight ones. They are put in creation order here.
+        query = _SELECT_RUN.where(
+            *self._filter_clauses(dataclasses.replace(run_filter, statuses=statuses))
+        ).limit(limit)
+        runs = self._in_creation_order(query)
         if self._dialect.serial_writes:
             return runs
         # Lock their threads, then read them again with their rows: runs may have
@@ -229,8 +229,12 @@ class RunStore:
                 if not self.try_lock_thread(namespace, thread_id):
                     return None
             locked |= threads
-            runs = [fields.from_row(row) for row in self._conn.execute(query.with_for_update())]
+            runs = self._in_creation_order(query.with_for_update())
         return runs
+
+    def _in_creation_order(self, query: Select[Any]) -> list[Run]:
+        runs = [fields.from_row(row) for row in self._conn.execute(query)]
+        return sorted(runs, key=lambda run: (run.created_at, run.run_id))
 
     def stuck(self, now: int, limit: int) -> list[Run]:
         """Up to `limit` RUNNING runs whose lease expired or whose timeout passed, each
