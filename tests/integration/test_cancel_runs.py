@@ -25,6 +25,15 @@ from runplane.client import (
     RunStatus,
 )
 from runplane.server import runs
+from runplane.server.access import Access
+from runplane.server.pages import PageTokens
+from runplane.server.policy import ANONYMOUS, Role
+from runplane.server.records import Run, RunFilter
+from runplane.server.requests import CreateRun
+from runplane.server.runs import RunService
+from runplane.server.store.database import Database
+from runplane.server.store.migrate import upgrade
+from runplane.server.store.unit_of_work import UnitOfWork
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from tests.support.databases import fresh_postgres_database
 from tests.support.serve_process import ServeProcess
@@ -32,6 +41,7 @@ from tests.support.stubs import refused, run_service
 from tests.support.watching import cancel
 
 Stub = run_service_pb2_grpc.RunServiceStub
+ADMIN = Access(ANONYMOUS, Role.ADMIN)
 PENDING, RUNNING = run_pb2.RUN_STATUS_PENDING, run_pb2.RUN_STATUS_RUNNING
 INTERRUPTED, SUCCESS = run_pb2.RUN_STATUS_INTERRUPTED, run_pb2.RUN_STATUS_SUCCESS
 
@@ -408,3 +418,32 @@ def test_cancel_runs_on_one_replica_racing_claims_on_another(tmp_path: Path) -> 
         # The cancel goes to the first replica; the workers claim on both.
         addresses = [first.address, second.address]
         _check_race(stub, f"replicas-{uuid.uuid4()}", addresses, run_pb2.CANCEL_ACTION_INTERRUPT)
+
+
+@pytest.mark.postgres
+def test_a_thread_another_transaction_holds_makes_the_cancel_try_again() -> None:
+    """On PostgreSQL the cancel only tries its threads' locks: one held elsewhere (by a
+    replica's claim, say) gives no runs and no wait, and the runs once it is free."""
+    with fresh_postgres_database() as url:
+        database = Database(url)
+        try:
+            upgrade(database.engine)
+            service = RunService(database, PageTokens(b"k" * 32))
+            thread_ids = [str(uuid.uuid4()) for _ in range(3)]
+            for thread_id in thread_ids:
+                asyncio.run(service.create(CreateRun("agent", thread_id=thread_id, access=ADMIN)))
+            run_filter = RunFilter(assistant_id="agent", namespaces=None)
+
+            def matching() -> list[Run] | None:
+                with database.engine.begin() as connection:
+                    unit = UnitOfWork(connection, database._dialect)
+                    return unit.runs.inflight_matching(run_filter, 10)
+
+            with database.engine.begin() as holder:
+                UnitOfWork(holder, database._dialect).runs.lock_thread("default", thread_ids[1])
+                assert matching() is None
+            found = matching()
+            assert found is not None
+            assert [run.thread_id for run in found] == thread_ids
+        finally:
+            database.dispose()

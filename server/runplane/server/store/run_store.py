@@ -225,9 +225,9 @@ class RunStore:
         # ended, or started on threads not locked yet, meanwhile.
         locked: set[tuple[str, str]] = set()
         while threads := {(run.namespace, run.thread_id) for run in runs} - locked:
-            for namespace, thread_id in sorted(threads):
-                if not self.try_lock_thread(namespace, thread_id):
-                    return None
+            keys = [scoped_key(namespace, thread_id) for namespace, thread_id in threads]
+            if not self._dialect.try_lock_all(self._conn, Lock.THREAD, keys):
+                return None
             locked |= threads
             runs = self._in_creation_order(query.with_for_update())
         return runs
