@@ -5,11 +5,14 @@ it cancels, on one server and across two replicas."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -41,6 +44,8 @@ from tests.support.stubs import refused, run_service
 from tests.support.watching import cancel
 
 Stub = run_service_pb2_grpc.RunServiceStub
+R = TypeVar("R")
+T = TypeVar("T")
 ADMIN = Access(ANONYMOUS, Role.ADMIN)
 PENDING, RUNNING = run_pb2.RUN_STATUS_PENDING, run_pb2.RUN_STATUS_RUNNING
 INTERRUPTED, SUCCESS = run_pb2.RUN_STATUS_INTERRUPTED, run_pb2.RUN_STATUS_SUCCESS
@@ -273,6 +278,19 @@ class Race:
     attempts: list[int] = field(default_factory=lambda: [0] * CLAIMERS)
 
 
+async def _served(method: Callable[[R], Awaitable[T]], request: R) -> T:
+    """The call's answer, the request sent again while the server answers UNAVAILABLE, as a worker
+    does: a write refused so was not made (on PostgreSQL, the loser of a deadlock between
+    replicas' transactions is refused so)."""
+    while True:
+        try:
+            return await method(request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+        await asyncio.sleep(0.01)
+
+
 async def _race(
     claim_addresses: list[str],
     cancel_address: str,
@@ -290,9 +308,8 @@ async def _race(
         worker_id = f"w{index}"
         while not stop.is_set():
             race.attempts[index] += 1
-            response = await stub.ClaimRun(
-                run_service_pb2.ClaimRunRequest(worker_id=worker_id, assistant_ids=[assistant])
-            )
+            claim = run_service_pb2.ClaimRunRequest(worker_id=worker_id, assistant_ids=[assistant])
+            response = await _served(stub.ClaimRun, claim)
             if not response.HasField("run"):
                 await asyncio.sleep(0.005)
                 continue
@@ -301,7 +318,7 @@ async def _race(
                 run_id=response.run.run_id, worker_id=worker_id, status=SUCCESS
             )
             try:
-                await stub.CompleteRun(complete)
+                await _served(stub.CompleteRun, complete)
                 race.completed.append(response.run.run_id)
                 if len(race.completed) >= 5:
                     some_succeeded.set()
@@ -312,11 +329,11 @@ async def _race(
         tasks = [asyncio.create_task(worker(i)) for i in range(CLAIMERS)]
         try:
             await some_succeeded.wait()
-            response = await run_service_pb2_grpc.RunServiceStub(cancel_channel).CancelRuns(
-                run_service_pb2.CancelRunsRequest(
-                    filter=run_service_pb2.RunFilter(assistant_id=assistant), action=action
-                )
+            cancel_stub = run_service_pb2_grpc.RunServiceStub(cancel_channel)
+            cancel = run_service_pb2.CancelRunsRequest(
+                filter=run_service_pb2.RunFilter(assistant_id=assistant), action=action
             )
+            response = await _served(cancel_stub.CancelRuns, cancel)
             # Every worker looks twice more, after the cancel committed.
             seen = list(race.attempts)
             while not any(task.done() for task in tasks) and any(  # noqa: ASYNC110
@@ -422,8 +439,8 @@ def test_cancel_runs_on_one_replica_racing_claims_on_another(tmp_path: Path) -> 
 
 @pytest.mark.postgres
 def test_a_thread_another_transaction_holds_makes_the_cancel_try_again() -> None:
-    """On PostgreSQL the cancel only tries its threads' locks: one held elsewhere (by a
-    replica's claim, say) gives no runs and no wait, and the runs once it is free."""
+    """On PostgreSQL the cancel first only tries its threads' locks: one held elsewhere
+    (by a replica's claim, say) gives no runs and no wait; its last try waits for it."""
     with fresh_postgres_database() as url:
         database = Database(url)
         try:
@@ -434,15 +451,19 @@ def test_a_thread_another_transaction_holds_makes_the_cancel_try_again() -> None
                 asyncio.run(service.create(CreateRun("agent", thread_id=thread_id, access=ADMIN)))
             run_filter = RunFilter(assistant_id="agent", namespaces=None)
 
-            def matching() -> list[Run] | None:
+            def matching(*, wait: bool) -> list[Run] | None:
                 with database.engine.begin() as connection:
                     unit = UnitOfWork(connection, database._dialect)
-                    return unit.runs.inflight_matching(run_filter, 10)
+                    return unit.runs.inflight_matching(run_filter, 10, wait=wait)
 
             with database.engine.begin() as holder:
                 UnitOfWork(holder, database._dialect).runs.lock_thread("default", thread_ids[1])
-                assert matching() is None
-            found = matching()
+                assert matching(wait=False) is None
+                # Its last try waits for the holder instead.
+                waiting = ThreadPoolExecutor(1).submit(matching, wait=True)
+                time.sleep(0.3)
+                assert not waiting.done()
+            found = waiting.result(timeout=20)
             assert found is not None
             assert [run.thread_id for run in found] == thread_ids
         finally:

@@ -50,6 +50,10 @@ _TRY_LOCK_ALL = text(
     "SELECT coalesce(bool_and(pg_try_advisory_xact_lock(:lock, key)), true) "
     "FROM unnest(CAST(:keys AS integer[])) AS key"
 )
+# unnest yields the keys in the array's order, and so they are locked.
+_LOCK_ALL = text(
+    "SELECT count(pg_advisory_xact_lock(:lock, key)) FROM unnest(CAST(:keys AS integer[])) AS key"
+)
 SQLITE_READ_THREADS = 2
 
 
@@ -132,6 +136,11 @@ class Dialect(abc.ABC):
     def try_lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> bool:
         """`try_lock` of each value, in one round trip: False if another transaction held
         any of them (the others are held all the same)."""
+
+    @abc.abstractmethod
+    def lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> None:
+        """`lock` of each value, in one round trip and in one global order, so that two
+        transactions locking many never deadlock each other."""
 
     @abc.abstractmethod
     def notify(self, connection: Connection, revision: int) -> None:
@@ -224,6 +233,9 @@ class SQLite(Dialect):
     def try_lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> bool:
         return True
 
+    def lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> None:
+        pass
+
     def notify(self, connection: Connection, revision: int) -> None:
         pass  # SQLite serves one process: there is nobody to tell
 
@@ -299,6 +311,10 @@ class PostgreSQL(Dialect):
                 _TRY_LOCK_ALL, {"lock": int(lock), "keys": [_lock_key(v) for v in values]}
             ).scalar_one()
         )
+
+    def lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> None:
+        keys = sorted({_lock_key(value) for value in values})
+        connection.execute(_LOCK_ALL, {"lock": int(lock), "keys": keys})
 
     def notify(self, connection: Connection, revision: int) -> None:
         # Delivered when the transaction commits, dropped if it rolls back.

@@ -202,14 +202,18 @@ class RunStore:
         )
         return [fields.from_row(row) for row in rows]
 
-    def inflight_matching(self, run_filter: RunFilter, limit: int) -> list[Run] | None:
+    def inflight_matching(
+        self, run_filter: RunFilter, limit: int, *, wait: bool
+    ) -> list[Run] | None:
         """Up to `limit` inflight runs matching the filter (its statuses narrow PENDING
-        and RUNNING), oldest first, each locked for change as `get_locked` locks one;
-        None if another transaction is changing one of their threads. (More than
-        `limit` match: which ones come is left to the plan, as the caller refuses them.)
+        and RUNNING), oldest first, each locked for change as `get_locked` locks one.
+        (More than `limit` match: which ones come is left to the plan, as the caller
+        refuses them.)
 
-        The threads' locks are only tried: a transaction of a group may already hold
-        the revision counter, which a claim holding one of the threads waits for."""
+        Without `wait`, their threads' locks are only tried, and None says another
+        transaction is changing one of them: waiting may deadlock when a transaction
+        of the same group holds the revision counter, which a claim holding one of the
+        threads waits for (PostgreSQL then fails one of the two)."""
         statuses = (run_filter.statuses or INFLIGHT) & INFLIGHT
         if not statuses:
             return []
@@ -226,7 +230,9 @@ class RunStore:
         locked: set[tuple[str, str]] = set()
         while threads := {(run.namespace, run.thread_id) for run in runs} - locked:
             keys = [scoped_key(namespace, thread_id) for namespace, thread_id in threads]
-            if not self._dialect.try_lock_all(self._conn, Lock.THREAD, keys):
+            if wait:
+                self._dialect.lock_all(self._conn, Lock.THREAD, keys)
+            elif not self._dialect.try_lock_all(self._conn, Lock.THREAD, keys):
                 return None
             locked |= threads
             runs = self._in_creation_order(query.with_for_update())
