@@ -55,8 +55,8 @@ MAX_CANCELLED = 1000
 """Runs one CancelRuns may cancel; a filter matching more is refused, with nothing
 cancelled. Its one transaction holds the writer, so every other write waits for it
 (tests/bench/cancel_runs.py on PostgreSQL, on a busy 2-core machine: 0.5 to 1 s for
-1000 runs, 4.3 s for 5000), and on PostgreSQL it takes an advisory lock per thread from a lock table
-all connections share."""
+1000 runs, 4.3 s for 5000), and on PostgreSQL it takes an advisory lock per thread from
+a lock table all connections share."""
 
 BUSY_PAUSES = (0.001, 0.005, 0.02, 0.05)
 """Seconds CancelRuns pauses before each new try while other transactions (replicas'
