@@ -30,10 +30,10 @@ pytestmark = pytest.mark.timeout(120)
 READS = {"GetRun", "ListRuns", "WatchRuns", "WatchRun", "GetStats"}
 CONTRACT = {
     "reader": READS,
-    "writer": READS | {"CreateRun", "UpdateRun", "CancelRun", "DeleteRun"},
+    "writer": READS | {"CreateRun", "UpdateRun", "CancelRun", "CancelRuns", "DeleteRun"},
     "worker": READS | {"ClaimRun", "HeartbeatRun", "CompleteRun"},
     "admin": READS
-    | {"CreateRun", "UpdateRun", "CancelRun", "DeleteRun", "DeleteRun force"}
+    | {"CreateRun", "UpdateRun", "CancelRun", "CancelRuns", "DeleteRun", "DeleteRun force"}
     | {"ClaimRun", "HeartbeatRun", "CompleteRun"},
 }
 """The contract's roles table: what each role may call."""
@@ -217,6 +217,27 @@ def stats(named: bool) -> Perform:
     return perform
 
 
+def cancel_runs(named: bool) -> Perform:
+    """CancelRuns of the run's thread, in the run's namespace or in every one: shown if
+    it cancelled the run."""
+
+    def perform(tenants: Tenants, caller: Caller, namespace: str) -> Outcome:
+        run = tenants.create(namespace)
+        run_filter = run_service_pb2.RunFilter(
+            thread_id=run.thread_id, namespace=namespace if named else ""
+        )
+
+        def shown() -> Outcome:
+            done = tenants.call(
+                caller, "CancelRuns", run_service_pb2.CancelRunsRequest(filter=run_filter)
+            )
+            return Outcome("OK", shown=done.count == 1)
+
+        return outcome(shown)
+
+    return perform
+
+
 MASK = field_mask_pb2.FieldMask(paths=["metadata"])
 CALLS: dict[str, tuple[Call, Perform]] = {
     "GetRun": (
@@ -247,6 +268,11 @@ CALLS: dict[str, tuple[Call, Perform]] = {
     "CancelRun": (
         Call("CancelRun"),
         on_pending("CancelRun", lambda run: run_service_pb2.CancelRunRequest(run_id=run.run_id)),
+    ),
+    "CancelRuns": (Call("CancelRuns", many=True), cancel_runs(named=False)),
+    "CancelRuns in the namespace": (
+        Call("CancelRuns", many=True, names_namespace=True),
+        cancel_runs(named=True),
     ),
     "DeleteRun": (Call("DeleteRun"), delete_ended),
     "DeleteRun force": (
@@ -292,7 +318,6 @@ def tenants(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def test_the_matrix_covers_every_call_of_the_table() -> None:
-    # CancelRuns is not served yet, and not in the table above.
     assert {call.method for call, _ in CALLS.values()} == set(CONTRACT["admin"])
 
 

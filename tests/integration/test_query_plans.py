@@ -296,6 +296,33 @@ def test_the_sweeper_reads_leases_and_timeouts_by_index(backlog: tuple[str, Data
     )
 
 
+def test_a_bulk_cancel_of_a_thread_reads_and_hands_over_by_index(
+    backlog: tuple[str, Database],
+) -> None:
+    """CancelRuns of one thread: its inflight runs (read again under the thread's lock
+    on PostgreSQL), then the cancellation, which ends the thread's head."""
+
+    def cancel_thread(unit: UnitOfWork) -> None:
+        run_filter = RunFilter(thread_id="thread-7", namespaces=frozenset({"ns-1"}))
+        runs = unit.runs.inflight_matching(run_filter, 5001, wait=True)
+        assert runs is not None
+        assert len(runs) == 2
+        at = now_us()
+        unit.apply(
+            [
+                Change(
+                    ChangeType.UPDATED,
+                    replace(run, status=RunStatus.INTERRUPTED, ended_at=at),
+                    previous=run,
+                )
+                for run in runs
+            ]
+        )
+
+    plans = _plans_of(backlog, cancel_thread)
+    _assert_index_reads(backlog[0], plans)  # ix_runs_thread, or its inflight part
+
+
 def test_heartbeats_read_and_update_their_rows_by_key(backlog: tuple[str, Database]) -> None:
     """A batch of heartbeats: the namespaces of its runs (for the callers' access), then
     the renewals."""
@@ -462,3 +489,25 @@ def test_a_thread_and_a_request_id_are_sought_within_their_namespace(empty: Data
     )
     assert "ix_runs_thread (thread_id=? AND namespace=? AND status=?)" in plans[0], plans
     assert "ux_runs_namespace_request (namespace=? AND request_id=?)" in plans[1], plans
+
+
+@pytest.mark.parametrize(
+    "run_filter",
+    [
+        RunFilter(thread_id=THREAD, namespaces=SHOP),
+        RunFilter(thread_id=THREAD, namespaces=None),
+        RunFilter(assistant_id="agent", namespaces=SHOP),
+        RunFilter(assistant_id="agent", namespaces=None),
+        RunFilter(metadata={"team": "a"}, namespaces=frozenset({"shop", "lab"})),
+    ],
+    ids=["thread", "thread-anywhere", "assistant", "assistant-anywhere", "metadata"],
+)
+def test_a_bulk_cancel_seeks_its_runs(empty: Database, run_filter: RunFilter) -> None:
+    """CancelRuns reads the thread's runs, the assistant's, or the inflight ones: never
+    every run there is."""
+    plans = _sqlite_plans_of(
+        empty, lambda runs: runs.inflight_matching(run_filter, 5001, wait=False)
+    )
+    assert len(plans) == 1
+    assert plans[0].startswith("SEARCH runs USING INDEX "), plans
+    assert "SCAN" not in plans[0], plans

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     )
     from runplane.client._models import (
         CancelAction,
+        CancelledRuns,
         EventType,
         MultitaskStrategy,
         QueueStats,
@@ -81,6 +82,7 @@ _LAZY = {
     "AsyncWorker": "runplane.client._worker",
     "CancelAction": "runplane.client._models",
     "Cancelled": "runplane.client._errors",
+    "CancelledRuns": "runplane.client._models",
     "Client": "runplane.client._client",
     "DataLoss": "runplane.client._errors",
     "DeadlineExceeded": "runplane.client._errors",
@@ -142,6 +144,7 @@ __all__ = [
     "AsyncWorker",
     "CancelAction",
     "Cancelled",
+    "CancelledRuns",
     "Client",
     "DataLoss",
     "DeadlineExceeded",

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from runplane.client._models import Run, RunEvent, Stats
+from runplane.client._models import CancelledRuns, Run, RunEvent, Stats
 
 _ASSISTANT_WIDTH = 20
 
@@ -105,6 +105,10 @@ def event_json(event: RunEvent) -> str:
 
 def deletion_json(run_id: str) -> str:
     return _dumps({"run_id": run_id, "deleted": True})
+
+
+def cancellation_json(done: CancelledRuns) -> str:
+    return _dumps(_plain(done))
 
 
 def rollback_details(run: Run) -> str:

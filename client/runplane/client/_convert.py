@@ -13,6 +13,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from runplane.client._models import (
     CancelAction,
+    CancelledRuns,
     EventType,
     MultitaskStrategy,
     QueueStats,
@@ -196,6 +197,10 @@ def run_event_from_proto(message: run_pb2.RunEvent) -> RunEvent:
         revision=message.revision,
         run=run_from_proto(message.run),
     )
+
+
+def cancelled_runs_from_proto(message: run_service_pb2.CancelRunsResponse) -> CancelledRuns:
+    return CancelledRuns(count=message.count, revision=message.revision)
 
 
 def run_page_from_proto(message: run_service_pb2.ListRunsResponse) -> RunPage:

@@ -142,6 +142,15 @@ class RunEvent:
 
 
 @dataclass(frozen=True)
+class CancelledRuns:
+    """What `cancel_runs` did: how many runs it cancelled, and the store revision of its
+    last change (the current revision when nothing matched)."""
+
+    count: int
+    revision: int
+
+
+@dataclass(frozen=True)
 class RunPage:
     """One page of a listing, read at store revision `revision`.
 

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 
 from runplane.client._convert import (
     cancel_action_to_proto,
+    cancelled_runs_from_proto,
     duration_to_proto,
     multitask_strategy_to_proto,
     retry_policy_to_proto,
@@ -33,6 +34,7 @@ from runplane.client._convert import (
 )
 from runplane.client._models import (
     CancelAction,
+    CancelledRuns,
     MultitaskStrategy,
     Run,
     RunPage,
@@ -254,6 +256,35 @@ def cancel_run(
         run_id=run_id, action=cancel_action_to_proto(action), reason=reason
     )
     return UnaryCall("CancelRun", request, run_from_proto, deadline)
+
+
+def cancel_runs(
+    *,
+    thread_id: str | None = None,
+    assistant_id: str | None = None,
+    statuses: Iterable[RunStatus | str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    action: CancelAction | str = CancelAction.INTERRUPT,
+    reason: str = "",
+    namespace: str | None = None,
+    deadline: float | None = None,
+) -> UnaryCall[run_service_pb2.CancelRunsResponse, CancelledRuns]:
+    """Stop every inflight run matching the filters (as `list_runs`), in one transaction:
+    interrupt keeps them INTERRUPTED with `reason`, rollback deletes them.
+
+    At least one of `thread_id`, `assistant_id` and `metadata` is required
+    (`InvalidArgument` otherwise); `statuses` narrows to pending or running runs.
+    Only runs of namespaces the caller may write are touched: `namespace` (default: the
+    client's) limits it to one, "" means all of them. Returns how many were cancelled
+    and the revision of the last change; a filter matching more than the server cancels
+    in one call raises `FailedPrecondition` (reason TOO_MANY_RUNS) and cancels nothing.
+    """
+    request = run_service_pb2.CancelRunsRequest(
+        filter=_run_filter(thread_id, assistant_id, statuses, metadata, namespace),
+        action=cancel_action_to_proto(action),
+        reason=reason,
+    )
+    return UnaryCall("CancelRuns", request, cancelled_runs_from_proto, deadline)
 
 
 def delete_run(

@@ -408,6 +408,15 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         return convert.run_to_proto(run)
 
     @_rpc
+    async def CancelRuns(
+        self, request: run_service_pb2.CancelRunsRequest, access: Access
+    ) -> run_service_pb2.CancelRunsResponse:
+        done = await self._runs.cancel_many(
+            validation.cancel_runs(request, self._limits, access=access)
+        )
+        return run_service_pb2.CancelRunsResponse(count=done.count, revision=done.revision)
+
+    @_rpc
     async def DeleteRun(
         self, request: run_service_pb2.DeleteRunRequest, access: Access
     ) -> empty_pb2.Empty:
@@ -452,12 +461,6 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self, request: run_service_pb2.WatchRunRequest, access: Access
     ) -> AsyncIterator[Delivery]:
         return await self._watches.watch_run(validation.watch_run(request, access=access))
-
-    async def CancelRuns(
-        self, request: run_service_pb2.CancelRunsRequest, context: Context
-    ) -> run_service_pb2.CancelRunsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CancelRuns is not served yet")
-        raise AssertionError("ServicerContext.abort returns by raising")
 
     @_rpc
     async def GetStats(

@@ -432,7 +432,8 @@ def cancel_runs(
 ) -> requests.CancelRuns:
     v = _Violations()
     selected, namespace = _run_filter(v, request.filter, limits)
-    if selected.thread_id is None and selected.assistant_id is None and not selected.metadata:
+    given = request.filter
+    if not (given.thread_id or given.assistant_id or given.metadata.fields):
         v.add(
             "filter",
             "must set thread_id, assistant_id or metadata: cancelling every run is refused",

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Case,
     ColumnElement,
     Connection,
+    Select,
     Update,
     and_,
     bindparam,
@@ -211,6 +212,46 @@ class RunStore:
             _INFLIGHT_ON_THREAD, {"namespace": namespace, "thread_id": thread_id}
         )
         return [fields.from_row(row) for row in rows]
+
+    def inflight_matching(
+        self, run_filter: RunFilter, limit: int, *, wait: bool
+    ) -> list[Run] | None:
+        """Up to `limit` inflight runs matching the filter (its statuses narrow PENDING
+        and RUNNING), oldest first, each locked for change as `get_locked` locks one.
+        (More than `limit` match: which ones come is left to the plan, as the caller
+        refuses them.)
+
+        Without `wait`, their threads' locks are only tried, and None says another
+        transaction is changing one of them: waiting may deadlock when a transaction
+        of the same group holds the revision counter, which a claim holding one of the
+        threads waits for (PostgreSQL then fails one of the two)."""
+        statuses = (run_filter.statuses or INFLIGHT) & INFLIGHT
+        if not statuses:
+            return []
+        # Unordered, so that the plan reads an index range with nothing to sort: a thread's
+        # runs, an assistant's or the inflight ones. They are put in creation order here.
+        query = _SELECT_RUN.where(
+            *self._filter_clauses(dataclasses.replace(run_filter, statuses=statuses))
+        ).limit(limit)
+        runs = self._in_creation_order(query)
+        if self._dialect.serial_writes:
+            return runs
+        # Lock their threads, then read them again with their rows: runs may have
+        # ended, or started on threads not locked yet, meanwhile.
+        locked: set[tuple[str, str]] = set()
+        while threads := {(run.namespace, run.thread_id) for run in runs} - locked:
+            keys = [scoped_key(namespace, thread_id) for namespace, thread_id in threads]
+            if wait:
+                self._dialect.lock_all(self._conn, Lock.THREAD, keys)
+            elif not self._dialect.try_lock_all(self._conn, Lock.THREAD, keys):
+                return None
+            locked |= threads
+            runs = self._in_creation_order(query.with_for_update())
+        return runs
+
+    def _in_creation_order(self, query: Select[Any]) -> list[Run]:
+        runs = [fields.from_row(row) for row in self._conn.execute(query)]
+        return sorted(runs, key=lambda run: (run.created_at, run.run_id))
 
     def stuck(self, now: int, limit: int) -> list[Run]:
         """Up to `limit` RUNNING runs whose lease expired or whose timeout passed, each
