@@ -105,3 +105,10 @@ def test_claim_and_heartbeat_benchmarks_run_against_a_server(server: ServerThrea
     assert heartbeats["throughput_per_s"] > 0
     assert heartbeats["server_cpu_percent"] is not None
     assert (heartbeats["database_cpu_percent"] is None) == url.startswith("sqlite")
+
+
+def test_cancel_runs_benchmark_runs_against_a_server(server: ServerThread) -> None:
+    found = _run_json("cancel_runs", "--address", server.address, "--runs", "40", "--threads", "8")
+    assert (found["runs"], found["threads"], found["cancelled"]) == (40, 8, 40)
+    assert found["cancel_ms"] > 0
+    assert found["slowest_concurrent_create_ms"] > 0

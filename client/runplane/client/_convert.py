@@ -13,12 +13,17 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from runplane.client._models import (
     CancelAction,
+    CancelledRuns,
     EventType,
     MultitaskStrategy,
+    QueueStats,
     Run,
+    RunCount,
     RunEvent,
     RunPage,
+    RunRetryPolicy,
     RunStatus,
+    Stats,
     _WordEnum,
 )
 from runplane.v1 import run_pb2, run_service_pb2
@@ -138,6 +143,41 @@ def run_from_proto(message: run_pb2.Run) -> Run:
         worker_id=message.worker_id,
         timeout=duration_from_proto(message.timeout) if message.HasField("timeout") else None,
         trace_context=dict(message.trace_context),
+        priority=message.priority,
+        retry_policy=(
+            retry_policy_from_proto(message.retry_policy)
+            if message.HasField("retry_policy")
+            else None
+        ),
+        result=struct_from_proto(message.result),
+    )
+
+
+def retry_policy_to_proto(policy: RunRetryPolicy) -> run_pb2.RetryPolicy:
+    message = run_pb2.RetryPolicy(
+        max_attempts=policy.max_attempts, backoff_coefficient=policy.backoff_coefficient
+    )
+    if policy.initial_backoff is not None:
+        message.initial_backoff.CopyFrom(duration_to_proto(policy.initial_backoff))
+    if policy.maximum_backoff is not None:
+        message.maximum_backoff.CopyFrom(duration_to_proto(policy.maximum_backoff))
+    return message
+
+
+def retry_policy_from_proto(message: run_pb2.RetryPolicy) -> RunRetryPolicy:
+    return RunRetryPolicy(
+        max_attempts=message.max_attempts,
+        initial_backoff=(
+            duration_from_proto(message.initial_backoff)
+            if message.HasField("initial_backoff")
+            else None
+        ),
+        backoff_coefficient=message.backoff_coefficient,
+        maximum_backoff=(
+            duration_from_proto(message.maximum_backoff)
+            if message.HasField("maximum_backoff")
+            else None
+        ),
     )
 
 
@@ -159,9 +199,38 @@ def run_event_from_proto(message: run_pb2.RunEvent) -> RunEvent:
     )
 
 
+def cancelled_runs_from_proto(message: run_service_pb2.CancelRunsResponse) -> CancelledRuns:
+    return CancelledRuns(count=message.count, revision=message.revision)
+
+
 def run_page_from_proto(message: run_service_pb2.ListRunsResponse) -> RunPage:
     return RunPage(
         runs=[run_from_proto(run) for run in message.runs],
         next_page_token=message.next_page_token,
         revision=message.revision,
+    )
+
+
+def stats_from_proto(message: run_service_pb2.GetStatsResponse) -> Stats:
+    return Stats(
+        queues=[
+            QueueStats(
+                namespace=queue.namespace,
+                assistant_id=queue.assistant_id,
+                depth=queue.depth,
+                oldest_age=duration_from_proto(queue.oldest_age),
+            )
+            for queue in message.queues
+        ],
+        runs=[
+            RunCount(
+                namespace=count.namespace,
+                status=enum_from_proto(RunStatus, run_pb2.RunStatus.Name(count.status)),
+                count=count.count,
+            )
+            for count in message.runs
+        ],
+        open_watches=message.open_watches,
+        revision=message.revision,
+        compact_revision=message.compact_revision,
     )

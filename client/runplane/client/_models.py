@@ -70,6 +70,25 @@ class EventType(_WordEnum):
 
 
 @dataclass(frozen=True)
+class RunRetryPolicy:
+    """How the server tries a run again after a failed attempt: its worker completed it
+    with a retryable ERROR (`RetryableError` in a `Worker`), or its lease expired.
+
+    Attempt n is followed by a wait of min(initial_backoff * backoff_coefficient^(n-1),
+    maximum_backoff) before the run is claimable again, until it was claimed
+    `max_attempts` times; then it is ERROR. Unset values take the server's defaults:
+    `max_attempts` 0 is the server's --max-attempts, `initial_backoff` 1 s,
+    `backoff_coefficient` 0 is 2, `maximum_backoff` 100 times `initial_backoff`.
+    (Not `RetryPolicy`, which is how the client retries its own calls.)
+    """
+
+    max_attempts: int = 0
+    initial_backoff: timedelta | None = None
+    backoff_coefficient: float = 0.0
+    maximum_backoff: timedelta | None = None
+
+
+@dataclass(frozen=True)
 class Run:
     """One run of an assistant on a conversation thread, as the server last recorded it.
 
@@ -104,6 +123,13 @@ class Run:
     trace_context: dict[str, str]
     """The W3C trace context (`traceparent`, `tracestate`) of the call that created the
     run, which a worker continues; empty when the creator was not traced."""
+    priority: int
+    """0 to 9: among runs ready to start, higher priorities are claimed first."""
+    retry_policy: RunRetryPolicy | None
+    """How failed attempts are retried; None when the run has no policy."""
+    result: dict[str, Any]
+    """What the run produced, as its worker reported it (a `Worker`: its handler's
+    return value); empty until then."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +139,15 @@ class RunEvent:
     type: EventType
     revision: int
     run: Run
+
+
+@dataclass(frozen=True)
+class CancelledRuns:
+    """What `cancel_runs` did: how many runs it cancelled, and the store revision of its
+    last change (the current revision when nothing matched)."""
+
+    count: int
+    revision: int
 
 
 @dataclass(frozen=True)
@@ -126,3 +161,36 @@ class RunPage:
     runs: list[Run]
     next_page_token: str
     revision: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Claimable runs waiting for one assistant in one namespace."""
+
+    namespace: str
+    assistant_id: str
+    depth: int
+    """PENDING runs that are due and first in their thread's line."""
+    oldest_age: timedelta
+    """How long the longest-waiting of them has been due."""
+
+
+@dataclass(frozen=True)
+class RunCount:
+    """How many inflight runs one namespace holds in one status."""
+
+    namespace: str
+    status: RunStatus
+    count: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The operator's overview, read from the database at store revision `revision`
+    (the same on every replica), except `open_watches`: the answering replica's own."""
+
+    queues: list[QueueStats]
+    runs: list[RunCount]
+    open_watches: int
+    revision: int
+    compact_revision: int

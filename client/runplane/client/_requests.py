@@ -21,15 +21,27 @@ from google.protobuf.message import Message
 
 from runplane.client._convert import (
     cancel_action_to_proto,
+    cancelled_runs_from_proto,
     duration_to_proto,
     multitask_strategy_to_proto,
+    retry_policy_to_proto,
     run_from_proto,
     run_page_from_proto,
     run_status_to_proto,
+    stats_from_proto,
     struct_to_proto,
     timestamp_to_proto,
 )
-from runplane.client._models import CancelAction, MultitaskStrategy, Run, RunPage, RunStatus
+from runplane.client._models import (
+    CancelAction,
+    CancelledRuns,
+    MultitaskStrategy,
+    Run,
+    RunPage,
+    RunRetryPolicy,
+    RunStatus,
+    Stats,
+)
 from runplane.client._retry import NO_RETRY, Attempts, RetryPolicy
 from runplane.client._watching import ReconnectHook, WatchCall
 from runplane.v1 import run_pb2, run_service_pb2
@@ -118,6 +130,8 @@ def create_run(
     request_id: str | None = None,
     timeout: timedelta | float | None = None,
     start_after: datetime | None = None,
+    priority: int | None = None,
+    retry_policy: RunRetryPolicy | None = None,
     namespace: str | None = None,
     deadline: float | None = None,
 ) -> UnaryCall[run_pb2.Run, Run]:
@@ -127,7 +141,9 @@ def create_run(
     `multitask_strategy` (default enqueue) decides what happens to the thread's
     inflight runs: reject raises `ThreadBusy`, interrupt and rollback supersede
     them. `timeout` is the run's own time limit once RUNNING (seconds or a
-    timedelta); `start_after` (timezone-aware) defers it. `deadline` bounds the call.
+    timedelta); `start_after` (timezone-aware) defers it. `priority` (0 to 9, default
+    5) ranks it among runs ready to start, higher first; `retry_policy` has the server
+    try it again after a failed attempt. `deadline` bounds the call.
 
     With a `request_id` the create is idempotent: a repeat returns the run first
     created with it, so the client also retries it when the server is unavailable.
@@ -150,6 +166,10 @@ def create_run(
         request.timeout.CopyFrom(duration_to_proto(timeout))
     if start_after is not None:
         request.start_after.CopyFrom(timestamp_to_proto(start_after))
+    if priority is not None:
+        request.priority = priority
+    if retry_policy is not None:
+        request.retry_policy.CopyFrom(retry_policy_to_proto(retry_policy))
     return UnaryCall(
         "CreateRun", request, run_from_proto, deadline, idempotent=request_id is not None
     )
@@ -238,6 +258,35 @@ def cancel_run(
     return UnaryCall("CancelRun", request, run_from_proto, deadline)
 
 
+def cancel_runs(
+    *,
+    thread_id: str | None = None,
+    assistant_id: str | None = None,
+    statuses: Iterable[RunStatus | str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    action: CancelAction | str = CancelAction.INTERRUPT,
+    reason: str = "",
+    namespace: str | None = None,
+    deadline: float | None = None,
+) -> UnaryCall[run_service_pb2.CancelRunsResponse, CancelledRuns]:
+    """Stop every inflight run matching the filters (as `list_runs`), in one transaction:
+    interrupt keeps them INTERRUPTED with `reason`, rollback deletes them.
+
+    At least one of `thread_id`, `assistant_id` and `metadata` is required
+    (`InvalidArgument` otherwise); `statuses` narrows to pending or running runs.
+    Only runs of namespaces the caller may write are touched: `namespace` (default: the
+    client's) limits it to one, "" means all of them. Returns how many were cancelled
+    and the revision of the last change; a filter matching more than the server cancels
+    in one call raises `FailedPrecondition` (reason TOO_MANY_RUNS) and cancels nothing.
+    """
+    request = run_service_pb2.CancelRunsRequest(
+        filter=_run_filter(thread_id, assistant_id, statuses, metadata, namespace),
+        action=cancel_action_to_proto(action),
+        reason=reason,
+    )
+    return UnaryCall("CancelRuns", request, cancelled_runs_from_proto, deadline)
+
+
 def delete_run(
     run_id: str,
     *,
@@ -305,14 +354,27 @@ def complete_run(
     *,
     error: str = "",
     metadata: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+    retryable: bool = False,
     deadline: float | None = None,
 ) -> UnaryCall[run_pb2.Run, Run]:
-    """End a RUNNING run with success or error, merging `metadata` into the run's."""
+    """End a RUNNING run with success or error, merging `metadata` into the run's and
+    storing `result` (with an error, partial output) as the run's result.
+
+    An error that is `retryable` sends a run with a retry policy back in line, PENDING,
+    while it has attempts left; the run returned says which happened.
+    """
     request = run_service_pb2.CompleteRunRequest(
-        run_id=run_id, worker_id=worker_id, status=run_status_to_proto(status), error=error
+        run_id=run_id,
+        worker_id=worker_id,
+        status=run_status_to_proto(status),
+        error=error,
+        retryable=retryable,
     )
     if metadata is not None:
         request.metadata.CopyFrom(struct_to_proto(metadata))
+    if result is not None:
+        request.result.CopyFrom(struct_to_proto(result))
     return UnaryCall("CompleteRun", request, run_from_proto, deadline)
 
 
@@ -389,6 +451,19 @@ def wait_run(
     """
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
     return watch_run(run_id, deadline=seconds, on_reconnect=on_reconnect)
+
+
+def stats(
+    *, namespace: str | None = None, deadline: float | None = None
+) -> UnaryCall[run_service_pb2.GetStatsResponse, Stats]:
+    """Queue depths and oldest waits per namespace and assistant, inflight runs per
+    namespace and status, and the watch streams open on the replica that answers.
+
+    `namespace` (default: the client's) limits the figures to one namespace; ""
+    means every namespace the caller may read.
+    """
+    request = run_service_pb2.GetStatsRequest(namespace=namespace or "")
+    return UnaryCall("GetStats", request, stats_from_proto, deadline, idempotent=True)
 
 
 def _run_filter(

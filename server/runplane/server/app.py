@@ -32,6 +32,7 @@ from runplane.server.periodic import PeriodicTask
 from runplane.server.reloading import Reloadable, Reloader
 from runplane.server.runs import RunService
 from runplane.server.servicer import RunServicer, add_to_server
+from runplane.server.stats import StatsService
 from runplane.server.store.database import Database, redact
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.notifications import ChangeListener
@@ -73,7 +74,7 @@ class RunningServer:
     """Re-reads the certificates and the auth config; `reloader.reload_now()` on SIGHUP."""
     background: list[PeriodicTask]
     """Tasks that live as long as the server: compaction, the sweeper, the change
-    listener, the reloader (the hub runs its own tailer)."""
+    listener, the queue gauges, the reloader (the hub runs its own tailer)."""
     listener: ChangeListener | None
 
     async def stop(self, grace: float | None = None) -> None:
@@ -215,9 +216,13 @@ async def _start(
         database.on_renewal(cache.renewed)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
     runs = RunService(database, tokens, cache)
-    claims = ClaimService(database, wakeups, limits)
+    claims = ClaimService(database, wakeups, limits, max_attempts=config.max_attempts)
     watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
-    servicer = RunServicer(runs, claims, watches, limits)
+    stats = StatsService(database, lambda: hub.watcher_count)
+    servicer = RunServicer(runs, claims, watches, stats, limits)
+    queue_gauges = telemetry.watch_queues(stats, config.stats_interval)
+    if queue_gauges is not None:
+        background.append(queue_gauges)
     add_to_server(servicer, server)
     sweeper = Sweeper(database, config.max_attempts, on_sweep=telemetry.swept)
     background.append(PeriodicTask("sweeper", sweeper.sweep, interval=SWEEP_INTERVAL_S))

@@ -81,9 +81,13 @@ class ServerConfig:
         "3",
         parse=positive_int,
         metavar="N",
-        help="Claims of a run before an expired lease makes it ERROR.",
+        help=(
+            "Claims of a run before an expired lease makes it ERROR; also the limit of "
+            "retry policies that leave max_attempts 0."
+        ),
     )
-    """Claims of one run before an expired lease turns it into ERROR."""
+    """Claims of one run before an expired lease turns it into ERROR, unless its retry
+    policy sets another limit."""
     max_struct_bytes: int = flag(
         "262144",
         parse=struct_bytes,
@@ -114,6 +118,20 @@ class ServerConfig:
         "(default off).",
     )
     """HOST:PORT serving Prometheus' /metrics; empty: no metrics."""
+    stats_interval: float = flag(
+        "5s",
+        parse=seconds,
+        metavar="DURATION",
+        help="How often the queue and run gauges are read from the database (with "
+        "--metrics-address).",
+    )
+    metrics_max_assistants: int = flag(
+        "50",
+        parse=positive_int,
+        metavar="N",
+        help="Assistants per namespace whose queues get series of their own; the rest are "
+        "summed as assistant_id=other.",
+    )
     otlp_endpoint: str = flag(
         "",
         metavar="URL",

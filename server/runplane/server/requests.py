@@ -45,7 +45,7 @@ class CreateRun:
     retry_policy: RetryPolicy | None = None
     priority: int = DEFAULT_PRIORITY
     trace_context: dict[str, str] = field(default_factory=dict)
-    """The caller's W3C trace context, once calls are traced."""
+    """The caller's W3C trace context (`traceparent`, `tracestate`), if it sent one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ class CompleteRun:
     """Merged into the run's metadata."""
     result: JSONObject = field(default_factory=dict)
     retryable: bool = False
-    """With ERROR: the worker asks for another attempt (no retry policy applies it yet)."""
+    """With ERROR: the worker asks for another attempt, which the run's retry policy may give."""
 
 
 @dataclass(frozen=True, slots=True)
