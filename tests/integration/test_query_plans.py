@@ -42,7 +42,7 @@ INSERT INTO runs (run_id, thread_id, assistant_id, status, multitask_strategy, m
 SELECT 'run-' || i, 'thread-' || (i % {threads}), 'agent-' || (i % 20),
     CASE WHEN i % 50 = 0 THEN 'success'
          WHEN i < {threads} AND i % 10 = 1 THEN 'running' ELSE 'pending' END,
-    'enqueue', '{}', '{}', :at + i, :at + i, i, i, 0, '', '',
+    'enqueue', {metadata}, '{}', :at + i, :at + i, i, i, 0, '', '',
     CASE WHEN i < {threads} AND i % 10 = 1 THEN 'worker' ELSE '' END,
     CASE WHEN i < {threads} AND i % 10 = 1 THEN :now + {hour} END,
     CASE WHEN i % 3 = 0 THEN {hour} END,
@@ -51,6 +51,10 @@ SELECT 'run-' || i, 'thread-' || (i % {threads}), 'agent-' || (i % 20),
     'ns-' || (i % 3), i % 10
 FROM {numbers}
 """.replace("{threads}", str(THREADS)).replace("{hour}", str(HOUR_US))
+# Every run's metadata names one of TEAMS teams (0007 indexes it).
+TEAMS = 50
+_TEAM = f"'{{\"team\":\"team-' || (i % {TEAMS}) || '\"}}'"
+_METADATA = {"sqlite": _TEAM, "postgres": f"CAST({_TEAM} AS jsonb)"}
 _NUMBERS = {
     "sqlite": "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
     f"WHERE i < {RUNS}) SELECT i FROM n)",
@@ -73,14 +77,17 @@ def backlog(
                 if backend == "postgres":
                     connection.execute(text("ALTER TABLE runs SET (autovacuum_enabled = off)"))
                 at = now_us() - 10 * HOUR_US
-                statement = _BACKLOG.replace("{numbers}", _NUMBERS[backend])
+                statement = _BACKLOG.replace("{numbers}", _NUMBERS[backend]).replace(
+                    "{metadata}", _METADATA[backend]
+                )
                 connection.execute(text(statement), {"at": at, "now": now_us()})
             upgrade(database.engine)
             if backend == "postgres":
                 with database.engine.begin() as connection:
-                    connection.execute(
-                        text("ALTER TABLE thread_heads SET (autovacuum_enabled = off)")
-                    )
+                    for table in ("thread_heads", "run_metadata"):
+                        connection.execute(
+                            text(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+                        )
             yield backend, database
             if backend == "postgres":
                 assert _never_analyzed(database)
@@ -91,7 +98,10 @@ def backlog(
 def _never_analyzed(database: Database) -> bool:
     with database.engine.connect() as connection:
         analyzed = connection.execute(
-            text("SELECT count(*) FROM pg_stats WHERE tablename IN ('runs', 'thread_heads')")
+            text(
+                "SELECT count(*) FROM pg_stats "
+                "WHERE tablename IN ('runs', 'thread_heads', 'run_metadata')"
+            )
         ).scalar_one()
     return bool(analyzed == 0)
 
@@ -137,7 +147,8 @@ def _nodes(plan: Plan) -> Iterator[Plan]:
 
 
 def _reads_table(line: str) -> bool:
-    return line.startswith(("SCAN", "SEARCH")) and ("runs" in line or "thread_heads" in line)
+    tables = ("runs", "thread_heads", "run_metadata")
+    return line.startswith(("SCAN", "SEARCH")) and any(table in line for table in tables)
 
 
 def _fallen_due_range(plan: Plan) -> bool:
@@ -304,6 +315,35 @@ def test_heartbeats_read_and_update_their_rows_by_key(backlog: tuple[str, Databa
             assert indexes == {None, "runs_pkey"}, plan
 
 
+@pytest.mark.parametrize(
+    "namespaces", [None, frozenset({"ns-1"}), frozenset({"ns-1", "ns-2"})], ids=str
+)
+@pytest.mark.parametrize("order", list(SortOrder))
+def test_a_metadata_listing_reads_its_entry_in_list_order(
+    backlog: tuple[str, Database], namespaces: frozenset[str] | None, order: SortOrder
+) -> None:
+    """The first page of runs whose metadata names a team (2% of the backlog) is a range
+    of the metadata index that stops at the page, then the runs by key; and the page is
+    the runs a scan would find, in list order."""
+    run_filter = RunFilter(metadata={"team": "team-7"}, namespaces=namespaces)
+    found: list[list[str]] = []
+
+    def first_page(unit: UnitOfWork) -> None:
+        found.append([run.run_id for run in unit.runs.list_page(run_filter, order, None, 51)])
+
+    plans = _plans_of(backlog, first_page)
+    _assert_index_reads(backlog[0], plans, "ix_run_metadata_entry")
+    created = sorted(
+        (
+            i
+            for i in range(1, RUNS + 1)
+            if i % TEAMS == 7 and (namespaces is None or f"ns-{i % 3}" in namespaces)
+        ),
+        reverse=order is SortOrder.DESC,
+    )
+    assert found == [[f"run-{i}" for i in created[:51]]]
+
+
 # Listings, on SQLite: its plans, with no statistics, are the same for any number of rows.
 THREAD = "123e4567-e89b-42d3-a456-426614174000"
 SHOP = frozenset({"shop"})
@@ -340,6 +380,20 @@ LISTINGS = {
         "ix_runs_thread (thread_id=?)",
     ),
     "every namespace": (RunFilter(namespaces=None), "SCAN runs USING INDEX ix_runs_created"),
+    "metadata in a namespace": (
+        RunFilter(metadata={"team": "a", 'a"b': 1}, namespaces=SHOP),
+        "SEARCH run_metadata USING COVERING INDEX ix_run_metadata_entry (entry=?) | "
+        "SEARCH runs USING INDEX sqlite_autoindex_runs_1 (run_id=?)",
+    ),
+    "metadata in every namespace": (
+        RunFilter(metadata={"team": "a"}, assistant_id="agent", namespaces=None),
+        "SEARCH run_metadata USING COVERING INDEX ix_run_metadata_entry (entry=?) | "
+        "SEARCH runs USING INDEX sqlite_autoindex_runs_1 (run_id=?)",
+    ),
+    "metadata on a thread": (
+        RunFilter(metadata={"team": "a"}, thread_id=THREAD, namespaces=SHOP),
+        "ix_runs_thread (thread_id=? AND namespace=?)",
+    ),
 }
 
 

@@ -135,6 +135,12 @@ class Dialect(abc.ABC):
     def unselective(self, clause: ColumnElement[bool]) -> ColumnElement[bool]:
         """`clause`, marked as true of most rows for a planner that cannot know it."""
 
+    @abc.abstractmethod
+    def recheck(self, clauses: list[ColumnElement[bool]]) -> list[ColumnElement[bool]]:
+        """`clauses`, checked of the rows an index range found (in the order wanted), and
+        marked as true of most of them: a planner that counted on them to narrow the
+        range down would read all of it and sort it rather than stop at the LIMIT."""
+
     @staticmethod
     @abc.abstractmethod
     def insert(table: Table) -> sqlite.Insert | postgresql.Insert:
@@ -239,6 +245,10 @@ class SQLite(Dialect):
         # would walk a whole namespace in list order rather than seek a thread in it.
         return func.likely(clause)
 
+    def recheck(self, clauses: list[ColumnElement[bool]]) -> list[ColumnElement[bool]]:
+        # Each on its own, so that those over an index's columns are checked in it.
+        return [func.likely(clause) for clause in clauses]
+
     @staticmethod
     def insert(table: Table) -> sqlite.Insert:
         return sqlite.insert(table)
@@ -292,6 +302,12 @@ class PostgreSQL(Dialect):
 
     def unselective(self, clause: ColumnElement[bool]) -> ColumnElement[bool]:
         return clause  # its statistics know
+
+    def recheck(self, clauses: list[ColumnElement[bool]]) -> list[ColumnElement[bool]]:
+        # Without statistics on an expression, PostgreSQL takes a boolean one for true
+        # of half the rows; it rates a comparison of a column, or of a JSON member, as
+        # true of 1 in 200, each.
+        return [func.coalesce(and_(*clauses), False)] if clauses else []
 
     @staticmethod
     def insert(table: Table) -> postgresql.Insert:

@@ -43,11 +43,12 @@ from runplane.server.records import (
     RunStatus,
     SortOrder,
 )
-from runplane.server.store import fields
+from runplane.server.store import fields, metadata_index
 from runplane.server.store.dialects import Dialect, Lock, scoped_key
-from runplane.server.store.schema import Base, RunRow
+from runplane.server.store.schema import Base, RunMetadataRow, RunRow
 
 _runs = Base.metadata.tables[RunRow.__tablename__]
+_entries = Base.metadata.tables[RunMetadataRow.__tablename__]
 
 _SELECT_RUN = select(*(_runs.c[column] for column in fields.COLUMNS))
 # Hot statements are built once: SQLAlchemy then reuses their compiled form.
@@ -236,9 +237,24 @@ class RunStore:
                 reverse=order is SortOrder.DESC,
             )
             return list(itertools.islice(merged, limit))
-        query = _SELECT_RUN.where(*self._filter_clauses(run_filter))
+        clauses = self._filter_clauses(run_filter)
+        key = (_runs.c.created_at_us, _runs.c.run_id)
+        if run_filter.metadata and run_filter.thread_id is None:
+            # A thread's runs are few, and its index finds them; without one, the
+            # metadata index reads the entry of one key in list order, and the filter is
+            # checked of the runs it names (entries are hashes).
+            name = min(run_filter.metadata)
+            if namespaces is not None:
+                clauses.insert(0, _entries.c.namespace.in_(sorted(namespaces)))
+            query = (
+                _SELECT_RUN.select_from(_entries.join(_runs, _runs.c.run_id == _entries.c.run_id))
+                .where(_entries.c.entry == metadata_index.entry(name, run_filter.metadata[name]))
+                .where(*self._dialect.recheck(clauses))
+            )
+            key = (_entries.c.created_at_us, _entries.c.run_id)
+        else:
+            query = _SELECT_RUN.where(*clauses)
         if after is not None:
-            key = (_runs.c.created_at_us, _runs.c.run_id)
             if order is SortOrder.DESC:
                 query = query.where(
                     or_(
@@ -254,9 +270,9 @@ class RunStore:
                     )
                 )
         if order is SortOrder.DESC:
-            query = query.order_by(_runs.c.created_at_us.desc(), _runs.c.run_id.desc())
+            query = query.order_by(key[0].desc(), key[1].desc())
         else:
-            query = query.order_by(_runs.c.created_at_us.asc(), _runs.c.run_id.asc())
+            query = query.order_by(key[0].asc(), key[1].asc())
         return [fields.from_row(row) for row in self._conn.execute(query.limit(limit))]
 
     def _filter_clauses(self, run_filter: RunFilter) -> list[ColumnElement[bool]]:

@@ -32,6 +32,7 @@ OptionalJSONDocument = JSON(none_as_null=True).with_variant(JSONB(none_as_null=T
 INFLIGHT_PREDICATE = "status IN ('pending', 'running')"
 READY_PREDICATE = "state = 'ready'"
 DELAYED_PREDICATE = "state = 'delayed'"
+ENDED_PREDICATE = "ended_at_us IS NOT NULL"
 """Partial-index predicates. A query uses such an index only when its WHERE clause
 repeats the predicate with the same literals (never bound parameters)."""
 
@@ -108,6 +109,8 @@ class RunRow(Base):
         # What the sweeper looks for: only RUNNING runs have a lease or a timeout_at.
         Index("ix_runs_lease", "lease_expires_at_us", **_where("lease_expires_at_us IS NOT NULL")),
         Index("ix_runs_timeout", "timeout_at_us", **_where("timeout_at_us IS NOT NULL")),
+        # What --run-retention deletes: runs that ended, oldest end first.
+        Index("ix_runs_ended", "ended_at_us", **_where(ENDED_PREDICATE)),
     )
 
 
@@ -153,6 +156,25 @@ Index(
 )
 Index("ix_thread_heads_ready_queue", ThreadHeadRow.queue, *_heads_order, **_where(READY_PREDICATE))
 Index("ix_thread_heads_delayed", ThreadHeadRow.due_us, **_where(DELAYED_PREDICATE))
+
+
+class RunMetadataRow(Base):
+    """The metadata index (`store/metadata_index.py`): one row per key of each run's
+    metadata, its entry a hash of the key and the value."""
+
+    __tablename__ = "run_metadata"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    entry: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    namespace: Mapped[str] = mapped_column(String(63))
+
+    __table_args__ = (
+        # A filtered listing reads one entry's runs in list order; the namespace rides
+        # along, so runs of other namespaces are passed over without a look at them.
+        Index("ix_run_metadata_entry", "entry", "created_at_us", "run_id", "namespace"),
+        {"sqlite_with_rowid": False},
+    )
 
 
 class RunEventRow(Base):
