@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -19,6 +20,7 @@ from runplane.server.store.migrate import upgrade
 from runplane.server.store.schema import Base
 from runplane.v1 import run_service_pb2
 from tests.support.databases import database_url
+from tests.support.hostile import struct
 from tests.support.servers import ServerThread
 from tests.support.stubs import run_service
 
@@ -255,12 +257,14 @@ def test_0007_indexes_the_metadata_of_every_run_of_an_0006_database(
 ) -> None:
     """Runs written before the metadata index are found by metadata filters once the
     server has migrated (more runs than one batch of the migration)."""
-    metadata = {
+    metadata: dict[str, dict[str, Any]] = {
         "special-1": {'a"b': "x", "n": 1.0, "nested": {"k": [1.0, True, None]}},
         "special-2": {'a"b': "x", "n": 2.5},
         "special-3": {"n": 1.0, "": ""},
     }
-    runs = [(f"run-{i:05}", {"i": float(i % 7)}) for i in range(6000)]
+    runs: list[tuple[str, dict[str, Any]]] = [
+        (f"run-{i:05}", {"i": float(i % 7)}) for i in range(6000)
+    ]
     runs += list(metadata.items())
     runs.append(("bare", {}))
     cast = "CAST(:metadata AS jsonb)" if backend == "postgres" else ":metadata"
@@ -290,9 +294,10 @@ def test_0007_indexes_the_metadata_of_every_run_of_an_0006_database(
         try:
             with run_service(server.address) as stub:
 
-                def listed(**wanted: object) -> list[str]:
+                def listed(**wanted: Any) -> list[str]:
                     request = run_service_pb2.ListRunsRequest(
-                        filter=run_service_pb2.RunFilter(metadata=wanted), page_size=1000
+                        filter=run_service_pb2.RunFilter(metadata=struct(wanted)),
+                        page_size=1000,
                     )
                     return sorted(run.run_id for run in stub.ListRuns(request).runs)
 
