@@ -38,7 +38,7 @@ _BACKLOG = """
 INSERT INTO runs (run_id, thread_id, assistant_id, status, multitask_strategy, metadata,
     kwargs, created_at_us, updated_at_us, revision, create_revision, attempt, error,
     cancel_reason, worker_id, lease_expires_at_us, timeout_us, started_at_us,
-    start_after_us, namespace, priority)
+    start_after_us, namespace, priority, ended_at_us)
 SELECT 'run-' || i, 'thread-' || (i % {threads}), 'agent-' || (i % 20),
     CASE WHEN i % 50 = 0 THEN 'success'
          WHEN i < {threads} AND i % 10 = 1 THEN 'running' ELSE 'pending' END,
@@ -48,7 +48,7 @@ SELECT 'run-' || i, 'thread-' || (i % {threads}), 'agent-' || (i % 20),
     CASE WHEN i % 3 = 0 THEN {hour} END,
     CASE WHEN i < {threads} AND i % 10 = 1 THEN :now END,
     CASE WHEN i % 7 = 0 THEN :now + {hour} END,
-    'ns-' || (i % 3), i % 10
+    'ns-' || (i % 3), i % 10, CASE WHEN i % 50 = 0 THEN :at + i END
 FROM {numbers}
 """.replace("{threads}", str(THREADS)).replace("{hour}", str(HOUR_US))
 # Every run's metadata names one of TEAMS teams (0007 indexes it).
@@ -120,10 +120,13 @@ def _plans_of(
 
         @event.listens_for(connection, "before_cursor_execute")
         def explain(
-            conn: Connection, cursor: object, statement: str, params: Any, *_: object
+            conn: Connection, cursor: object, statement: str, params: Any, *rest: object
         ) -> None:
             if not statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
                 return
+            _context, executemany = rest
+            if executemany:  # one plan serves every parameter set
+                params = params[0]
             if backend == "sqlite":
                 rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
                 plans.append((statement, [(row[0], row[1], str(row[3])) for row in rows]))
@@ -163,9 +166,13 @@ def _fallen_due_range(plan: Plan) -> bool:
 
 
 def _by_keys(plan: Plan) -> bool:
-    """A read of the rows whose primary keys the statement lists."""
+    """A read of the rows whose primary keys the statement lists (of a run's metadata
+    entries: the run id that leads their key)."""
     bitmap = plan.get("Plans", [{}])[0]
-    return bool(plan["Node Type"] == "Bitmap Heap Scan" and bitmap.get("Index Name") == "runs_pkey")
+    return bool(
+        plan["Node Type"] == "Bitmap Heap Scan"
+        and bitmap.get("Index Name") in ("runs_pkey", "run_metadata_pkey")
+    )
 
 
 def _bounded(plan: Plan) -> bool:
@@ -186,7 +193,8 @@ def _assert_index_reads(backend: str, plans: list[tuple[str, Any]], *indexes: st
         if backend == "sqlite":
             for _, _, line in plan:
                 if _reads_table(line):
-                    assert " INDEX " in line, (statement, plan)
+                    # A table WITHOUT ROWID is its primary key's index.
+                    assert " INDEX " in line or " PRIMARY KEY " in line, (statement, plan)
                     used.add(line.split("INDEX ")[-1].split(" ")[0])
             for node, parent, line in plan:
                 if "TEMP B-TREE" in line:  # beside a subquery's output, not a table read
@@ -286,6 +294,22 @@ def test_the_sweeper_reads_leases_and_timeouts_by_index(backlog: tuple[str, Data
     _assert_index_reads(
         backlog[0], plans, "ix_runs_lease", "ix_runs_timeout", "ix_thread_heads_delayed"
     )
+
+
+def test_retention_reads_ended_runs_by_index_and_deletes_them_by_key(
+    backlog: tuple[str, Database],
+) -> None:
+    """A batch of --run-retention: the runs that ended longest ago, then their deletes
+    (the run, its metadata entries, its thread's head)."""
+
+    def expire(unit: UnitOfWork) -> None:
+        assert unit.runs.try_lock_retention()
+        expired = unit.runs.ended_before(now_us(), 100)
+        assert [run.run_id for run in expired] == [f"run-{i}" for i in range(50, 5001, 50)]
+        unit.apply([Change(ChangeType.DELETED, run) for run in expired])
+
+    plans = _plans_of(backlog, expire)
+    _assert_index_reads(backlog[0], plans, "ix_runs_ended")
 
 
 def test_heartbeats_read_and_update_their_rows_by_key(backlog: tuple[str, Database]) -> None:

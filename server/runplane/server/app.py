@@ -30,6 +30,7 @@ from runplane.server.limits import RateLimiter, WatchCounter
 from runplane.server.pages import PageTokens
 from runplane.server.periodic import PeriodicTask
 from runplane.server.reloading import Reloadable, Reloader
+from runplane.server.retention import Retention
 from runplane.server.runs import RunService
 from runplane.server.servicer import RunServicer, add_to_server
 from runplane.server.store.database import Database, redact
@@ -68,12 +69,14 @@ class RunningServer:
     database: Database
     hub: WatchHub
     compactor: Compactor
+    retention: Retention | None
+    """Deletes expired runs, with --run-retention."""
     telemetry: Telemetry
     reloader: Reloader
     """Re-reads the certificates and the auth config; `reloader.reload_now()` on SIGHUP."""
     background: list[PeriodicTask]
-    """Tasks that live as long as the server: compaction, the sweeper, the change
-    listener, the reloader (the hub runs its own tailer)."""
+    """Tasks that live as long as the server: compaction, the sweeper, retention, the
+    change listener, the reloader (the hub runs its own tailer)."""
     listener: ChangeListener | None
 
     async def stop(self, grace: float | None = None) -> None:
@@ -221,6 +224,11 @@ async def _start(
     add_to_server(servicer, server)
     sweeper = Sweeper(database, config.max_attempts, on_sweep=telemetry.swept)
     background.append(PeriodicTask("sweeper", sweeper.sweep, interval=SWEEP_INTERVAL_S))
+    retention = None
+    if config.run_retention is not None:
+        retention = Retention(database, config.run_retention)
+        interval = config.retention_interval
+        background.append(PeriodicTask("retention", retention.delete_expired, interval=interval))
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -246,6 +254,7 @@ async def _start(
         database=database,
         hub=hub,
         compactor=compactor,
+        retention=retention,
         telemetry=telemetry,
         reloader=edges.reloader,
         background=background,

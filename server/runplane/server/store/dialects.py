@@ -67,6 +67,7 @@ class Lock(enum.IntEnum):
     REQUEST = 2
     SWEEPER = 3
     COMPACTION = 4
+    RETENTION = 5
 
 
 def scoped_key(namespace: str, key: str) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Case,
     ColumnElement,
     Connection,
+    Select,
     Update,
     and_,
     bindparam,
@@ -88,6 +89,13 @@ _STILL_STUCK = _GET_RUN_FOR_CHANGE.where(
         _runs.c.lease_expires_at_us < bindparam("now"),
         _runs.c.timeout_at_us < bindparam("now"),
     )
+)
+# Ended runs, oldest end first: a range of the partial index ix_runs_ended (a comparison
+# of ended_at_us implies the index's `IS NOT NULL`).
+_ENDED = (
+    _SELECT_RUN.where(_runs.c.ended_at_us < bindparam("cutoff"))
+    .order_by(_runs.c.ended_at_us)
+    .limit(bindparam("limit"))
 )
 _GET_RUNS = _SELECT_RUN.where(_runs.c.run_id.in_(bindparam("run_ids", expanding=True)))
 _NAMESPACES_OF = select(_runs.c.run_id, _runs.c.namespace).where(
@@ -168,6 +176,10 @@ class RunStore:
         """Let one replica at a time sweep; held until commit."""
         return self._dialect.try_lock(self._conn, Lock.SWEEPER, "sweeper")
 
+    def try_lock_retention(self) -> bool:
+        """Let one replica at a time delete expired runs; held until commit."""
+        return self._dialect.try_lock(self._conn, Lock.RETENTION, "retention")
+
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, run_id: str) -> Run | None:
@@ -208,16 +220,29 @@ class RunStore:
         rows = self._conn.execute(_STUCK, {"now": now, "limit": limit})
         # A run whose lease expired and whose timeout passed is read twice.
         runs = list({run.run_id: run for run in map(fields.from_row, rows)}.values())[:limit]
-        if not self._dialect.serial_writes:
-            # Read again under the locks: it may have been renewed or ended meanwhile.
-            still = (
-                self._conn.execute(_STILL_STUCK, {"run_id": run.run_id, "now": now}).first()
-                for run in runs
-                if self.try_lock_thread(run.namespace, run.thread_id)
-            )
-            runs = [fields.from_row(row) for row in still if row is not None]
+        # Read again under the locks: it may have been renewed or ended meanwhile.
+        runs = self._locked_again(runs, _STILL_STUCK, now=now)
         # A lease or timeout_at outside RUNNING would be a bug; never act on one.
         return [run for run in runs if run.status is RunStatus.RUNNING]
+
+    def ended_before(self, cutoff: int, limit: int) -> list[Run]:
+        """Up to `limit` runs that ended before `cutoff`, oldest end first, each locked
+        for change (threads that are busy now are left for the next look)."""
+        rows = self._conn.execute(_ENDED, {"cutoff": cutoff, "limit": limit})
+        # Read again under the locks: it may have been deleted or changed meanwhile.
+        return self._locked_again(list(map(fields.from_row, rows)), _GET_RUN_FOR_CHANGE)
+
+    def _locked_again(self, runs: list[Run], still: Select[Any], **params: Any) -> list[Run]:
+        """Those of `runs` whose threads could be locked at once, as `still` (a read of
+        one run by id) reads them now, under the lock; the others are skipped."""
+        if self._dialect.serial_writes:
+            return runs  # nobody else writes meanwhile
+        rows = (
+            self._conn.execute(still, {"run_id": run.run_id, **params}).first()
+            for run in runs
+            if self.try_lock_thread(run.namespace, run.thread_id)
+        )
+        return [fields.from_row(row) for row in rows if row is not None]
 
     def list_page(
         self, run_filter: RunFilter, order: SortOrder, after: PageCursor | None, limit: int
