@@ -161,6 +161,8 @@ class EventLog:
                 _events.c.revision > state.compact_revision, _events.c.revision <= target
             )
         )
+        # The space of these events, and of runs deleted since the last batch.
+        self._dialect.release_space(self._conn)
         # Last, so the counter row that every writer needs is held only briefly.
         self._conn.execute(update(_state).where(_state.c.id == 1).values(compact_revision=target))
         return Compaction(
