@@ -66,7 +66,7 @@ def _to_event(row: Any) -> RunEvent:
         type=EventType(row.type),
         revision=row.revision,
         run=fields.from_json(row.run),
-        previous=None if row.previous is None else fields.from_json(row.previous),
+        previous=None if row.previous is None else fields.from_json_pair(row.run, row.previous),
     )
 
 
@@ -98,9 +98,7 @@ class EventLog:
             "run_id": change.run.run_id,
             "committed_at_us": committed_at,
             "run": fields.to_json(stored),
-            "previous": None
-            if previous is None
-            else fields.to_json(fields.stored_values(previous)),
+            "previous": None if previous is None else fields.previous_json(previous, change.run),
         }
 
     def append(self, entries: list[dict[str, Any]]) -> None:

@@ -189,7 +189,8 @@ class RunEventRow(Base):
     run: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
     """The run after the change (for a delete: its last state)."""
     previous: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
-    """The run before an update, so watch filters can match either side."""
+    """Of the run before an update, what watch filters read and the update changed (a
+    watcher's filter matches either side); the rest is as in `run`."""
 
 
 class StoreStateRow(Base):
