@@ -146,6 +146,47 @@ def _measure(stub: run_service_pb2_grpc.RunServiceStub, stored: Stored, samples:
     return {name: _timed(call, samples) for name, call in calls.items()}
 
 
+TABLES = ("runs", "run_metadata", "thread_heads", "run_events")
+_SIZES = {
+    # Rows and indexes of each table, in pages (dbstat) or as PostgreSQL counts them.
+    "sqlite": "SELECT s.tbl_name, SUM(d.pgsize) FROM dbstat AS d "
+    "JOIN sqlite_schema AS s ON s.name = d.name GROUP BY s.tbl_name",
+    "postgresql": "SELECT relname, pg_total_relation_size(oid) FROM pg_class "
+    "WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace",
+}
+
+
+def _storage(database_url: str) -> dict[str, object]:
+    """Bytes of each table with its indexes, and per stored run or logged change."""
+    database = Database(database_url)
+    try:
+        with database.engine.connect() as connection:
+            backend = connection.dialect.name
+            sizes = {
+                table: int(size)
+                for table, size in connection.exec_driver_sql(_SIZES[backend])
+                if table in TABLES
+            }
+            runs = connection.exec_driver_sql("SELECT count(*) FROM runs").scalar_one()
+            events = connection.exec_driver_sql("SELECT count(*) FROM run_events").scalar_one()
+            # An event's JSON, as the database keeps it: the run, and what of the run
+            # before a filter needs.
+            length = "length(CAST({} AS blob))" if backend == "sqlite" else "pg_column_size({})"
+            run_json, event_json = connection.exec_driver_sql(
+                f"SELECT avg({length.format('run')}), avg({length.format('run')} + "
+                f"COALESCE({length.format('previous')}, 0)) FROM run_events"
+            ).one()
+    finally:
+        database.dispose()
+    per_run = {table: round(sizes[table] / runs) for table in TABLES if table != "run_events"}
+    return {
+        "bytes": sizes,
+        "bytes_per_run": per_run,
+        "bytes_per_event": round(sizes["run_events"] / events),
+        "event_json_per_run_json": round(float(event_json) / float(run_json), 3),
+    }
+
+
 def _stages(runs: int, stages: list[int]) -> list[int]:
     return sorted({stage for stage in stages if stage < runs} | {runs})
 
@@ -185,6 +226,7 @@ def main() -> None:
                 "p50_growth": {
                     rpc: round(last[rpc]["p50_ms"] / first[rpc]["p50_ms"], 2) for rpc in first
                 },
+                "storage": _storage(args.database_url),
                 "metadata_vs_thread_p50": {
                     str(stage): round(
                         cell["list_metadata"]["p50_ms"] / cell["list_thread"]["p50_ms"], 2

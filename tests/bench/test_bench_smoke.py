@@ -121,3 +121,8 @@ def test_the_scale_benchmark_runs_against_a_server(server: ServerThread) -> None
         for rpc in rpcs:
             assert 0 < stage[rpc]["p50_ms"] <= stage[rpc]["p99_ms"]
     assert set(document["metadata_vs_thread_p50"]) == {"600", "1200"}
+    storage = document["storage"]
+    assert set(storage["bytes_per_run"]) == {"runs", "run_metadata", "thread_heads"}
+    assert storage["bytes_per_event"] > 0
+    # Each change logs its run once (the run before: only what filters read).
+    assert 1 <= storage["event_json_per_run_json"] <= 1.1
