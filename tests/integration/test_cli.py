@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from runplane.client import Client, RunStatus
+from runplane.client import Client, RunRetryPolicy, RunStatus
 from runplane.server.config import ServerConfig
 from tests.support.serve_process import free_port
 from tests.support.servers import ServerThread
@@ -542,6 +542,28 @@ def test_wait_exit_status_says_how_the_run_ended(
     assert cli("runs", "wait", run_id, "-o", "json") == code, cli.stderr
 
     assert json.loads(cli.stdout)["status"] == status.value
+
+
+def test_get_and_wait_show_the_result_and_the_retry_policy(cli: Cli, client: Client) -> None:
+    assistant = f"result-{uuid.uuid4()}"
+    policy = RunRetryPolicy(max_attempts=4, initial_backoff=timedelta(seconds=2))
+    run = client.create_run(assistant, retry_policy=policy, priority=8)
+    assert client.claim_run("w", assistant_ids=[assistant]) is not None
+    client.complete_run(run.run_id, "w", RunStatus.SUCCESS, result={"answer": 42, "parts": ["a"]})
+
+    waited = cli.json("runs", "wait", run.run_id)
+    assert waited["result"] == {"answer": 42, "parts": ["a"]}
+    assert waited["priority"] == 8
+    assert waited["retry_policy"] == {
+        "max_attempts": 4,
+        "initial_backoff": 2.0,
+        "backoff_coefficient": 0.0,
+        "maximum_backoff": None,
+    }
+    assert cli("runs", "get", run.run_id) == 0
+    fields = dict(line.split(":", 1) for line in cli.stdout.splitlines())
+    assert fields["result"].strip() == '{"answer": 42, "parts": ["a"]}'
+    assert fields["priority"].strip() == "8"
 
 
 def test_wait_blocks_until_the_run_ends(cli: Cli, client: Client) -> None:

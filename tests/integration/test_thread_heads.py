@@ -152,7 +152,7 @@ class Walk:
         self.db = database
         self.rng = random.Random(seed)
         self.runs = RunService(database, TOKENS)
-        self.claims = ClaimService(database, ClaimWakeups(database), Limits())
+        self.claims = ClaimService(database, ClaimWakeups(database), Limits(), max_attempts=3)
         self.sweeper = Sweeper(database, max_attempts=3)
         # Each thread id is a thread in both namespaces: neither's runs may hold up the other's.
         thread_ids = [str(uuid.uuid4()) for _ in range(3)]
@@ -268,7 +268,7 @@ def test_a_thread_whose_head_ends_hands_over_to_its_next_run(database: Database)
     async def scenario() -> tuple[list[str], list[str]]:
         runs, claims = (
             RunService(database, TOKENS),
-            ClaimService(database, ClaimWakeups(database), Limits()),
+            ClaimService(database, ClaimWakeups(database), Limits(), max_attempts=3),
         )
         thread_id = str(uuid.uuid4())
         created = [
@@ -313,7 +313,7 @@ def test_a_retried_head_keeps_its_place_and_waits_for_its_new_due_time(
     async def scenario() -> None:
         runs, claims = (
             RunService(database, TOKENS),
-            ClaimService(database, ClaimWakeups(database), Limits()),
+            ClaimService(database, ClaimWakeups(database), Limits(), max_attempts=3),
         )
         sweeper = Sweeper(database, max_attempts=3)
         thread_id = str(uuid.uuid4())

@@ -50,9 +50,9 @@ def test_async_worker_completes_runs_with_handler_results_and_errors(
             return runs
 
     first, failed, third = asyncio.run(scenario())
-    assert (first.status, first.metadata) == (RunStatus.SUCCESS, {"answer": 2})
+    assert (first.status, first.result, first.metadata) == (RunStatus.SUCCESS, {"answer": 2}, {})
     assert (failed.status, failed.error) == (RunStatus.ERROR, "bad input: fail was set")
-    assert (third.status, third.metadata) == (RunStatus.SUCCESS, {"answer": 6})
+    assert (third.status, third.result) == (RunStatus.SUCCESS, {"answer": 6})
     assert first.worker_id == third.worker_id
 
 
@@ -108,7 +108,7 @@ def test_stop_drains_the_run_in_hand(server_address: str, assistant: str) -> Non
             return await client.get_run(run.run_id)
 
     final = asyncio.run(scenario())
-    assert (final.status, final.metadata) == (RunStatus.SUCCESS, {"done": True})
+    assert (final.status, final.result) == (RunStatus.SUCCESS, {"done": True})
 
 
 def test_sync_worker_runs_plain_functions_and_signals_loss(
@@ -128,7 +128,7 @@ def test_sync_worker_runs_plain_functions_and_signals_loss(
         worker = Worker(server_address, handler, assistant_ids=[assistant], lease_duration=30)
         done = worker.run_once(wait=5)
         assert done is not None
-        assert (done.run_id, done.status, done.metadata) == (
+        assert (done.run_id, done.status, done.result) == (
             quick.run_id,
             RunStatus.SUCCESS,
             {"by": "sync"},
@@ -264,7 +264,7 @@ def test_readme_worker_finishes_its_run_on_ctrl_c(server_address: str, tmp_path:
     assert worker.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert "SIGINT: no more claims" in stderr
-    assert (final.status, final.metadata) == (RunStatus.SUCCESS, {"reply": "done with 'hello'"})
+    assert (final.status, final.result) == (RunStatus.SUCCESS, {"reply": "done with 'hello'"})
 
 
 def test_readme_worker_hands_its_run_back_on_a_second_ctrl_c(

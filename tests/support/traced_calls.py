@@ -49,7 +49,7 @@ async def _asynchronously(address: str) -> dict[str, Any]:
         created_elsewhere = {"traceparent": CREATOR_TRACEPARENT}
         ended = await worker.work(dataclasses.replace(claimed, trace_context=created_elsewhere))
         assert ended is not None
-        return ended.metadata
+        return ended.result
 
 
 def main(address: str, endpoint: str) -> None:
@@ -63,7 +63,7 @@ def main(address: str, endpoint: str) -> None:
                 client.get_run(str(uuid.uuid4()))
             for _ in client.watch_run(created.run_id):
                 break
-        metadata = asyncio.run(_asynchronously(address))
+        result = asyncio.run(_asynchronously(address))
     provider.shutdown()
     context = app.get_span_context()
     print(
@@ -71,7 +71,7 @@ def main(address: str, endpoint: str) -> None:
             {
                 "app_trace_id": trace.format_trace_id(context.trace_id),
                 "app_span_id": trace.format_span_id(context.span_id),
-                "handled_in_trace": metadata["handled_in_trace"],
+                "handled_in_trace": result["handled_in_trace"],
             }
         )
     )

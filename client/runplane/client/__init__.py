@@ -53,6 +53,7 @@ if TYPE_CHECKING:
         Run,
         RunEvent,
         RunPage,
+        RunRetryPolicy,
         RunStatus,
     )
     from runplane.client._pagers import (
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from runplane.client._retry import RetryPolicy
     from runplane.client._worker import (
         AsyncWorker,
+        RetryableError,
         Worker,
     )
 
@@ -91,6 +93,7 @@ _LAZY = {
     "PermissionDenied": "runplane.client._errors",
     "RateLimited": "runplane.client._errors",
     "ResourceExhausted": "runplane.client._errors",
+    "RetryableError": "runplane.client._worker",
     "RetryPolicy": "runplane.client._retry",
     "RevisionCompacted": "runplane.client._errors",
     "RevisionMismatch": "runplane.client._errors",
@@ -100,6 +103,7 @@ _LAZY = {
     "RunInflight": "runplane.client._errors",
     "RunPage": "runplane.client._models",
     "RunPager": "runplane.client._pagers",
+    "RunRetryPolicy": "runplane.client._models",
     "RunplaneError": "runplane.client._errors",
     "RunStatus": "runplane.client._models",
     "RunTerminal": "runplane.client._errors",
@@ -147,6 +151,7 @@ __all__ = [
     "RateLimited",
     "ResourceExhausted",
     "RetryPolicy",
+    "RetryableError",
     "RevisionCompacted",
     "RevisionMismatch",
     "Run",
@@ -155,6 +160,7 @@ __all__ = [
     "RunInflight",
     "RunPage",
     "RunPager",
+    "RunRetryPolicy",
     "RunStatus",
     "RunTerminal",
     "RunplaneError",

@@ -90,11 +90,16 @@ def rollback_json(run: Run) -> str:
     return _dumps({**_plain(run), "deleted": True})
 
 
-def _plain(run: Run) -> dict[str, Any]:
-    return {field.name: _json_value(getattr(run, field.name)) for field in dataclasses.fields(run)}
+def _plain(value: Any) -> dict[str, Any]:
+    """A dataclass (a run, its retry policy) as a JSON object."""
+    return {
+        field.name: _json_value(getattr(value, field.name)) for field in dataclasses.fields(value)
+    }
 
 
 def _json_value(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, timedelta):

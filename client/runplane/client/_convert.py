@@ -18,6 +18,7 @@ from runplane.client._models import (
     Run,
     RunEvent,
     RunPage,
+    RunRetryPolicy,
     RunStatus,
     _WordEnum,
 )
@@ -138,6 +139,41 @@ def run_from_proto(message: run_pb2.Run) -> Run:
         worker_id=message.worker_id,
         timeout=duration_from_proto(message.timeout) if message.HasField("timeout") else None,
         trace_context=dict(message.trace_context),
+        priority=message.priority,
+        retry_policy=(
+            retry_policy_from_proto(message.retry_policy)
+            if message.HasField("retry_policy")
+            else None
+        ),
+        result=struct_from_proto(message.result),
+    )
+
+
+def retry_policy_to_proto(policy: RunRetryPolicy) -> run_pb2.RetryPolicy:
+    message = run_pb2.RetryPolicy(
+        max_attempts=policy.max_attempts, backoff_coefficient=policy.backoff_coefficient
+    )
+    if policy.initial_backoff is not None:
+        message.initial_backoff.CopyFrom(duration_to_proto(policy.initial_backoff))
+    if policy.maximum_backoff is not None:
+        message.maximum_backoff.CopyFrom(duration_to_proto(policy.maximum_backoff))
+    return message
+
+
+def retry_policy_from_proto(message: run_pb2.RetryPolicy) -> RunRetryPolicy:
+    return RunRetryPolicy(
+        max_attempts=message.max_attempts,
+        initial_backoff=(
+            duration_from_proto(message.initial_backoff)
+            if message.HasField("initial_backoff")
+            else None
+        ),
+        backoff_coefficient=message.backoff_coefficient,
+        maximum_backoff=(
+            duration_from_proto(message.maximum_backoff)
+            if message.HasField("maximum_backoff")
+            else None
+        ),
     )
 
 

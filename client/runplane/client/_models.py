@@ -70,6 +70,25 @@ class EventType(_WordEnum):
 
 
 @dataclass(frozen=True)
+class RunRetryPolicy:
+    """How the server tries a run again after a failed attempt: its worker completed it
+    with a retryable ERROR (`RetryableError` in a `Worker`), or its lease expired.
+
+    Attempt n is followed by a wait of min(initial_backoff * backoff_coefficient^(n-1),
+    maximum_backoff) before the run is claimable again, until it was claimed
+    `max_attempts` times; then it is ERROR. Unset values take the server's defaults:
+    `max_attempts` 0 is the server's --max-attempts, `initial_backoff` 1 s,
+    `backoff_coefficient` 0 is 2, `maximum_backoff` 100 times `initial_backoff`.
+    (Not `RetryPolicy`, which is how the client retries its own calls.)
+    """
+
+    max_attempts: int = 0
+    initial_backoff: timedelta | None = None
+    backoff_coefficient: float = 0.0
+    maximum_backoff: timedelta | None = None
+
+
+@dataclass(frozen=True)
 class Run:
     """One run of an assistant on a conversation thread, as the server last recorded it.
 
@@ -104,6 +123,13 @@ class Run:
     trace_context: dict[str, str]
     """The W3C trace context (`traceparent`, `tracestate`) of the call that created the
     run, which a worker continues; empty when the creator was not traced."""
+    priority: int
+    """0 to 9: among runs ready to start, higher priorities are claimed first."""
+    retry_policy: RunRetryPolicy | None
+    """How failed attempts are retried; None when the run has no policy."""
+    result: dict[str, Any]
+    """What the run produced, as its worker reported it (a `Worker`: its handler's
+    return value); empty until then."""
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,21 @@ from runplane.client._convert import (
     cancel_action_to_proto,
     duration_to_proto,
     multitask_strategy_to_proto,
+    retry_policy_to_proto,
     run_from_proto,
     run_page_from_proto,
     run_status_to_proto,
     struct_to_proto,
     timestamp_to_proto,
 )
-from runplane.client._models import CancelAction, MultitaskStrategy, Run, RunPage, RunStatus
+from runplane.client._models import (
+    CancelAction,
+    MultitaskStrategy,
+    Run,
+    RunPage,
+    RunRetryPolicy,
+    RunStatus,
+)
 from runplane.client._retry import NO_RETRY, Attempts, RetryPolicy
 from runplane.client._watching import ReconnectHook, WatchCall
 from runplane.v1 import run_pb2, run_service_pb2
@@ -118,6 +126,8 @@ def create_run(
     request_id: str | None = None,
     timeout: timedelta | float | None = None,
     start_after: datetime | None = None,
+    priority: int | None = None,
+    retry_policy: RunRetryPolicy | None = None,
     namespace: str | None = None,
     deadline: float | None = None,
 ) -> UnaryCall[run_pb2.Run, Run]:
@@ -127,7 +137,9 @@ def create_run(
     `multitask_strategy` (default enqueue) decides what happens to the thread's
     inflight runs: reject raises `ThreadBusy`, interrupt and rollback supersede
     them. `timeout` is the run's own time limit once RUNNING (seconds or a
-    timedelta); `start_after` (timezone-aware) defers it. `deadline` bounds the call.
+    timedelta); `start_after` (timezone-aware) defers it. `priority` (0 to 9, default
+    5) ranks it among runs ready to start, higher first; `retry_policy` has the server
+    try it again after a failed attempt. `deadline` bounds the call.
 
     With a `request_id` the create is idempotent: a repeat returns the run first
     created with it, so the client also retries it when the server is unavailable.
@@ -150,6 +162,10 @@ def create_run(
         request.timeout.CopyFrom(duration_to_proto(timeout))
     if start_after is not None:
         request.start_after.CopyFrom(timestamp_to_proto(start_after))
+    if priority is not None:
+        request.priority = priority
+    if retry_policy is not None:
+        request.retry_policy.CopyFrom(retry_policy_to_proto(retry_policy))
     return UnaryCall(
         "CreateRun", request, run_from_proto, deadline, idempotent=request_id is not None
     )
@@ -305,14 +321,27 @@ def complete_run(
     *,
     error: str = "",
     metadata: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+    retryable: bool = False,
     deadline: float | None = None,
 ) -> UnaryCall[run_pb2.Run, Run]:
-    """End a RUNNING run with success or error, merging `metadata` into the run's."""
+    """End a RUNNING run with success or error, merging `metadata` into the run's and
+    storing `result` (with an error, partial output) as the run's result.
+
+    An error that is `retryable` sends a run with a retry policy back in line, PENDING,
+    while it has attempts left; the run returned says which happened.
+    """
     request = run_service_pb2.CompleteRunRequest(
-        run_id=run_id, worker_id=worker_id, status=run_status_to_proto(status), error=error
+        run_id=run_id,
+        worker_id=worker_id,
+        status=run_status_to_proto(status),
+        error=error,
+        retryable=retryable,
     )
     if metadata is not None:
         request.metadata.CopyFrom(struct_to_proto(metadata))
+    if result is not None:
+        request.result.CopyFrom(struct_to_proto(result))
     return UnaryCall("CompleteRun", request, run_from_proto, deadline)
 
 

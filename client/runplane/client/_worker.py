@@ -1,7 +1,7 @@
 """Workers: run a handler for each claimed run, keep its lease, report how it ended.
 
     async def summarize(run: Run) -> dict[str, Any] | None:
-        ...                                   # the work; its result is merged into metadata
+        ...                                   # the work; what it returns is the run's result
 
     async with AsyncClient() as client:
         worker = AsyncWorker(client, summarize, assistant_ids=["summarizer"])
@@ -9,7 +9,10 @@
 
 For each run it claims, a worker starts the handler, heartbeats every third of the
 lease while the handler works, and completes the run with SUCCESS (the handler's
-returned dict merged into the run's metadata) or ERROR (the exception's message).
+returned dict stored as the run's `result`) or ERROR (the exception's message). A
+handler raises `RetryableError` to ask for another attempt: the run's retry policy,
+if it has attempts left, sends it back in line after its backoff; any other
+exception, or a run without a policy, ends it as ERROR.
 It also watches its run, so the moment the run is lost (interrupted, rolled back,
 timed out or re-claimed) the handler is cancelled and nothing is reported; a
 heartbeat answered with LeaseLost (or NotFound: the run was deleted) does the same
@@ -58,6 +61,12 @@ _HAND_BACK_LEASE = 0.001
 """Seconds: the shortest lease, expired as soon as it is granted."""
 _POLL = 0.2
 """Seconds between looks at the stop flags, which any thread may set."""
+
+
+class RetryableError(Exception):
+    """Raise it from a handler when this attempt failed but another may succeed (a
+    timeout, a rate limit): the run is completed with ERROR (this message) marked
+    retryable, so its retry policy tries it again while attempts remain."""
 
 
 def default_worker_id() -> str:
@@ -234,10 +243,14 @@ class AsyncWorker:
         try:
             if error is None:
                 return await self._client.complete_run(
-                    run.run_id, self.worker_id, RunStatus.SUCCESS, metadata=handling.result()
+                    run.run_id, self.worker_id, RunStatus.SUCCESS, result=handling.result()
                 )
             return await self._client.complete_run(
-                run.run_id, self.worker_id, RunStatus.ERROR, error=str(error) or repr(error)
+                run.run_id,
+                self.worker_id,
+                RunStatus.ERROR,
+                error=str(error) or repr(error),
+                retryable=isinstance(error, RetryableError),
             )
         except (LeaseLost, NotFound):  # NotFound: deleted meanwhile
             return None

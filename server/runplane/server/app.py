@@ -218,7 +218,7 @@ async def _start(
         database.on_renewal(cache.renewed)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
     runs = RunService(database, tokens, cache)
-    claims = ClaimService(database, wakeups, limits)
+    claims = ClaimService(database, wakeups, limits, max_attempts=config.max_attempts)
     watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
     servicer = RunServicer(runs, claims, watches, limits)
     add_to_server(servicer, server)

@@ -9,6 +9,9 @@ process or across PostgreSQL replicas. A long-polling claim waits for its next l
 in `ClaimWakeups`. A claim looks only in the namespaces its access gives it;
 heartbeats and completions reach only runs there.
 
+A worker ends its run with SUCCESS or ERROR; an ERROR it calls retryable sends a run
+with a retry policy back in line while attempts remain (`retries`).
+
 A heartbeat extends the lease in place (`LeaseKeeper`): it is not a change of the
 run, so it takes no revision, writes no event and wakes nobody.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from runplane.server import requests, validation
+from runplane.server import requests, retries, validation
 from runplane.server.leases import LeaseKeeper, held
 from runplane.server.records import Change, ChangeType, NamespaceSet, Run, RunStatus, now_us
 from runplane.server.store.database import Database
@@ -27,11 +30,18 @@ from runplane.server.wakeups import ClaimScope, ClaimWakeups
 
 class ClaimService:
     def __init__(
-        self, database: Database, wakeups: ClaimWakeups, limits: validation.Limits
+        self,
+        database: Database,
+        wakeups: ClaimWakeups,
+        limits: validation.Limits,
+        *,
+        max_attempts: int,
     ) -> None:
         self._db = database
         self._wakeups = wakeups
         self._limits = limits
+        self._max_attempts = max_attempts
+        """Claims of a run whose retry policy leaves max_attempts 0 (--max-attempts)."""
         self._leases = LeaseKeeper(database)
 
     def drain(self) -> None:
@@ -64,8 +74,8 @@ class ClaimService:
         return await self._leases.renew(request)
 
     async def complete(self, completion: requests.CompleteRun) -> Run:
-        """End the run as its worker says. `retryable` is carried, not applied yet: an
-        ERROR is final until runs have retry policies."""
+        """End the run as its worker says; an ERROR the worker calls retryable, of a run
+        with a retry policy, is a failed attempt (`retries.after_failure`)."""
 
         def finish(unit: UnitOfWork) -> Run:
             run = held(
@@ -74,19 +84,30 @@ class ClaimService:
             )
             metadata = validation.merged_metadata(run.metadata, completion.metadata, self._limits)
             now = now_us()
-            ended = dataclasses.replace(
-                run,
-                status=completion.status,
-                error=completion.error,
-                metadata=metadata,
-                result=completion.result,
-                ended_at=now,
-                updated_at=now,
-                lease_expires_at=None,
-            )
-            return unit.apply([Change(ChangeType.UPDATED, ended, previous=run)])[0]
+            reported = dataclasses.replace(run, metadata=metadata, result=completion.result)
+            if _retryable(completion, run):
+                after = retries.after_failure(reported, now, completion.error, self._max_attempts)
+            else:
+                after = dataclasses.replace(
+                    reported,
+                    status=completion.status,
+                    error=completion.error,
+                    ended_at=now,
+                    updated_at=now,
+                    lease_expires_at=None,
+                )
+            return unit.apply([Change(ChangeType.UPDATED, after, previous=run)])[0]
 
         return await self._db.write(finish)
+
+
+def _retryable(completion: requests.CompleteRun, run: Run) -> bool:
+    """Whether the completion is a failed attempt that the run's policy may retry."""
+    return (
+        completion.status is RunStatus.ERROR
+        and completion.retryable
+        and run.retry_policy is not None
+    )
 
 
 def _peek(

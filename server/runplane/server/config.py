@@ -95,9 +95,13 @@ class ServerConfig:
         "3",
         parse=positive_int,
         metavar="N",
-        help="Claims of a run before an expired lease makes it ERROR.",
+        help=(
+            "Claims of a run before an expired lease makes it ERROR; also the limit of "
+            "retry policies that leave max_attempts 0."
+        ),
     )
-    """Claims of one run before an expired lease turns it into ERROR."""
+    """Claims of one run before an expired lease turns it into ERROR, unless its retry
+    policy sets another limit."""
     max_struct_bytes: int = flag(
         "262144",
         parse=struct_bytes,

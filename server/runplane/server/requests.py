@@ -129,7 +129,7 @@ class CompleteRun:
     """Merged into the run's metadata."""
     result: JSONObject = field(default_factory=dict)
     retryable: bool = False
-    """With ERROR: the worker asks for another attempt (no retry policy applies it yet)."""
+    """With ERROR: the worker asks for another attempt, which the run's retry policy may give."""
 
 
 @dataclass(frozen=True, slots=True)

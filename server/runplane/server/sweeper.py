@@ -1,8 +1,10 @@
 """Turns stuck RUNNING runs into TIMEOUT, back into PENDING, or into ERROR.
 
 - past its `timeout` (counted from `started_at`, the first claim): TIMEOUT;
-- lease expired: PENDING again, keeping its place in its thread's line (its
-  creation order), or ERROR once it has been claimed `max_attempts` times.
+- lease expired: a failed attempt (`retries.after_failure`): PENDING again, keeping
+  its place at the head of its thread's line, after its retry policy's backoff if it
+  has one, at once if not; ERROR once it has been claimed as often as its policy, or
+  else `max_attempts`, allows.
 
 Each sweep is one ordinary revisioned transaction; one replica sweeps at a time. It
 also moves the delayed thread heads that fell due into the ready line, where claims
@@ -16,6 +18,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
+from runplane.server import retries
 from runplane.server.records import Change, ChangeType, Run, RunStatus, now_us
 from runplane.server.store.database import Database
 from runplane.server.store.unit_of_work import UnitOfWork
@@ -39,21 +42,9 @@ def _settle(run: Run, now: int, max_attempts: int) -> Run:
             updated_at=now,
             lease_expires_at=None,
         )
-    if run.attempt >= max_attempts:
-        return dataclasses.replace(
-            run,
-            status=RunStatus.ERROR,
-            error=(
-                f"lease of worker {run.worker_id} expired on attempt {run.attempt} "
-                f"of {max_attempts}; giving up"
-            ),
-            ended_at=now,
-            updated_at=now,
-            lease_expires_at=None,
-        )
-    return dataclasses.replace(
-        run, status=RunStatus.PENDING, worker_id="", lease_expires_at=None, updated_at=now
-    )
+    allowed = retries.allowed_attempts(run, max_attempts)
+    error = f"lease of worker {run.worker_id} expired on attempt {run.attempt} of {allowed}"
+    return retries.after_failure(run, now, error, max_attempts)
 
 
 SweepListener = Callable[[list[Run]], None]
