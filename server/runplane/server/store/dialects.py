@@ -146,12 +146,6 @@ class Dialect(abc.ABC):
         """Give the space of deleted rows back to the file system, if the database does
         not do it by itself."""
 
-    @abc.abstractmethod
-    def recheck(self, clauses: list[ColumnElement[bool]]) -> list[ColumnElement[bool]]:
-        """`clauses`, checked of the rows an index range found (in the order wanted), and
-        marked as true of most of them: a planner that counted on them to narrow the
-        range down would read all of it and sort it rather than stop at the LIMIT."""
-
     @staticmethod
     @abc.abstractmethod
     def insert(table: Table) -> sqlite.Insert | postgresql.Insert:
@@ -272,10 +266,6 @@ class SQLite(Dialect):
         for _ in range(min(free, MAX_RELEASED_PAGES)):
             connection.exec_driver_sql("PRAGMA incremental_vacuum(1)")
 
-    def recheck(self, clauses: list[ColumnElement[bool]]) -> list[ColumnElement[bool]]:
-        # Each on its own, so that those over an index's columns are checked in it.
-        return [func.likely(clause) for clause in clauses]
-
     @staticmethod
     def insert(table: Table) -> sqlite.Insert:
         return sqlite.insert(table)
@@ -332,12 +322,6 @@ class PostgreSQL(Dialect):
 
     def release_space(self, connection: Connection) -> None:
         pass  # autovacuum makes dead rows' space reusable, table by table
-
-    def recheck(self, clauses: list[ColumnElement[bool]]) -> list[ColumnElement[bool]]:
-        # Without statistics on an expression, PostgreSQL takes a boolean one for true
-        # of half the rows; it rates a comparison of a column, or of a JSON member, as
-        # true of 1 in 200, each.
-        return [func.coalesce(and_(*clauses), False)] if clauses else []
 
     @staticmethod
     def insert(table: Table) -> postgresql.Insert:

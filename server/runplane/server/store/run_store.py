@@ -26,8 +26,10 @@ from sqlalchemy import (
     case,
     delete,
     insert,
+    literal,
     or_,
     select,
+    tuple_,
     union_all,
     update,
 )
@@ -151,6 +153,26 @@ def _timeout_at(run: Run) -> int | None:
     return run.started_at + run.timeout
 
 
+def _in_list_order(
+    query: Select[Any],
+    key: tuple[ColumnElement[Any], ColumnElement[Any]],
+    order: SortOrder,
+    after: PageCursor | None,
+) -> Select[Any]:
+    """`query` ordered by `key` (a run's created_at and run_id), from after the cursor."""
+    created, run_id = key
+    if after is not None:
+        # A row comparison: an index over the key seeks it, and reads on from there.
+        cursor = tuple_(literal(after.created_at), literal(after.run_id))
+        if order is SortOrder.DESC:
+            query = query.where(tuple_(created, run_id) < cursor)
+        else:
+            query = query.where(tuple_(created, run_id) > cursor)
+    if order is SortOrder.DESC:
+        return query.order_by(created.desc(), run_id.desc())
+    return query.order_by(created.asc(), run_id.asc())
+
+
 class RunStore:
     """The runs table, over the connection of one transaction."""
 
@@ -262,43 +284,47 @@ class RunStore:
                 reverse=order is SortOrder.DESC,
             )
             return list(itertools.islice(merged, limit))
-        clauses = self._filter_clauses(run_filter)
-        key = (_runs.c.created_at_us, _runs.c.run_id)
         if run_filter.metadata and run_filter.thread_id is None:
-            # A thread's runs are few, and its index finds them; without one, the
-            # metadata index reads the entry of one key in list order, and the filter is
-            # checked of the runs it names (entries are hashes).
-            name = min(run_filter.metadata)
-            if namespaces is not None:
-                clauses.insert(0, _entries.c.namespace.in_(sorted(namespaces)))
-            query = (
-                _SELECT_RUN.select_from(_entries.join(_runs, _runs.c.run_id == _entries.c.run_id))
-                .where(_entries.c.entry == metadata_index.entry(name, run_filter.metadata[name]))
-                .where(*self._dialect.recheck(clauses))
-            )
-            key = (_entries.c.created_at_us, _entries.c.run_id)
-        else:
-            query = _SELECT_RUN.where(*clauses)
-        if after is not None:
-            if order is SortOrder.DESC:
-                query = query.where(
-                    or_(
-                        key[0] < after.created_at,
-                        and_(key[0] == after.created_at, key[1] < after.run_id),
-                    )
-                )
-            else:
-                query = query.where(
-                    or_(
-                        key[0] > after.created_at,
-                        and_(key[0] == after.created_at, key[1] > after.run_id),
-                    )
-                )
-        if order is SortOrder.DESC:
-            query = query.order_by(key[0].desc(), key[1].desc())
-        else:
-            query = query.order_by(key[0].asc(), key[1].asc())
+            return self._metadata_page(run_filter, order, after, limit)
+        query = _SELECT_RUN.where(*self._filter_clauses(run_filter))
+        query = _in_list_order(query, (_runs.c.created_at_us, _runs.c.run_id), order, after)
         return [fields.from_row(row) for row in self._conn.execute(query.limit(limit))]
+
+    def _metadata_page(
+        self, run_filter: RunFilter, order: SortOrder, after: PageCursor | None, limit: int
+    ) -> list[Run]:
+        """`list_page` of a filter with metadata and no thread (whose runs are few, and
+        its index finds them): candidates from the metadata index, in list order, the
+        runs holding the first key with its value, each checked against the filter
+        (entries are hashes); more candidates while too few of them match."""
+        name = min(run_filter.metadata)
+        entries = [_entries.c.entry == metadata_index.entry(name, run_filter.metadata[name])]
+        if run_filter.namespaces is not None:
+            entries.append(_entries.c.namespace.in_(sorted(run_filter.namespaces)))
+        matches = and_(*self._filter_clauses(run_filter)).label("matches")
+        found: list[Run] = []
+        while True:
+            # A LIMIT over the index alone: the planner reads it in order and stops there,
+            # whatever it guesses of how many candidates would match the rest.
+            key = (_entries.c.created_at_us, _entries.c.run_id)
+            candidates = (
+                _in_list_order(select(*key).where(*entries), key, order, after)
+                .limit(limit)
+                .subquery()
+            )
+            query = select(matches, *_SELECT_RUN.selected_columns).select_from(
+                candidates.join(_runs, _runs.c.run_id == candidates.c.run_id)
+            )
+            # Put in list order here: a planner would sort them after the join, beside it.
+            runs = sorted(
+                ((row.matches, fields.from_row(row[1:])) for row in self._conn.execute(query)),
+                key=lambda pair: (pair[1].created_at, pair[1].run_id),
+                reverse=order is SortOrder.DESC,
+            )
+            found.extend(run for matched, run in runs if matched)
+            if len(runs) < limit or len(found) >= limit:
+                return found[:limit]
+            after = PageCursor(runs[-1][1].created_at, runs[-1][1].run_id)
 
     def _filter_clauses(self, run_filter: RunFilter) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = []
