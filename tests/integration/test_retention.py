@@ -7,14 +7,16 @@ for some of them, and a second server, with a one-hour retention, deletes those.
 
 from __future__ import annotations
 
+import random
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 from sqlalchemy import bindparam, text
 
-from runplane.client import Client, EventType, RunStatus
+from runplane.client import Client, EventType, NotFound, RunStatus
 from runplane.server.config import ServerConfig
 from runplane.server.retention import BATCH_SIZE
 from runplane.server.store.database import Database
@@ -92,3 +94,64 @@ def test_runs_that_ended_before_the_retention_are_deleted(backend: str, tmp_path
                 assert len(listed.runs) == 10
         finally:
             second.stop()
+
+
+def test_retention_racing_deletes_deletes_each_run_once(backend: str, tmp_path: Path) -> None:
+    """Rounds of retention on several tasks at once, while callers delete the same runs:
+    every expired run goes exactly once (one DELETED event), whoever deletes it."""
+    assistant = f"agent-{uuid.uuid4()}"
+    with database_url(backend, tmp_path) as url:
+        first = ServerThread(ServerConfig(address="127.0.0.1:0", database_url=url)).start()
+        try:
+            with Client(first.address) as client:
+                ended = [client.create_run(assistant) for _ in range(EXPIRED)]
+                for run in ended:
+                    client.cancel_run(run.run_id)
+                start = next(client.list_runs(page_size=1).pages()).revision + 1
+        finally:
+            first.stop()
+        expired = sorted(run.run_id for run in ended)
+        _age(url, expired)
+
+        config = ServerConfig(
+            address="127.0.0.1:0", database_url=url, run_retention=3600, retention_interval=3600
+        )
+        # PostgreSQL serves several replicas: each runs its own rounds.
+        replicas = [ServerThread(config).start() for _ in range(2 if backend == "postgres" else 1)]
+        try:
+            with Client(replicas[-1].address) as client:
+
+                def expire(replica: ServerThread) -> int:
+                    retention = replica.running.retention
+                    assert retention is not None
+                    deleted = 0
+                    while batch := replica.call(retention.delete_expired()):
+                        deleted += batch
+                    return deleted
+
+                def delete(run_id: str) -> int:
+                    try:
+                        client.delete_run(run_id)
+                    except NotFound:
+                        return 0
+                    return 1
+
+                shuffled = random.Random(5).sample(expired, len(expired))
+                with ThreadPoolExecutor(12) as pool:
+                    rounds = [pool.submit(expire, replicas[i % len(replicas)]) for i in range(4)]
+                    deletes = list(pool.map(delete, shuffled))
+                    by_retention = sum(future.result() for future in rounds)
+                # Whatever a round skipped (its thread was busy), a later one takes.
+                by_retention += expire(replicas[0])
+                assert by_retention + sum(deletes) == EXPIRED
+                events = []
+                for event in client.watch_runs(assistant_id=assistant, start_revision=start):
+                    events.append(event)
+                    if len(events) == EXPIRED:
+                        break
+                assert {event.type for event in events} == {EventType.DELETED}
+                assert sorted(event.run.run_id for event in events) == expired
+                assert list(client.list_runs(assistant_id=assistant)) == []
+        finally:
+            for replica in replicas:
+                replica.stop()
