@@ -302,11 +302,11 @@ class RunStore:
         if run_filter.namespaces is not None:
             entries.append(_entries.c.namespace.in_(sorted(run_filter.namespaces)))
         matches = and_(*self._filter_clauses(run_filter)).label("matches")
+        key = (_entries.c.created_at_us, _entries.c.run_id)
         found: list[Run] = []
         while True:
             # A LIMIT over the index alone: the planner reads it in order and stops there,
             # whatever it guesses of how many candidates would match the rest.
-            key = (_entries.c.created_at_us, _entries.c.run_id)
             candidates = (
                 _in_list_order(select(*key).where(*entries), key, order, after)
                 .limit(limit)
