@@ -126,3 +126,10 @@ def test_the_scale_benchmark_runs_against_a_server(server: ServerThread) -> None
     assert storage["bytes_per_event"] > 0
     # Each change logs its run once (the run before: only what filters read).
     assert 1 <= storage["event_json_per_run_json"] <= 1.1
+
+
+def test_cancel_runs_benchmark_runs_against_a_server(server: ServerThread) -> None:
+    found = _run_json("cancel_runs", "--address", server.address, "--runs", "40", "--threads", "8")
+    assert (found["runs"], found["threads"], found["cancelled"]) == (40, 8, 40)
+    assert found["cancel_ms"] > 0
+    assert found["slowest_concurrent_create_ms"] > 0

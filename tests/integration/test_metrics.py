@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -27,14 +29,22 @@ from tests.support.servers import ServerThread
 from tests.support.watching import cancel
 
 
+def metered_config(url: str, **settings: Any) -> ServerConfig:
+    """Metrics on, the queue gauges read from the database every 0.1 s."""
+    return ServerConfig(
+        address="127.0.0.1:0",
+        database_url=url,
+        metrics_address="127.0.0.1:0",
+        stats_interval=0.1,
+        **settings,
+    )
+
+
 @pytest.fixture
 def metered(backend: str, tmp_path: Path) -> Iterator[ServerThread]:
     """A fresh server with metrics on (every count starts at zero) and max_attempts 2."""
     with database_url(backend, tmp_path) as url:
-        config = ServerConfig(
-            address="127.0.0.1:0", database_url=url, metrics_address="127.0.0.1:0", max_attempts=2
-        )
-        running = ServerThread(config).start()
+        running = ServerThread(metered_config(url, max_attempts=2)).start()
         try:
             yield running
         finally:
@@ -72,9 +82,10 @@ def test_grpc_series_count_every_call_with_its_code(metered: ServerThread) -> No
         with pytest.raises(grpc.RpcError) as missing:
             stub.GetRun(run_service_pb2.GetRunRequest(run_id=str(uuid.uuid4())), timeout=10)
         assert missing.value.code() is grpc.StatusCode.NOT_FOUND
-        with pytest.raises(grpc.RpcError) as unserved:
-            stub.GetStats(run_service_pb2.GetStatsRequest(), timeout=10)
-        assert unserved.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        stub.GetStats(run_service_pb2.GetStatsRequest(), timeout=10)
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.GetStats(run_service_pb2.GetStatsRequest(namespace="Bad Name"), timeout=10)
+        assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         # A long poll cut by its deadline: the server's handler is cancelled at the deadline.
         with pytest.raises(grpc.RpcError) as late:
             stub.ClaimRun(
@@ -94,7 +105,8 @@ def test_grpc_series_count_every_call_with_its_code(metered: ServerThread) -> No
     assert rpc(samples, "grpc_server_handling_seconds_count", "CreateRun") == 4
     assert handled("GetRun", "OK", samples) == 1
     assert handled("GetRun", "NotFound", samples) == 1
-    assert handled("GetStats", "Unimplemented", samples) == 1
+    assert handled("GetStats", "OK", samples) == 1
+    assert handled("GetStats", "InvalidArgument", samples) == 1
     assert handled("ClaimRun", "DeadlineExceeded", samples) == 1
 
 
@@ -229,6 +241,118 @@ def test_domain_series_follow_a_scripted_lifecycle(metered: ServerThread) -> Non
     # Every committed transaction is in some group: at least the changes made here.
     assert value(samples, "runplane_db_group_commit_size_sum") >= 13
     assert value(samples, "runplane_db_transaction_seconds_count", kind="read") >= 1
+
+
+QUEUE_SERIES = ("runplane_queue_depth", "runplane_queue_oldest_age_seconds", "runplane_runs")
+
+
+def _queue_series(samples: Samples) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {key: found for key, found in samples.items() if key[0] in QUEUE_SERIES}
+
+
+def _depths(samples: Samples) -> dict[tuple[str, ...], float]:
+    """The queue depth and inflight-run series, by their label values (ages vary)."""
+    return {
+        (name, *(value for _, value in sorted(labels))): found
+        for (name, labels), found in _queue_series(samples).items()
+        if name != "runplane_queue_oldest_age_seconds"
+    }
+
+
+def queue_workload(client: Client) -> None:
+    """Assistant A: two claimable runs, one queued behind the first. B: one RUNNING, one
+    behind it. C: one not due for an hour. D: one claimable run. Namespace `lab`: one
+    claimable run of A."""
+    first = client.create_run("A")
+    client.create_run("A", thread_id=first.thread_id)
+    client.create_run("A")
+    busy = client.create_run("B")
+    client.create_run("B", thread_id=busy.thread_id)
+    assert client.claim_run("w", assistant_ids=["B"]) is not None
+    client.create_run("C", start_after=datetime.now(UTC) + timedelta(hours=1))
+    client.create_run("D")
+    client.create_run("A", namespace="lab")
+
+
+# Label values sorted by label name: (assistant_id, namespace) and (namespace, status).
+QUEUE_FIGURES = {
+    ("runplane_queue_depth", "A", "default"): 2,
+    ("runplane_queue_depth", "D", "default"): 1,
+    ("runplane_queue_depth", "A", "lab"): 1,
+    ("runplane_runs", "default", "pending"): 6,
+    ("runplane_runs", "default", "running"): 1,
+    ("runplane_runs", "lab", "pending"): 1,
+    ("runplane_runs", "lab", "running"): 0,
+}
+
+
+def test_queue_gauges_are_read_from_the_database(metered: ServerThread) -> None:
+    with Client(metered.address) as client:
+        queue_workload(client)
+    samples = _eventually(metered, lambda s: _depths(s) == QUEUE_FIGURES)
+    ages = {
+        labels: age
+        for (name, labels), age in samples.items()
+        if name == "runplane_queue_oldest_age_seconds"
+    }
+    assert set(ages) == {
+        frozenset({("namespace", namespace), ("assistant_id", assistant)})
+        for namespace, assistant in (("default", "A"), ("default", "D"), ("lab", "A"))
+    }
+    assert all(age > 0 for age in ages.values())
+
+    # A and D run to their ends, the run queued behind A's included: their queues and
+    # the namespace with nothing inflight left drop out; B and C remain.
+    with Client(metered.address) as client:
+        for namespace in ("default", "lab"):
+            while run := client.claim_run("w", namespace=namespace, assistant_ids=["A", "D"]):
+                client.complete_run(run.run_id, "w", RunStatus.SUCCESS)
+    after = {
+        ("runplane_runs", "default", "pending"): 2,
+        ("runplane_runs", "default", "running"): 1,
+    }
+    _eventually(metered, lambda s: _depths(s) == after)
+
+
+def test_queue_gauges_fold_assistants_beyond_the_limit(backend: str, tmp_path: Path) -> None:
+    with database_url(backend, tmp_path) as url:
+        server = ServerThread(metered_config(url, metrics_max_assistants=1)).start()
+        try:
+            with Client(server.address) as client:
+                queue_workload(client)
+            folded = {
+                ("runplane_queue_depth", "A", "default"): 2,
+                ("runplane_queue_depth", "other", "default"): 1,  # D
+                ("runplane_queue_depth", "A", "lab"): 1,
+            }
+            _eventually(
+                server,
+                lambda s: (
+                    {k: v for k, v in _depths(s).items() if k[0] != "runplane_runs"} == folded
+                ),
+            )
+        finally:
+            server.stop()
+
+
+@pytest.mark.postgres
+def test_replicas_sharing_postgres_report_the_same_queue_gauges(tmp_path: Path) -> None:
+    """Runs made and claimed through one replica: the other, which served none of those
+    calls, reports the same queue and inflight-run figures."""
+    with database_url("postgres", tmp_path) as url:
+        replicas = [ServerThread(metered_config(url)).start() for _ in range(2)]
+        try:
+            with Client(replicas[0].address) as client:
+                queue_workload(client)
+            seen = [_eventually(r, lambda s: _depths(s) == QUEUE_FIGURES) for r in replicas]
+            assert _depths(seen[0]) == _depths(seen[1])
+            assert {k for k in _queue_series(seen[0])} == {k for k in _queue_series(seen[1])}
+            # Only the first replica served the creates.
+            creates = [rpc(samples, "grpc_server_started_total", "CreateRun") for samples in seen]
+            assert creates == [8, 0]
+        finally:
+            for replica in replicas:
+                replica.stop()
 
 
 def _seconds(value: float) -> duration_pb2.Duration:

@@ -252,7 +252,7 @@ def test_0006_finds_the_head_of_every_thread_of_an_0005_database(
     assert timeouts == {"a": now + hour}
 
 
-def test_0007_indexes_the_metadata_of_every_run_of_an_0006_database(
+def test_0008_indexes_the_metadata_of_every_run_of_an_0007_database(
     backend: str, tmp_path: Path
 ) -> None:
     """Runs written before the metadata index are found by metadata filters once the
@@ -271,7 +271,7 @@ def test_0007_indexes_the_metadata_of_every_run_of_an_0006_database(
     with database_url(backend, tmp_path) as url:
         database = Database(url)
         try:
-            upgrade(database.engine, "0006")
+            upgrade(database.engine, "0007")
             with database.engine.begin() as connection:
                 connection.execute(
                     text(

@@ -27,13 +27,13 @@ from tests.support.watching import cancel
 
 pytestmark = pytest.mark.timeout(120)
 
-READS = {"GetRun", "ListRuns", "WatchRuns", "WatchRun"}
+READS = {"GetRun", "ListRuns", "WatchRuns", "WatchRun", "GetStats"}
 CONTRACT = {
     "reader": READS,
-    "writer": READS | {"CreateRun", "UpdateRun", "CancelRun", "DeleteRun"},
+    "writer": READS | {"CreateRun", "UpdateRun", "CancelRun", "CancelRuns", "DeleteRun"},
     "worker": READS | {"ClaimRun", "HeartbeatRun", "CompleteRun"},
     "admin": READS
-    | {"CreateRun", "UpdateRun", "CancelRun", "DeleteRun", "DeleteRun force"}
+    | {"CreateRun", "UpdateRun", "CancelRun", "CancelRuns", "DeleteRun", "DeleteRun force"}
     | {"ClaimRun", "HeartbeatRun", "CompleteRun"},
 }
 """The contract's roles table: what each role may call."""
@@ -195,6 +195,49 @@ def claim(named: bool) -> Perform:
     return perform
 
 
+def stats(named: bool) -> Perform:
+    """GetStats, in the run's namespace or in every one: whether the queue of the run's
+    (fresh) assistant is among its figures."""
+
+    def perform(tenants: Tenants, caller: Caller, namespace: str) -> Outcome:
+        assistant = f"a-{uuid.uuid4().hex[:8]}"
+        tenants.create(namespace, assistant_id=assistant)
+        request = run_service_pb2.GetStatsRequest(namespace=namespace if named else "")
+
+        def shown() -> Outcome:
+            figures = tenants.call(caller, "GetStats", request)
+            queues = [(q.namespace, q.assistant_id, q.depth) for q in figures.queues]
+            if (namespace, assistant, 1) in queues:
+                return SHOWN
+            assert all(q.assistant_id != assistant for q in figures.queues)
+            return ABSENT
+
+        return outcome(shown)
+
+    return perform
+
+
+def cancel_runs(named: bool) -> Perform:
+    """CancelRuns of the run's thread, in the run's namespace or in every one: shown if
+    it cancelled the run."""
+
+    def perform(tenants: Tenants, caller: Caller, namespace: str) -> Outcome:
+        run = tenants.create(namespace)
+        run_filter = run_service_pb2.RunFilter(
+            thread_id=run.thread_id, namespace=namespace if named else ""
+        )
+
+        def shown() -> Outcome:
+            done = tenants.call(
+                caller, "CancelRuns", run_service_pb2.CancelRunsRequest(filter=run_filter)
+            )
+            return Outcome("OK", shown=done.count == 1)
+
+        return outcome(shown)
+
+    return perform
+
+
 MASK = field_mask_pb2.FieldMask(paths=["metadata"])
 CALLS: dict[str, tuple[Call, Perform]] = {
     "GetRun": (
@@ -226,12 +269,22 @@ CALLS: dict[str, tuple[Call, Perform]] = {
         Call("CancelRun"),
         on_pending("CancelRun", lambda run: run_service_pb2.CancelRunRequest(run_id=run.run_id)),
     ),
+    "CancelRuns": (Call("CancelRuns", many=True), cancel_runs(named=False)),
+    "CancelRuns in the namespace": (
+        Call("CancelRuns", many=True, names_namespace=True),
+        cancel_runs(named=True),
+    ),
     "DeleteRun": (Call("DeleteRun"), delete_ended),
     "DeleteRun force": (
         Call("DeleteRun force"),
         on_pending(
             "DeleteRun", lambda run: run_service_pb2.DeleteRunRequest(run_id=run.run_id, force=True)
         ),
+    ),
+    "GetStats": (Call("GetStats", many=True), stats(named=False)),
+    "GetStats in the namespace": (
+        Call("GetStats", many=True, names_namespace=True),
+        stats(named=True),
     ),
     "ClaimRun": (Call("ClaimRun", many=True), claim(named=False)),
     "ClaimRun in the namespace": (
@@ -265,7 +318,6 @@ def tenants(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def test_the_matrix_covers_every_call_of_the_table() -> None:
-    # CancelRuns and GetStats are not served yet, and not in the table above.
     assert {call.method for call, _ in CALLS.values()} == set(CONTRACT["admin"])
 
 

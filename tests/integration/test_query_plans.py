@@ -59,7 +59,7 @@ SELECT 'run-' || i, 'thread-' || (i % {threads}), 'agent-' || (i % 20),
     'ns-' || (i % 3), i % 10, CASE WHEN i % 50 = 0 THEN :at + i END
 FROM {numbers}
 """.replace("{threads}", str(THREADS)).replace("{hour}", str(HOUR_US))
-# Every run's metadata names one of TEAMS teams (0007 indexes it).
+# Every run's metadata names one of TEAMS teams (0008 indexes it).
 TEAMS = 50
 _TEAM = f"'{{\"team\":\"team-' || (i % {TEAMS}) || '\"}}'"
 _METADATA = {"sqlite": _TEAM, "postgres": f"CAST({_TEAM} AS jsonb)"}
@@ -220,6 +220,25 @@ def _assert_index_reads(backend: str, plans: list[tuple[str, Any]], *indexes: st
     assert set(indexes) <= used, (indexes, used, plans)
 
 
+def _indexes_read(backend: str, plans: list[tuple[str, Any]]) -> set[str]:
+    """The indexes an aggregate reads, checking that it reads tables through nothing
+    else: it counts what matches, so it may group the rows in a hash or a sort, but
+    never scans a table."""
+    used: set[str] = set()
+    for statement, plan in plans:
+        if backend == "sqlite":
+            for _, _, line in plan:
+                if _reads_table(line):
+                    assert " INDEX " in line, (statement, plan)
+                    used.add(line.split("INDEX ")[-1].split(" ")[0])
+        else:
+            for node in _nodes(plan):
+                assert node["Node Type"] != "Seq Scan", (statement, plan)
+                if "Index Name" in node:
+                    used.add(node["Index Name"])
+    return used
+
+
 def test_the_migration_found_a_head_for_every_thread(backlog: tuple[str, Database]) -> None:
     with backlog[1].engine.connect() as connection:
         threads = connection.execute(
@@ -320,6 +339,33 @@ def test_retention_reads_ended_runs_by_index_and_deletes_them_by_key(
     _assert_index_reads(backlog[0], plans, "ix_runs_ended")
 
 
+def test_a_bulk_cancel_of_a_thread_reads_and_hands_over_by_index(
+    backlog: tuple[str, Database],
+) -> None:
+    """CancelRuns of one thread: its inflight runs (read again under the thread's lock
+    on PostgreSQL), then the cancellation, which ends the thread's head."""
+
+    def cancel_thread(unit: UnitOfWork) -> None:
+        run_filter = RunFilter(thread_id="thread-7", namespaces=frozenset({"ns-1"}))
+        runs = unit.runs.inflight_matching(run_filter, 5001, wait=True)
+        assert runs is not None
+        assert len(runs) == 2
+        at = now_us()
+        unit.apply(
+            [
+                Change(
+                    ChangeType.UPDATED,
+                    replace(run, status=RunStatus.INTERRUPTED, ended_at=at),
+                    previous=run,
+                )
+                for run in runs
+            ]
+        )
+
+    plans = _plans_of(backlog, cancel_thread)
+    _assert_index_reads(backlog[0], plans)  # ix_runs_thread, or its inflight part
+
+
 def test_heartbeats_read_and_update_their_rows_by_key(backlog: tuple[str, Database]) -> None:
     """A batch of heartbeats: the namespaces of its runs (for the callers' access), then
     the renewals."""
@@ -388,6 +434,78 @@ def test_metadata_listings_read_their_entry_in_list_order(
         reverse=order is SortOrder.DESC,
     )
     assert found == [[f"run-{i}" for i in created[:51]], [f"run-{i}" for i in created[51:102]]]
+
+
+def _claimable_by_hand(database: Database, now: int) -> dict[tuple[str, str], tuple[int, int]]:
+    """(namespace, assistant) -> (claimable runs, earliest due), worked out from every
+    row of runs: each thread's first inflight run, if PENDING and due by `now`."""
+    with database.engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT namespace, thread_id, assistant_id, status, created_at_us, "
+                "start_after_us FROM runs WHERE status IN ('pending', 'running') "
+                "ORDER BY create_revision"
+            )
+        ).all()
+    heads: dict[tuple[str, str], Any] = {}
+    for row in rows:
+        heads.setdefault((row.namespace, row.thread_id), row)
+    queues: dict[tuple[str, str], tuple[int, int]] = {}
+    for head in heads.values():
+        due = max(head.created_at_us, head.start_after_us or 0)
+        if head.status == "pending" and due <= now:
+            depth, oldest = queues.get((head.namespace, head.assistant_id), (0, due))
+            queues[head.namespace, head.assistant_id] = (depth + 1, min(oldest, due))
+    return queues
+
+
+@pytest.mark.parametrize("namespaces", [None, frozenset({"ns-1"}), frozenset({"ns-0", "ns-2"})])
+@pytest.mark.parametrize("later", [0, 2 * HOUR_US])
+def test_stats_count_queues_and_inflight_runs_from_indexes(
+    backlog: tuple[str, Database], namespaces: frozenset[str] | None, later: int
+) -> None:
+    """GetStats' reads: the claimable heads per queue (ready ones from the ready index,
+    and, `later` an hour past the delayed heads' due time, the fallen-due ones from the
+    delayed index), and inflight runs per namespace and status from their own index."""
+    backend, database = backlog
+    now = now_us() + later
+    found: dict[str, Any] = {}
+
+    def read_stats(unit: UnitOfWork) -> None:
+        found["queues"] = unit.heads.queues(now, namespaces)
+        found["runs"] = unit.runs.inflight_counts(namespaces)
+
+    plans = _plans_of(backlog, read_stats)
+    used = _indexes_read(backend, plans)
+    # Partial indexes that hold only what is counted: ready heads (any of their indexes),
+    # fallen-due heads, inflight runs (for one namespace, its thread lines may serve).
+    ready = {index for index in used if index.startswith("ix_thread_heads_ready")}
+    inflight = used & {"ix_runs_inflight_status_namespace", "ix_runs_thread_inflight"}
+    assert len(ready) == len(inflight) == 1, plans
+    assert used == {*ready, *inflight, "ix_thread_heads_delayed"}, plans
+    if namespaces is None:
+        assert inflight == {"ix_runs_inflight_status_namespace"}
+
+    expected = {
+        key: value
+        for key, value in _claimable_by_hand(database, now).items()
+        if namespaces is None or key[0] in namespaces
+    }
+    queues = {(q.namespace, q.assistant_id): (q.depth, q.oldest_due) for q in found["queues"]}
+    assert queues == expected
+    assert {namespace for namespace, _ in queues} == (namespaces or {"ns-0", "ns-1", "ns-2"})
+    with database.engine.connect() as connection:
+        counted = connection.execute(
+            text(
+                "SELECT namespace, status, count(*) FROM runs "
+                "WHERE status IN ('pending', 'running') GROUP BY namespace, status"
+            )
+        ).all()
+    assert [(c.namespace, c.status.value, c.count) for c in found["runs"]] == sorted(
+        (namespace, status, count)
+        for namespace, status, count in counted
+        if namespaces is None or namespace in namespaces
+    )
 
 
 # Listings, on SQLite: its plans, with no statistics, are the same for any number of rows.
@@ -469,3 +587,25 @@ def test_a_thread_and_a_request_id_are_sought_within_their_namespace(empty: Data
     )
     assert "ix_runs_thread (thread_id=? AND namespace=? AND status=?)" in plans[0], plans
     assert "ux_runs_namespace_request (namespace=? AND request_id=?)" in plans[1], plans
+
+
+@pytest.mark.parametrize(
+    "run_filter",
+    [
+        RunFilter(thread_id=THREAD, namespaces=SHOP),
+        RunFilter(thread_id=THREAD, namespaces=None),
+        RunFilter(assistant_id="agent", namespaces=SHOP),
+        RunFilter(assistant_id="agent", namespaces=None),
+        RunFilter(metadata={"team": "a"}, namespaces=frozenset({"shop", "lab"})),
+    ],
+    ids=["thread", "thread-anywhere", "assistant", "assistant-anywhere", "metadata"],
+)
+def test_a_bulk_cancel_seeks_its_runs(empty: Database, run_filter: RunFilter) -> None:
+    """CancelRuns reads the thread's runs, the assistant's, or the inflight ones: never
+    every run there is."""
+    plans = _sqlite_plans_of(
+        empty, lambda runs: runs.inflight_matching(run_filter, 5001, wait=False)
+    )
+    assert len(plans) == 1
+    assert plans[0].startswith("SEARCH runs USING INDEX "), plans
+    assert "SCAN" not in plans[0], plans

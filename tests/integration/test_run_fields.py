@@ -80,6 +80,35 @@ def test_a_plain_create_gets_the_defaults(stub: Stub) -> None:
     assert dict(run.trace_context) == {}
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        (
+            {"traceparent": TRACEPARENT, "tracestate": "vendor=abc,other=1"},
+            {"traceparent": TRACEPARENT, "tracestate": "vendor=abc,other=1"},
+        ),
+        ({"traceparent": TRACEPARENT}, {"traceparent": TRACEPARENT}),
+        # Not W3C: ignored, as the recommendation asks, and the create still succeeds.
+        ({"traceparent": "00-not-a-trace-01", "tracestate": "vendor=abc"}, {}),
+        ({"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"}, {}),
+        ({"traceparent": TRACEPARENT.upper()}, {}),
+        ({"tracestate": "vendor=abc"}, {}),
+        ({"traceparent": TRACEPARENT, "tracestate": "x" * 513}, {"traceparent": TRACEPARENT}),
+    ],
+)
+def test_create_keeps_the_callers_trace_context(
+    stub: Stub, sent: dict[str, str], kept: dict[str, str]
+) -> None:
+    run = stub.CreateRun(pb.CreateRunRequest(assistant_id="agent"), metadata=tuple(sent.items()))
+    assert dict(run.trace_context) == kept
+    assert dict(stub.GetRun(pb.GetRunRequest(run_id=run.run_id)).trace_context) == kept
+    assert [dict(r.trace_context) for r in thread_runs(stub, run.thread_id)] == [kept]
+    assert [dict(r.trace_context) for r in replayed(stub, run, run.revision)] == [kept]
+
+
 def test_namespace_priority_and_retry_policy_are_the_same_everywhere(stub: Stub) -> None:
     request = pb.CreateRunRequest(
         assistant_id="agent",

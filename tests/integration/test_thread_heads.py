@@ -1,8 +1,9 @@
 """The thread heads stay in step with the runs through every rule, on both databases.
 
 A seeded random walk drives the real rules (creates with every strategy, claims of
-every scope, completions, cancels, deletes, updates, sweeps of expired leases) over a
-few thread ids, each a thread in both of two namespaces, and after each step compares
+every scope, completions, cancels of one run and of many, deletes, updates, sweeps of
+expired leases) over a few thread ids, each a thread in both of two namespaces, and after
+each step compares
 `thread_heads` with what the runs say it must be: per (namespace, thread), its first
 inflight run by creation.
 Each claim must also take the best claimable head: highest priority, then earliest due.
@@ -166,11 +167,12 @@ class Walk:
                 self.claim,
                 self.complete,
                 self.cancel,
+                self.cancel_many,
                 self.delete,
                 self.update,
                 self.sweep,
             ],
-            weights=[8, 6, 3, 2, 1, 1, 1],
+            weights=[8, 6, 3, 2, 1, 1, 1, 1],
         )[0]
         # A refusal (REJECT on a busy thread, a terminal run) writes nothing.
         with contextlib.suppress(RunplaneError):
@@ -235,6 +237,17 @@ class Walk:
             action = self.rng.choice([CancelAction.INTERRUPT, CancelAction.ROLLBACK])
             await self.runs.cancel(requests.CancelRun(run.run_id, action, access=ACCESS))
 
+    async def cancel_many(self) -> None:
+        namespace, thread_id = self.rng.choice(self.threads)
+        run_filter = self.rng.choice(
+            [RunFilter(thread_id=thread_id), RunFilter(assistant_id=self.rng.choice(ASSISTANTS))]
+        )
+        action = self.rng.choice([CancelAction.INTERRUPT, CancelAction.ROLLBACK])
+        where = self.rng.choice([namespace, None])
+        await self.runs.cancel_many(
+            requests.CancelRuns(run_filter, action, namespace=where, access=ACCESS)
+        )
+
     async def delete(self) -> None:
         run = self._pick({RunStatus.PENDING, RunStatus.RUNNING})
         if run is not None:
@@ -254,7 +267,7 @@ class Walk:
 def test_heads_follow_every_rule(database: Database, seed: int) -> None:
     async def walk() -> int:
         walker = Walk(database, seed)
-        for _ in range(250):
+        for _ in range(300):
             await walker.step()
             _check_heads(database)
         return walker.claimed

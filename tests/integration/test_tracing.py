@@ -14,7 +14,6 @@ import pytest
 
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.serve_process import ServeProcess
-from tests.support.traced_calls import CREATOR_SPAN_ID, CREATOR_TRACE_ID
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER, CLIENT, CONSUMER = 2, 3, 5  # OTLP span kinds
@@ -77,21 +76,31 @@ def test_client_calls_and_worker_join_one_trace_with_the_server(tmp_path: Path) 
     assert served.status_code != ERROR
 
     # A watch carries the caller's context without a client span of its own.
-    watch = _one(in_app, kind=SERVER, name=METHOD + "WatchRun")
-    assert watch.parent_span_id == ids["app_span_id"]
+    _one(in_app, kind=SERVER, name=METHOD + "WatchRun", parent_span_id=ids["app_span_id"])
 
-    # The worker works the run in its creator's trace: the handler's span, the completion.
-    in_creator = [s for s in spans if s.trace_id == CREATOR_TRACE_ID]
-    handler = _one(in_creator, kind=CONSUMER)
-    assert handler.name == "work worked"
-    assert handler.parent_span_id == CREATOR_SPAN_ID
-    assert handler.attributes["runplane.assistant_id"] == "worked"
-    assert ids["handled_in_trace"] == CREATOR_TRACE_ID  # the handler ran inside it
-    complete = _one(in_creator, kind=CLIENT, name=METHOD + "CompleteRun")
-    assert complete.parent_span_id == CREATOR_SPAN_ID
-    assert _served(spans, complete).attributes["rpc.grpc.status_code"] == 0
+    # One trace from the create to the completion. The server kept the context of the
+    # worked run's CreateRun call (its client span) with the run; the worker claimed the
+    # run, ran its handler in a span under that call's span, and completed it there.
+    _, trace_id, span_id, _ = ids["worked_traceparent"].split("-")
+    assert trace_id == ids["app_trace_id"]
+    create = _one(creates, span_id=span_id)  # the client span of the worked run's create
+    assert ids["kept_traceparent"] == ids["worked_traceparent"]  # as the worker got it
     claim = _one(in_app, kind=CLIENT, name=METHOD + "ClaimRun")
+    assert claim.parent_span_id == ids["app_span_id"]
     _served(spans, claim)
+    handler = _one(in_app, kind=CONSUMER)
+    assert handler.name == "work worked"
+    assert handler.parent_span_id == create.span_id
+    assert handler.attributes["runplane.assistant_id"] == "worked"
+    assert ids["handled_in_trace"] == ids["app_trace_id"]  # the handler ran inside it
+    complete = _one(in_app, kind=CLIENT, name=METHOD + "CompleteRun")
+    assert complete.parent_span_id == create.span_id
+    assert _served(spans, complete).attributes["rpc.grpc.status_code"] == 0
+    # The worker's watch for the run's loss is in that context as well. The handler is
+    # quick, so the worker may stop that watch before the server saw it: where the
+    # server did, its span must hang under the create.
+    watches = [s for s in in_app if s.kind == SERVER and s.name == METHOD + "WatchRun"]
+    assert {s.parent_span_id for s in watches} <= {ids["app_span_id"], create.span_id}
 
 
 def _run_app(address: str, endpoint: str) -> str:

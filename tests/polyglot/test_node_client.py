@@ -17,21 +17,15 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from google.protobuf import message_factory
 
-from runplane.v1 import run_service_pb2, run_service_pb2_grpc
+from runplane.v1 import run_service_pb2
 
 POLYGLOT_DIR = Path(__file__).resolve().parent
 BUILD_DIR = POLYGLOT_DIR / "build"
 TSC = POLYGLOT_DIR / "node_modules" / ".bin" / "tsc"
 NODE_TIMEOUT_S = 180
 
-# RPCs the server answers UNIMPLEMENTED for now, so the suite has no case for them. Once one
-# is served, test_rpcs_not_served_yet_are_unimplemented fails: add its case to src/*.test.ts
-# and remove it from here.
-NOT_SERVED_YET = {"CancelRuns", "GetStats"}
 RUN_SERVICE = run_service_pb2.DESCRIPTOR.services_by_name["RunService"]
 
 
@@ -111,20 +105,5 @@ def test_typescript_suite_passes(node_run: NodeRun) -> None:
     assert node_run.summary("pass") > 0
 
 
-def test_typescript_suite_calls_every_served_rpc(node_run: NodeRun) -> None:
-    every_rpc = set(RUN_SERVICE.methods_by_name)
-    assert NOT_SERVED_YET.issubset(every_rpc)
-    assert node_run.called == every_rpc - NOT_SERVED_YET
-
-
-@pytest.mark.parametrize("name", sorted(NOT_SERVED_YET))
-def test_rpcs_not_served_yet_are_unimplemented(server_address: str, name: str) -> None:
-    request = message_factory.GetMessageClass(RUN_SERVICE.methods_by_name[name].input_type)()
-    with grpc.insecure_channel(server_address) as channel:
-        call = getattr(run_service_pb2_grpc.RunServiceStub(channel), name)
-        with pytest.raises(grpc.RpcError) as raised:
-            call(request, timeout=10)
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED, (
-        f"{name} is served now: add its case to tests/polyglot/src/*.test.ts and remove it "
-        "from NOT_SERVED_YET"
-    )
+def test_typescript_suite_calls_every_rpc(node_run: NodeRun) -> None:
+    assert node_run.called == set(RUN_SERVICE.methods_by_name)

@@ -1,18 +1,18 @@
 """A traced application in a process of its own: it configures the OpenTelemetry SDK to
-export over OTLP, then calls runplane through the bundled clients and works a run with
-`AsyncWorker`, all inside one span of its own. Prints the ids the test checks, as JSON.
+export over OTLP, then calls runplane through the bundled clients, and creates a run that
+an `AsyncWorker` claims and works, all inside one span of its own. Prints the ids the
+test checks, as JSON.
 
     python -m tests.support.traced_calls ADDRESS OTLP_ENDPOINT
 
-The worked run carries a creator's trace context (CREATOR_TRACEPARENT), as runs will once
-the server keeps the context of the CreateRun call that made them.
+The server keeps the context of the CreateRun call with the run (`Run.trace_context`),
+and the worker works the run in it: its handler's span is a child of that call's span.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import sys
 import uuid
@@ -26,10 +26,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from runplane.client import AsyncClient, AsyncWorker, Client, NotFound, Run
 
-CREATOR_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-CREATOR_SPAN_ID = "00f067aa0ba902b7"
-CREATOR_TRACEPARENT = f"00-{CREATOR_TRACE_ID}-{CREATOR_SPAN_ID}-01"
-
 
 def _current_trace_id() -> str:
     return trace.format_trace_id(trace.get_current_span().get_span_context().trace_id)
@@ -42,14 +38,16 @@ async def _handler(run: Run) -> dict[str, Any]:
 async def _asynchronously(address: str) -> dict[str, Any]:
     async with AsyncClient(address) as client:
         await client.create_run("traced-async")
-        await client.create_run("worked")
-        claimed = await client.claim_run("worker", assistant_ids=["worked"])
-        assert claimed is not None
+        created = await client.create_run("worked")
         worker = AsyncWorker(client, _handler, assistant_ids=["worked"], worker_id="worker")
-        created_elsewhere = {"traceparent": CREATOR_TRACEPARENT}
-        ended = await worker.work(dataclasses.replace(claimed, trace_context=created_elsewhere))
+        ended = await worker.run_once()  # claims the run, then works it
         assert ended is not None
-        return ended.result
+        assert ended.run_id == created.run_id
+        return {
+            **ended.result,
+            "worked_traceparent": created.trace_context["traceparent"],
+            "kept_traceparent": ended.trace_context["traceparent"],
+        }
 
 
 def main(address: str, endpoint: str) -> None:
@@ -72,6 +70,8 @@ def main(address: str, endpoint: str) -> None:
                 "app_trace_id": trace.format_trace_id(context.trace_id),
                 "app_span_id": trace.format_span_id(context.span_id),
                 "handled_in_trace": result["handled_in_trace"],
+                "worked_traceparent": result["worked_traceparent"],
+                "kept_traceparent": result["kept_traceparent"],
             }
         )
     )

@@ -6,8 +6,16 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from runplane.server.config import ServerConfig
+from runplane.server.records import QueueCount, RunCount, RunStatus
 from runplane.server.telemetry import Telemetry, tracing
-from runplane.server.telemetry.metrics import OTHER, FoldedLabels, Queue, fold_queues
+from runplane.server.telemetry.metrics import (
+    MAX_NAMESPACES,
+    OTHER,
+    FoldedLabels,
+    Queue,
+    QueueGauges,
+    fold_queues,
+)
 
 
 @pytest.mark.parametrize(
@@ -86,3 +94,28 @@ def test_queues_beyond_the_top_fold_into_other_per_namespace() -> None:
     assert fold_queues(queues, top=10) == sorted(
         queues, key=lambda q: (q.namespace != "shop", -q.depth)
     )
+
+
+def test_queue_gauges_fold_namespaces_beyond_the_limit_into_other() -> None:
+    now = 100 * 10**6
+    names = [f"ns-{index:03}" for index in range(MAX_NAMESPACES + 2)]
+    gauges = QueueGauges(max_assistants=5)
+    gauges.update(
+        [QueueCount(name, "a", 1, now - index * 10**6) for index, name in enumerate(names)],
+        [RunCount(name, RunStatus.PENDING, 2) for name in names],
+        now,
+    )
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.values()))): sample.value
+        for family in gauges.collect()
+        for sample in family.samples
+    }
+    depths = {key: value for key, value in samples.items() if key[0] == "runplane_queue_depth"}
+    assert len(depths) == MAX_NAMESPACES + 1
+    assert depths["runplane_queue_depth", ("a", names[0])] == 1
+    assert depths["runplane_queue_depth", ("a", OTHER)] == 2  # the last two namespaces
+    oldest = samples["runplane_queue_oldest_age_seconds", ("a", OTHER)]
+    assert oldest == MAX_NAMESPACES + 1  # the older of the two
+    assert samples["runplane_runs", (OTHER, "pending")] == 4
+    assert samples["runplane_runs", (OTHER, "running")] == 0
+    assert samples["runplane_runs", (names[-3], "pending")] == 2

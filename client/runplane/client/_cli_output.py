@@ -1,4 +1,4 @@
-"""How the CLI shows runs: an aligned table for people, JSON for programs."""
+"""How the CLI shows runs and stats: aligned tables for people, JSON for programs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from runplane.client._models import Run, RunEvent
+from runplane.client._models import CancelledRuns, Run, RunEvent, Stats
 
 _ASSISTANT_WIDTH = 20
 
@@ -28,7 +28,34 @@ def runs_table(runs: Iterable[Run], now: datetime) -> str:
     """One row per run under a header, columns padded to their widest cell."""
     rows = [[header for header, _ in _COLUMNS]]
     rows += [[cell(run, now) for _, cell in _COLUMNS] for run in runs]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    return _table(rows)
+
+
+def stats_table(stats: Stats) -> str:
+    """The queues, then the inflight runs, each a table; then where they were read."""
+    queues = [["NAMESPACE", "ASSISTANT", "DEPTH", "OLDEST"]]
+    queues += [
+        [q.namespace, _clip(q.assistant_id, _ASSISTANT_WIDTH), str(q.depth), _age(q.oldest_age)]
+        for q in stats.queues
+    ]
+    runs = [["NAMESPACE", "STATUS", "RUNS"]]
+    runs += [[count.namespace, count.status.value, str(count.count)] for count in stats.runs]
+    return "\n\n".join(
+        (
+            _table(queues) if stats.queues else "no claimable runs",
+            _table(runs) if stats.runs else "no inflight runs",
+            f"revision {stats.revision}, open watches on this server: {stats.open_watches}",
+        )
+    )
+
+
+def stats_json(stats: Stats) -> str:
+    """The stats as one JSON object; ages in seconds, statuses as words."""
+    return _dumps(_plain(stats))
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
@@ -80,6 +107,10 @@ def deletion_json(run_id: str) -> str:
     return _dumps({"run_id": run_id, "deleted": True})
 
 
+def cancellation_json(done: CancelledRuns) -> str:
+    return _dumps(_plain(done))
+
+
 def rollback_details(run: Run) -> str:
     """A run that `cancel --rollback` deleted: said first, then its last state."""
     return f"deleted run {run.run_id}; its last state:\n{run_details(run)}"
@@ -91,7 +122,7 @@ def rollback_json(run: Run) -> str:
 
 
 def _plain(value: Any) -> dict[str, Any]:
-    """A dataclass (a run, its retry policy) as a JSON object."""
+    """A dataclass (a run, its retry policy, stats) as a JSON object."""
     return {
         field.name: _json_value(getattr(value, field.name)) for field in dataclasses.fields(value)
     }
@@ -100,6 +131,8 @@ def _plain(value: Any) -> dict[str, Any]:
 def _json_value(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _plain(value)
+    if isinstance(value, list):
+        return [_json_value(item) for item in value]
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, timedelta):

@@ -146,6 +146,7 @@ class Client:
     list_runs = _paged(_requests.list_runs)
     update_run = _unary(_requests.update_run)
     cancel_run = _unary(_requests.cancel_run)
+    cancel_runs = _unary(_requests.cancel_runs)
     delete_run = _unary(_requests.delete_run)
     claim_run = _unary(_requests.claim_run)
     heartbeat_run = _unary(_requests.heartbeat_run)
@@ -153,3 +154,4 @@ class Client:
     watch_runs = _watched(_requests.watch_runs)
     watch_run = _watched(_requests.watch_run)
     wait_run = _waited(_requests.wait_run)
+    stats = _unary(_requests.stats)

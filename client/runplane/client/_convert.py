@@ -13,13 +13,17 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from runplane.client._models import (
     CancelAction,
+    CancelledRuns,
     EventType,
     MultitaskStrategy,
+    QueueStats,
     Run,
+    RunCount,
     RunEvent,
     RunPage,
     RunRetryPolicy,
     RunStatus,
+    Stats,
     _WordEnum,
 )
 from runplane.v1 import run_pb2, run_service_pb2
@@ -195,9 +199,38 @@ def run_event_from_proto(message: run_pb2.RunEvent) -> RunEvent:
     )
 
 
+def cancelled_runs_from_proto(message: run_service_pb2.CancelRunsResponse) -> CancelledRuns:
+    return CancelledRuns(count=message.count, revision=message.revision)
+
+
 def run_page_from_proto(message: run_service_pb2.ListRunsResponse) -> RunPage:
     return RunPage(
         runs=[run_from_proto(run) for run in message.runs],
         next_page_token=message.next_page_token,
         revision=message.revision,
+    )
+
+
+def stats_from_proto(message: run_service_pb2.GetStatsResponse) -> Stats:
+    return Stats(
+        queues=[
+            QueueStats(
+                namespace=queue.namespace,
+                assistant_id=queue.assistant_id,
+                depth=queue.depth,
+                oldest_age=duration_from_proto(queue.oldest_age),
+            )
+            for queue in message.queues
+        ],
+        runs=[
+            RunCount(
+                namespace=count.namespace,
+                status=enum_from_proto(RunStatus, run_pb2.RunStatus.Name(count.status)),
+                count=count.count,
+            )
+            for count in message.runs
+        ],
+        open_watches=message.open_watches,
+        revision=message.revision,
+        compact_revision=message.compact_revision,
     )

@@ -142,6 +142,15 @@ class RunEvent:
 
 
 @dataclass(frozen=True)
+class CancelledRuns:
+    """What `cancel_runs` did: how many runs it cancelled, and the store revision of its
+    last change (the current revision when nothing matched)."""
+
+    count: int
+    revision: int
+
+
+@dataclass(frozen=True)
 class RunPage:
     """One page of a listing, read at store revision `revision`.
 
@@ -152,3 +161,36 @@ class RunPage:
     runs: list[Run]
     next_page_token: str
     revision: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Claimable runs waiting for one assistant in one namespace."""
+
+    namespace: str
+    assistant_id: str
+    depth: int
+    """PENDING runs that are due and first in their thread's line."""
+    oldest_age: timedelta
+    """How long the longest-waiting of them has been due."""
+
+
+@dataclass(frozen=True)
+class RunCount:
+    """How many inflight runs one namespace holds in one status."""
+
+    namespace: str
+    status: RunStatus
+    count: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The operator's overview, read from the database at store revision `revision`
+    (the same on every replica), except `open_watches`: the answering replica's own."""
+
+    queues: list[QueueStats]
+    runs: list[RunCount]
+    open_watches: int
+    revision: int
+    compact_revision: int

@@ -21,22 +21,26 @@ from google.protobuf.message import Message
 
 from runplane.client._convert import (
     cancel_action_to_proto,
+    cancelled_runs_from_proto,
     duration_to_proto,
     multitask_strategy_to_proto,
     retry_policy_to_proto,
     run_from_proto,
     run_page_from_proto,
     run_status_to_proto,
+    stats_from_proto,
     struct_to_proto,
     timestamp_to_proto,
 )
 from runplane.client._models import (
     CancelAction,
+    CancelledRuns,
     MultitaskStrategy,
     Run,
     RunPage,
     RunRetryPolicy,
     RunStatus,
+    Stats,
 )
 from runplane.client._retry import NO_RETRY, Attempts, RetryPolicy
 from runplane.client._watching import ReconnectHook, WatchCall
@@ -254,6 +258,35 @@ def cancel_run(
     return UnaryCall("CancelRun", request, run_from_proto, deadline)
 
 
+def cancel_runs(
+    *,
+    thread_id: str | None = None,
+    assistant_id: str | None = None,
+    statuses: Iterable[RunStatus | str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    action: CancelAction | str = CancelAction.INTERRUPT,
+    reason: str = "",
+    namespace: str | None = None,
+    deadline: float | None = None,
+) -> UnaryCall[run_service_pb2.CancelRunsResponse, CancelledRuns]:
+    """Stop every inflight run matching the filters (as `list_runs`), in one transaction:
+    interrupt keeps them INTERRUPTED with `reason`, rollback deletes them.
+
+    At least one of `thread_id`, `assistant_id` and `metadata` is required
+    (`InvalidArgument` otherwise); `statuses` narrows to pending or running runs.
+    Only runs of namespaces the caller may write are touched: `namespace` (default: the
+    client's) limits it to one, "" means all of them. Returns how many were cancelled
+    and the revision of the last change; a filter matching more than the server cancels
+    in one call raises `FailedPrecondition` (reason TOO_MANY_RUNS) and cancels nothing.
+    """
+    request = run_service_pb2.CancelRunsRequest(
+        filter=_run_filter(thread_id, assistant_id, statuses, metadata, namespace),
+        action=cancel_action_to_proto(action),
+        reason=reason,
+    )
+    return UnaryCall("CancelRuns", request, cancelled_runs_from_proto, deadline)
+
+
 def delete_run(
     run_id: str,
     *,
@@ -418,6 +451,19 @@ def wait_run(
     """
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
     return watch_run(run_id, deadline=seconds, on_reconnect=on_reconnect)
+
+
+def stats(
+    *, namespace: str | None = None, deadline: float | None = None
+) -> UnaryCall[run_service_pb2.GetStatsResponse, Stats]:
+    """Queue depths and oldest waits per namespace and assistant, inflight runs per
+    namespace and status, and the watch streams open on the replica that answers.
+
+    `namespace` (default: the client's) limits the figures to one namespace; ""
+    means every namespace the caller may read.
+    """
+    request = run_service_pb2.GetStatsRequest(namespace=namespace or "")
+    return UnaryCall("GetStats", request, stats_from_proto, deadline, idempotent=True)
 
 
 def _run_filter(

@@ -4,6 +4,7 @@
     runplane runs list --status pending,running --limit 20 -o json
     runplane runs watch --status running       # one line per change, live
     runplane runs wait RUN_ID --timeout 10m    # blocks until the run ends
+    runplane runs cancel --all --thread-id T   # every inflight run of the thread
 
 The global flags (`ClientSettings`) are accepted anywhere on the command line. The
 server's `serve` and `db` commands plug in through the `runplane.commands` entry
@@ -33,6 +34,7 @@ from click.core import ParameterSource
 
 from runplane.client._channels import TLSConfig
 from runplane.client._cli_output import (
+    cancellation_json,
     deletion_json,
     event_header,
     event_json,
@@ -42,10 +44,19 @@ from runplane.client._cli_output import (
     run_details,
     runs_json,
     runs_table,
+    stats_json,
+    stats_table,
 )
 from runplane.client._client import Client
 from runplane.client._errors import DeadlineExceeded, RunDeleted, RunplaneError
-from runplane.client._models import CancelAction, MultitaskStrategy, Run, RunEvent, RunStatus
+from runplane.client._models import (
+    CancelAction,
+    MultitaskStrategy,
+    Run,
+    RunEvent,
+    RunRetryPolicy,
+    RunStatus,
+)
 from runplane.client.cli_support import (
     CommandError,
     ParamType,
@@ -392,6 +403,32 @@ def runs() -> None:
     type=Parsed(_start_after, "TIME|DURATION"),
     help="Not claimable before this time (2030-01-31T09:00:00Z) or this long from now (10m).",
 )
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    help="0 to 9 (server default 5): among runs ready to start, higher is claimed first.",
+)
+@click.option(
+    "--retry-max-attempts",
+    type=_POSITIVE,
+    help="Give the run a retry policy: a retryable error or an expired lease puts it back "
+    "in line until it was claimed this many times.",
+)
+@click.option(
+    "--retry-initial-backoff",
+    type=_DURATION,
+    help="Wait before the first retry (server default 1s).",
+)
+@click.option(
+    "--retry-backoff-coefficient",
+    type=click.FloatRange(min=1),
+    help="Each retry waits this many times longer than the one before (server default 2).",
+)
+@click.option(
+    "--retry-maximum-backoff",
+    type=_DURATION,
+    help="The longest wait between retries (server default 100 times the initial backoff).",
+)
 @_client_command
 def create(
     settings: ClientSettings,
@@ -405,8 +442,31 @@ def create(
     request_id: str | None,
     timeout: timedelta | None,
     start_after: datetime | None,
+    priority: int | None,
+    retry_max_attempts: int | None,
+    retry_initial_backoff: timedelta | None,
+    retry_backoff_coefficient: float | None,
+    retry_maximum_backoff: timedelta | None,
 ) -> None:
-    """Create a run."""
+    """Create a run.
+
+    Any --retry- flag gives it a retry policy; the ones not given take the server's
+    defaults (--retry-max-attempts: the server's --max-attempts).
+    """
+    retry_policy = None
+    retry_flags = (
+        retry_max_attempts,
+        retry_initial_backoff,
+        retry_backoff_coefficient,
+        retry_maximum_backoff,
+    )
+    if any(value is not None for value in retry_flags):
+        retry_policy = RunRetryPolicy(
+            max_attempts=retry_max_attempts or 0,
+            initial_backoff=retry_initial_backoff,
+            backoff_coefficient=retry_backoff_coefficient or 0.0,
+            maximum_backoff=retry_maximum_backoff,
+        )
     with settings.client() as client:
         run = client.create_run(
             assistant_id,
@@ -418,6 +478,8 @@ def create(
             request_id=request_id,
             timeout=timeout,
             start_after=start_after,
+            priority=priority,
+            retry_policy=retry_policy,
         )
     _show_run(settings, run)
 
@@ -495,13 +557,59 @@ def update(
 
 
 @runs.command()
-@_run_id_argument
-@click.option("--rollback", is_flag=True, help="Delete the run instead of interrupting it.")
-@click.option("--reason", default="", help="Recorded as the run's cancel_reason.")
+@click.argument("run_id", metavar="[RUN_ID]", required=False, shell_complete=_complete_run_ids)
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Every inflight run matching the filter flags, in one transaction; prints how many.",
+)
+@_filter_options("With --all: runs in any of these inflight statuses")
+@click.option("--rollback", is_flag=True, help="Delete the runs instead of interrupting them.")
+@click.option("--reason", default="", help="Recorded as each interrupted run's cancel_reason.")
 @_client_command
-def cancel(settings: ClientSettings, *, run_id: str, rollback: bool, reason: str) -> None:
-    """Interrupt an inflight run (or, with --rollback, delete it)."""
+def cancel(
+    settings: ClientSettings,
+    *,
+    run_id: str | None,
+    every: bool,
+    thread_id: str | None,
+    assistant_id: str | None,
+    statuses: tuple[list[RunStatus], ...],
+    metadata: dict[str, Any] | None,
+    rollback: bool,
+    reason: str,
+) -> None:
+    """Interrupt an inflight run (or, with --rollback, delete it).
+
+    With --all instead of RUN_ID: every inflight run matching --thread-id,
+    --assistant-id and --metadata (at least one of them), narrowed by --status.
+    """
     action = CancelAction.ROLLBACK if rollback else CancelAction.INTERRUPT
+    filtered = thread_id is not None or assistant_id is not None or metadata is not None
+    if every:
+        if run_id is not None:
+            raise click.UsageError("give RUN_ID or --all, not both")
+        if not filtered:
+            raise click.UsageError("--all needs --thread-id, --assistant-id or --metadata")
+        with settings.client() as client:
+            done = client.cancel_runs(
+                thread_id=thread_id,
+                assistant_id=assistant_id,
+                statuses=_statuses(statuses),
+                metadata=metadata,
+                action=action,
+                reason=reason,
+            )
+        verb = "deleted" if rollback else "cancelled"
+        noun = "run" if done.count == 1 else "runs"
+        summary = f"{verb} {done.count} {noun} (revision {done.revision})"
+        click.echo(cancellation_json(done) if settings.json else summary)
+        return
+    if run_id is None:
+        raise click.UsageError("give the RUN_ID to cancel, or --all with a filter")
+    if filtered or statuses:
+        raise click.UsageError("the filter flags go with --all, not with RUN_ID")
     with settings.client() as client:
         run = client.cancel_run(run_id, action=action, reason=reason)
     if not rollback:
@@ -519,6 +627,55 @@ def delete(settings: ClientSettings, *, run_id: str, force: bool) -> None:
     with settings.client() as client:
         client.delete_run(run_id, force=force)
     click.echo(deletion_json(run_id) if settings.json else f"deleted run {run_id}")
+
+
+@runs.command()
+@_run_id_argument
+@click.option("--worker-id", required=True, help="The worker that claimed the run.")
+@click.option(
+    "--status",
+    type=click.Choice([RunStatus.SUCCESS.value, RunStatus.ERROR.value], case_sensitive=False),
+    required=True,
+    help="How the run ended.",
+)
+@click.option("--result", type=_JSON, help="JSON object: what the run produced.")
+@click.option("--error", default="", help="With --status error: what went wrong.")
+@click.option(
+    "--retryable",
+    is_flag=True,
+    help="With --status error: try again if the run's retry policy has attempts left.",
+)
+@click.option("--metadata", type=_JSON, help="JSON object merged into the run's metadata.")
+@_client_command
+def complete(
+    settings: ClientSettings,
+    *,
+    run_id: str,
+    worker_id: str,
+    status: str,
+    result: dict[str, Any] | None,
+    error: str,
+    retryable: bool,
+    metadata: dict[str, Any] | None,
+) -> None:
+    """End a run you claimed (as a worker would), then show it.
+
+    The run must still be running under --worker-id; otherwise the exit status is 1
+    with LEASE_LOST.
+    """
+    if RunStatus(status) is not RunStatus.ERROR and (error or retryable):
+        raise click.UsageError("--error and --retryable go with --status error")
+    with settings.client() as client:
+        run = client.complete_run(
+            run_id,
+            worker_id,
+            status,
+            error=error,
+            metadata=metadata,
+            result=result,
+            retryable=retryable,
+        )
+    _show_run(settings, run)
 
 
 @runs.command()
@@ -597,6 +754,19 @@ def _say_reconnecting(error: RunplaneError) -> None:
 
 def _show_run(settings: ClientSettings, run: Run) -> None:
     click.echo(runs_json(run) if settings.json else run_details(run))
+
+
+@cli.command()
+@_client_command
+def stats(settings: ClientSettings) -> None:
+    """Show queue depths, inflight runs and open watches.
+
+    Queues are claimable runs per namespace and assistant, with how long the oldest
+    has waited; the figures cover --namespace, or every namespace you may read.
+    """
+    with settings.client() as client:
+        figures = client.stats()
+    click.echo(stats_json(figures) if settings.json else stats_table(figures))
 
 
 # -- completion ----------------------------------------------------------------------------

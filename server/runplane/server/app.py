@@ -33,6 +33,7 @@ from runplane.server.reloading import Reloadable, Reloader
 from runplane.server.retention import Retention
 from runplane.server.runs import RunService
 from runplane.server.servicer import RunServicer, add_to_server
+from runplane.server.stats import StatsService
 from runplane.server.store.database import Database, redact
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.notifications import ChangeListener
@@ -76,7 +77,7 @@ class RunningServer:
     """Re-reads the certificates and the auth config; `reloader.reload_now()` on SIGHUP."""
     background: list[PeriodicTask]
     """Tasks that live as long as the server: compaction, the sweeper, retention, the
-    change listener, the reloader (the hub runs its own tailer)."""
+    change listener, the queue gauges, the reloader (the hub runs its own tailer)."""
     listener: ChangeListener | None
 
     async def stop(self, grace: float | None = None) -> None:
@@ -181,6 +182,18 @@ async def start_server(config: ServerConfig) -> RunningServer:
         raise
 
 
+def _retention(
+    config: ServerConfig, database: Database, background: list[PeriodicTask]
+) -> Retention | None:
+    """With --run-retention, what deletes expired runs, as a task of `background`."""
+    if config.run_retention is None:
+        return None
+    retention = Retention(database, config.run_retention)
+    interval = config.retention_interval
+    background.append(PeriodicTask("retention", retention.delete_expired, interval=interval))
+    return retention
+
+
 async def _start(
     config: ServerConfig, edges: _Edges, telemetry: Telemetry, database: Database
 ) -> RunningServer:
@@ -220,15 +233,15 @@ async def _start(
     runs = RunService(database, tokens, cache)
     claims = ClaimService(database, wakeups, limits, max_attempts=config.max_attempts)
     watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
-    servicer = RunServicer(runs, claims, watches, limits)
+    stats = StatsService(database, lambda: hub.watcher_count)
+    servicer = RunServicer(runs, claims, watches, stats, limits)
+    queue_gauges = telemetry.watch_queues(stats, config.stats_interval)
+    if queue_gauges is not None:
+        background.append(queue_gauges)
     add_to_server(servicer, server)
     sweeper = Sweeper(database, config.max_attempts, on_sweep=telemetry.swept)
     background.append(PeriodicTask("sweeper", sweeper.sweep, interval=SWEEP_INTERVAL_S))
-    retention = None
-    if config.run_retention is not None:
-        retention = Retention(database, config.run_retention)
-        interval = config.retention_interval
-        background.append(PeriodicTask("retention", retention.delete_expired, interval=interval))
+    retention = _retention(config, database, background)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -132,6 +132,20 @@ class ServerConfig:
         "(default off).",
     )
     """HOST:PORT serving Prometheus' /metrics; empty: no metrics."""
+    stats_interval: float = flag(
+        "5s",
+        parse=seconds,
+        metavar="DURATION",
+        help="How often the queue and run gauges are read from the database (with "
+        "--metrics-address).",
+    )
+    metrics_max_assistants: int = flag(
+        "50",
+        parse=positive_int,
+        metavar="N",
+        help="Assistants per namespace whose queues get series of their own; the rest are "
+        "summed as assistant_id=other.",
+    )
     otlp_endpoint: str = flag(
         "",
         metavar="URL",

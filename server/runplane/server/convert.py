@@ -9,7 +9,8 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from runplane.server import records
 from runplane.server.records import JSONObject
-from runplane.v1 import run_pb2
+from runplane.server.stats import Stats
+from runplane.v1 import run_pb2, run_service_pb2
 
 STATUS_TO_PROTO: dict[records.RunStatus, run_pb2.RunStatus.ValueType] = {
     records.RunStatus.PENDING: run_pb2.RUN_STATUS_PENDING,
@@ -174,4 +175,29 @@ def event_to_proto(event: records.RunEvent) -> run_pb2.RunEvent:
         type=EVENT_TYPE_TO_PROTO[event.type],
         revision=event.revision,
         run=run_to_proto(event.run),
+    )
+
+
+def stats_to_proto(stats: Stats) -> run_service_pb2.GetStatsResponse:
+    return run_service_pb2.GetStatsResponse(
+        queues=[
+            run_service_pb2.QueueStats(
+                namespace=queue.namespace,
+                assistant_id=queue.assistant_id,
+                depth=queue.depth,
+                oldest_age=duration(max(0, stats.read_at - queue.oldest_due)),
+            )
+            for queue in stats.queues
+        ],
+        runs=[
+            run_service_pb2.RunCount(
+                namespace=count.namespace,
+                status=STATUS_TO_PROTO[count.status],
+                count=count.count,
+            )
+            for count in stats.runs
+        ],
+        open_watches=stats.open_watches,
+        revision=stats.revision,
+        compact_revision=stats.compact_revision,
     )

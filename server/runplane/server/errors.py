@@ -101,6 +101,17 @@ class RevisionMismatch(RunplaneError):
         )
 
 
+class TooManyRuns(RunplaneError):
+    reason = "TOO_MANY_RUNS"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the filter matches more than {limit} inflight runs, the most one CancelRuns "
+            "cancels; nothing was cancelled: narrow the filter (a thread, metadata, a status)",
+            limit=str(limit),
+        )
+
+
 class StoreUnavailable(RunplaneError):
     """The database cannot serve the call now (down, unreachable, out of disk space...):
     a write happened whole or not at all, and the call may be retried."""

@@ -205,3 +205,23 @@ class PageCursor:
 
     created_at: int
     run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCount:
+    """The claimable runs of one assistant in one namespace."""
+
+    namespace: str
+    assistant_id: str
+    depth: int
+    oldest_due: int
+    """When the longest-waiting of them became due (microseconds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunCount:
+    """How many inflight runs one namespace holds in one status."""
+
+    namespace: str
+    status: RunStatus
+    count: int

@@ -45,7 +45,7 @@ class CreateRun:
     retry_policy: RetryPolicy | None = None
     priority: int = DEFAULT_PRIORITY
     trace_context: dict[str, str] = field(default_factory=dict)
-    """The caller's W3C trace context, once calls are traced."""
+    """The caller's W3C trace context (`traceparent`, `tracestate`), if it sent one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from runplane.server.claims import ClaimService
 from runplane.server.errors import FieldViolation, InvalidInput, RunplaneError, ServerShuttingDown
 from runplane.server.records import EventType, RunEvent
 from runplane.server.runs import RunService
+from runplane.server.stats import StatsService
 from runplane.server.watch.streams import WatchService
 from runplane.server.watch.watcher import Delivery
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
@@ -54,6 +55,15 @@ _undecodable: contextvars.ContextVar[InvalidInput | None] = contextvars.ContextV
 )
 """Why this call's request did not decode. grpc decodes in the call's own task, before
 interceptors and the handler run: they get an empty request, and `_rpc` this error."""
+
+_call: contextvars.ContextVar[Context] = contextvars.ContextVar("runplane_call")
+"""The context of the unary call being handled, for a handler that reads its metadata."""
+
+
+def _caller_trace_context() -> dict[str, str]:
+    """The W3C trace context the caller of this call sent in its metadata, if any."""
+    metadata = dict(_call.get().invocation_metadata() or ())
+    return validation.trace_context(metadata.get("traceparent"), metadata.get("tracestate"))
 
 
 def _decoder(message_class: type[Message]) -> Callable[[bytes], Message]:
@@ -180,6 +190,7 @@ def _rpc(handler: Rules[Request, Response]) -> Handler[Request, Response]:
                 if (undecodable := _undecodable.get()) is not None:
                     raise undecodable
                 access = Access.of(identity.caller(), method, request)
+                _call.set(context)
                 return await handler(self, request, access)
             finally:
                 calls.end()
@@ -331,11 +342,13 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         runs: RunService,
         claims: ClaimService,
         watches: WatchService,
+        stats: StatsService,
         limits: validation.Limits,
     ) -> None:
         self._runs = runs
         self._claims = claims
         self._watches = watches
+        self._stats = stats
         self._limits = limits
         self._event_messages = EventMessages()
         self.calls = Calls()
@@ -349,7 +362,10 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     async def CreateRun(
         self, request: run_service_pb2.CreateRunRequest, access: Access
     ) -> run_pb2.Run:
-        run = await self._runs.create(validation.create_run(request, self._limits, access=access))
+        new = validation.create_run(
+            request, self._limits, access=access, trace_context=_caller_trace_context()
+        )
+        run = await self._runs.create(new)
         return convert.run_to_proto(run)
 
     @_rpc
@@ -390,6 +406,15 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     ) -> run_pb2.Run:
         run = await self._runs.cancel(validation.cancel_run(request, access=access))
         return convert.run_to_proto(run)
+
+    @_rpc
+    async def CancelRuns(
+        self, request: run_service_pb2.CancelRunsRequest, access: Access
+    ) -> run_service_pb2.CancelRunsResponse:
+        done = await self._runs.cancel_many(
+            validation.cancel_runs(request, self._limits, access=access)
+        )
+        return run_service_pb2.CancelRunsResponse(count=done.count, revision=done.revision)
 
     @_rpc
     async def DeleteRun(
@@ -437,14 +462,9 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     ) -> AsyncIterator[Delivery]:
         return await self._watches.watch_run(validation.watch_run(request, access=access))
 
-    async def CancelRuns(
-        self, request: run_service_pb2.CancelRunsRequest, context: Context
-    ) -> run_service_pb2.CancelRunsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CancelRuns is not served yet")
-        raise AssertionError("ServicerContext.abort returns by raising")
-
+    @_rpc
     async def GetStats(
-        self, request: run_service_pb2.GetStatsRequest, context: Context
+        self, request: run_service_pb2.GetStatsRequest, access: Access
     ) -> run_service_pb2.GetStatsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetStats is not served yet")
-        raise AssertionError("ServicerContext.abort returns by raising")
+        stats = await self._stats.get(validation.get_stats(request, access=access))
+        return convert.stats_to_proto(stats)

@@ -26,6 +26,7 @@ _CODES: dict[type[errors.RunplaneError], int] = {
     errors.RunTerminal: code_pb2.FAILED_PRECONDITION,
     errors.RunInflight: code_pb2.FAILED_PRECONDITION,
     errors.RunNotPending: code_pb2.FAILED_PRECONDITION,
+    errors.TooManyRuns: code_pb2.FAILED_PRECONDITION,
     errors.LeaseLost: code_pb2.FAILED_PRECONDITION,
     errors.RevisionMismatch: code_pb2.ABORTED,
     errors.StoreUnavailable: code_pb2.UNAVAILABLE,

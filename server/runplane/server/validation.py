@@ -22,6 +22,11 @@ from runplane.v1 import run_pb2, run_service_pb2
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _UUID_EXAMPLE = "123e4567-e89b-42d3-a456-426614174000"
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# W3C traceparent in version 00's layout: version, trace id, parent id, flags (no all-zero id).
+_TRACEPARENT = re.compile(
+    r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+)
+MAX_TRACESTATE = 512
 MAX_ASSISTANT_ID = 256
 MAX_REQUEST_ID = 128
 MAX_REASON = 1024
@@ -229,8 +234,29 @@ def _retry_policy(v: _Violations, message: run_pb2.RetryPolicy) -> records.Retry
     )
 
 
+def trace_context(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
+    """The caller's W3C trace context as a run keeps it. As the W3C recommendation asks,
+    a malformed `traceparent` is ignored, not refused (the run starts no trace); so is
+    a `tracestate` without one, too long, or with characters it may not hold."""
+    if traceparent is None or _TRACEPARENT.fullmatch(traceparent) is None:
+        return {}
+    kept = {"traceparent": traceparent}
+    if (
+        tracestate
+        and len(tracestate) <= MAX_TRACESTATE
+        and tracestate.isascii()
+        and tracestate.isprintable()
+    ):
+        kept["tracestate"] = tracestate
+    return kept
+
+
 def create_run(
-    request: run_service_pb2.CreateRunRequest, limits: Limits, *, access: Access
+    request: run_service_pb2.CreateRunRequest,
+    limits: Limits,
+    *,
+    access: Access,
+    trace_context: dict[str, str] | None = None,
 ) -> requests.CreateRun:
     v = _Violations()
     thread_id = v.uuid("thread_id", request.thread_id, required=False)
@@ -284,6 +310,7 @@ def create_run(
         namespace=namespace or records.DEFAULT_NAMESPACE,
         retry_policy=retry_policy,
         priority=priority,
+        trace_context=trace_context or {},
     )
 
 
@@ -405,7 +432,8 @@ def cancel_runs(
 ) -> requests.CancelRuns:
     v = _Violations()
     selected, namespace = _run_filter(v, request.filter, limits)
-    if selected.thread_id is None and selected.assistant_id is None and not selected.metadata:
+    given = request.filter
+    if not (given.thread_id or given.assistant_id or given.metadata.fields):
         v.add(
             "filter",
             "must set thread_id, assistant_id or metadata: cancelling every run is refused",

@@ -1,5 +1,5 @@
 // The resource calls: CreateRun with each multitask strategy, GetRun, ListRuns
-// page by page, UpdateRun with a field mask, CancelRun and DeleteRun.
+// page by page, UpdateRun with a field mask, CancelRun, CancelRuns and DeleteRun.
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, describe, test } from "node:test";
@@ -311,6 +311,42 @@ describe("CancelRun", () => {
     assert.equal(last.runId, run.runId);
     assert.equal(last.status, RunStatus.PENDING);
     assert.equal((await failure(client.getRun({ runId: run.runId }))).code, Code.NotFound);
+  });
+});
+
+describe("CancelRuns", () => {
+  test("cancels every inflight run of a thread in one transaction and says how many", async () => {
+    const threadId = newThreadId();
+    const runs: Run[] = [];
+    for (let i = 0; i < 3; i++) {
+      runs.push(await client.createRun({ assistantId: ASSISTANT, threadId }));
+    }
+    const other = await client.createRun({ assistantId: ASSISTANT });
+
+    const done = await client.cancelRuns({ filter: { threadId }, reason: "bulk stop" });
+    assert.equal(done.count, 3n);
+    const after = await threadRuns(threadId);
+    assert.deepEqual(
+      after.map((run) => [run.runId, run.status, run.cancelReason]),
+      runs.map((run) => [run.runId, RunStatus.INTERRUPTED, "bulk stop"]),
+    );
+    const last = after.map((run) => run.revision).reduce((a, b) => (a > b ? a : b));
+    assert.equal(done.revision, last);
+    assert.equal((await client.getRun({ runId: other.runId })).status, RunStatus.PENDING);
+
+    const rolledBack = await client.cancelRuns({
+      filter: { threadId: other.threadId },
+      action: CancelAction.ROLLBACK,
+    });
+    assert.equal(rolledBack.count, 1n);
+    assert.equal((await failure(client.getRun({ runId: other.runId }))).code, Code.NotFound);
+  });
+
+  test("an empty filter is INVALID_ARGUMENT with a violation of `filter`", async () => {
+    const refused = await failure(client.cancelRuns({ filter: { statuses: [RunStatus.PENDING] } }));
+    assert.equal(refused.code, Code.InvalidArgument);
+    assert.equal(refused.reason, "INVALID_ARGUMENT");
+    assert.deepEqual(refused.violations.map((violation) => violation.field), ["filter"]);
   });
 });
 

@@ -18,6 +18,7 @@ import enum
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,14 @@ rest go with the next batches."""
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
 POSTGRES_THREADS = 16
+_TRY_LOCK_ALL = text(
+    "SELECT coalesce(bool_and(pg_try_advisory_xact_lock(:lock, key)), true) "
+    "FROM unnest(CAST(:keys AS integer[])) AS key"
+)
+# unnest yields the keys in the array's order, and so they are locked.
+_LOCK_ALL = text(
+    "SELECT count(pg_advisory_xact_lock(:lock, key)) FROM unnest(CAST(:keys AS integer[])) AS key"
+)
 SQLITE_READ_THREADS = 2
 
 
@@ -128,6 +137,16 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def try_lock(self, connection: Connection, lock: Lock, value: str | None = None) -> bool:
         """Like `lock`, but False at once if another transaction holds it."""
+
+    @abc.abstractmethod
+    def try_lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> bool:
+        """`try_lock` of each value, in one round trip: False if another transaction held
+        any of them (the others are held all the same)."""
+
+    @abc.abstractmethod
+    def lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> None:
+        """`lock` of each value, in one round trip and in one global order, so that two
+        transactions locking many never deadlock each other."""
 
     @abc.abstractmethod
     def notify(self, connection: Connection, revision: int) -> None:
@@ -226,6 +245,12 @@ class SQLite(Dialect):
     def try_lock(self, connection: Connection, lock: Lock, value: str | None = None) -> bool:
         return True
 
+    def try_lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> bool:
+        return True
+
+    def lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> None:
+        pass
+
     def notify(self, connection: Connection, revision: int) -> None:
         pass  # SQLite serves one process: there is nobody to tell
 
@@ -306,6 +331,17 @@ class PostgreSQL(Dialect):
                 {"lock": int(lock), "key": _lock_key(value)},
             ).scalar_one()
         )
+
+    def try_lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> bool:
+        return bool(
+            connection.execute(
+                _TRY_LOCK_ALL, {"lock": int(lock), "keys": [_lock_key(v) for v in values]}
+            ).scalar_one()
+        )
+
+    def lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> None:
+        keys = sorted({_lock_key(value) for value in values})
+        connection.execute(_LOCK_ALL, {"lock": int(lock), "keys": keys})
 
     def notify(self, connection: Connection, revision: int) -> None:
         # Delivered when the transaction commits, dropped if it rolls back.

@@ -144,7 +144,7 @@ def previous_json(previous: Run, run: Run) -> JSONObject:
 
 def from_json_pair(run: JSONObject, previous: JSONObject) -> Run:
     """The run before an update, from the log's documents of the run after it and of the
-    attributes it changed (or, as logs written before migration 0007 kept it, the whole run)."""
+    attributes it changed (or, as logs written before migration 0008 kept it, the whole run)."""
     return from_json({**run, **previous})
 
 

@@ -25,10 +25,12 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    func,
     insert,
     literal,
     or_,
     select,
+    text,
     tuple_,
     union_all,
     update,
@@ -40,15 +42,17 @@ from runplane.server.records import (
     INFLIGHT,
     Change,
     ChangeType,
+    NamespaceSet,
     PageCursor,
     Run,
+    RunCount,
     RunFilter,
     RunStatus,
     SortOrder,
 )
 from runplane.server.store import fields, metadata_index
 from runplane.server.store.dialects import Dialect, Lock, scoped_key
-from runplane.server.store.schema import Base, RunMetadataRow, RunRow
+from runplane.server.store.schema import INFLIGHT_PREDICATE, Base, RunMetadataRow, RunRow
 
 _runs = Base.metadata.tables[RunRow.__tablename__]
 _entries = Base.metadata.tables[RunMetadataRow.__tablename__]
@@ -67,6 +71,13 @@ _INFLIGHT_ON_THREAD = _SELECT_RUN.where(
     _runs.c.thread_id == bindparam("thread_id"),
     _runs.c.status.in_([status.value for status in INFLIGHT]),
 ).order_by(_runs.c.create_revision)
+# Inflight runs by status and namespace: their partial index, read whole in its order.
+_INFLIGHT_COUNTS = (
+    select(_runs.c.namespace, _runs.c.status, func.count())
+    .where(text(INFLIGHT_PREDICATE))
+    .group_by(_runs.c.status, _runs.c.namespace)
+)
+_IN_NAMESPACES = _runs.c.namespace.in_(bindparam("namespaces", expanding=True))
 _INSERT_RUN = insert(_runs)
 _UPDATE_RUN = update(_runs).where(_runs.c.run_id == bindparam("key"))
 _DELETE_RUN = delete(_runs).where(_runs.c.run_id == bindparam("run_id"))
@@ -236,6 +247,46 @@ class RunStore:
         )
         return [fields.from_row(row) for row in rows]
 
+    def inflight_matching(
+        self, run_filter: RunFilter, limit: int, *, wait: bool
+    ) -> list[Run] | None:
+        """Up to `limit` inflight runs matching the filter (its statuses narrow PENDING
+        and RUNNING), oldest first, each locked for change as `get_locked` locks one.
+        (More than `limit` match: which ones come is left to the plan, as the caller
+        refuses them.)
+
+        Without `wait`, their threads' locks are only tried, and None says another
+        transaction is changing one of them: waiting may deadlock when a transaction
+        of the same group holds the revision counter, which a claim holding one of the
+        threads waits for (PostgreSQL then fails one of the two)."""
+        statuses = (run_filter.statuses or INFLIGHT) & INFLIGHT
+        if not statuses:
+            return []
+        # Unordered, so that the plan reads an index range with nothing to sort: a thread's
+        # runs, an assistant's or the inflight ones. They are put in creation order here.
+        query = _SELECT_RUN.where(
+            *self._filter_clauses(dataclasses.replace(run_filter, statuses=statuses))
+        ).limit(limit)
+        runs = self._in_creation_order(query)
+        if self._dialect.serial_writes:
+            return runs
+        # Lock their threads, then read them again with their rows: runs may have
+        # ended, or started on threads not locked yet, meanwhile.
+        locked: set[tuple[str, str]] = set()
+        while threads := {(run.namespace, run.thread_id) for run in runs} - locked:
+            keys = [scoped_key(namespace, thread_id) for namespace, thread_id in threads]
+            if wait:
+                self._dialect.lock_all(self._conn, Lock.THREAD, keys)
+            elif not self._dialect.try_lock_all(self._conn, Lock.THREAD, keys):
+                return None
+            locked |= threads
+            runs = self._in_creation_order(query.with_for_update())
+        return runs
+
+    def _in_creation_order(self, query: Select[Any]) -> list[Run]:
+        runs = [fields.from_row(row) for row in self._conn.execute(query)]
+        return sorted(runs, key=lambda run: (run.created_at, run.run_id))
+
     def stuck(self, now: int, limit: int) -> list[Run]:
         """Up to `limit` RUNNING runs whose lease expired or whose timeout passed, each
         locked for change (threads that are busy now are left for the next look)."""
@@ -265,6 +316,18 @@ class RunStore:
             if self.try_lock_thread(run.namespace, run.thread_id)
         )
         return [fields.from_row(row) for row in rows if row is not None]
+
+    def inflight_counts(self, namespaces: NamespaceSet) -> list[RunCount]:
+        """PENDING and RUNNING runs per namespace (None: every namespace), by status."""
+        statement, params = _INFLIGHT_COUNTS, {}
+        if namespaces is not None:
+            if not namespaces:
+                return []
+            statement = statement.where(_IN_NAMESPACES)
+            params["namespaces"] = sorted(namespaces)
+        rows = self._conn.execute(statement, params)
+        counts = (RunCount(space, RunStatus(status), count) for space, status, count in rows)
+        return sorted(counts, key=lambda count: (count.namespace, count.status))
 
     def list_page(
         self, run_filter: RunFilter, order: SortOrder, after: PageCursor | None, limit: int

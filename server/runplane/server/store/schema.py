@@ -106,6 +106,13 @@ class RunRow(Base):
             "create_revision",
             **_where(INFLIGHT_PREDICATE),
         ),
+        # Inflight runs counted per namespace and status (GetStats, the runs gauge).
+        Index(
+            "ix_runs_inflight_status_namespace",
+            "status",
+            "namespace",
+            **_where(INFLIGHT_PREDICATE),
+        ),
         # What the sweeper looks for: only RUNNING runs have a lease or a timeout_at.
         Index("ix_runs_lease", "lease_expires_at_us", **_where("lease_expires_at_us IS NOT NULL")),
         Index("ix_runs_timeout", "timeout_at_us", **_where("timeout_at_us IS NOT NULL")),

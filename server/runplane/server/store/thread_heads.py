@@ -13,11 +13,15 @@ writes them, so no rule has to remember the heads. Time moves heads too: a delay
 head becomes claimable at its due time. Claims read the delayed heads that fell due
 along with the ready ones, and the sweeper moves them into the ready index
 (`promote_due`), so the fallen-due heads a claim reads stay few.
+
+The same heads answer how deep each queue is (`queues`): the claimable runs are the
+ready heads and the fallen-due delayed ones, counted per queue over their indexes.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +33,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal,
     or_,
     select,
     text,
@@ -40,6 +45,7 @@ from runplane.server.records import (
     Change,
     ChangeType,
     NamespaceSet,
+    QueueCount,
     Run,
     RunStatus,
     now_us,
@@ -162,6 +168,20 @@ _PROMOTE = (
     )
     .values(state=READY)
 )
+
+
+# Claimable heads per queue: the ready index read whole, grouped by its leading column
+# when every namespace is asked for; and the delayed index's range that fell due, a few
+# heads (the sweeper promotes them every second), counted as they come.
+_QUEUE_SIZES = (
+    select(_heads.c.queue, func.count(), func.min(_heads.c.due_us))
+    .where(_IS_READY)
+    .group_by(_heads.c.queue)
+)
+_FALLEN_DUE_SIZES = select(_heads.c.queue, literal(1), _heads.c.due_us).where(
+    _IS_DELAYED, _heads.c.due_us <= bindparam("now")
+)
+_IN_NAMESPACES = _heads.c.namespace.in_(bindparam("namespaces", expanding=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +440,33 @@ class ThreadHeads:
             }
         )
         return build(len(spaces), len(assistant_ids)), params
+
+    # -- stats -------------------------------------------------------------------------------
+
+    def queues(self, now: int, namespaces: NamespaceSet) -> list[QueueCount]:
+        """Claimable runs per queue (namespace and assistant), with the earliest due
+        time among them, in `namespaces` (None: every namespace)."""
+        ready = _QUEUE_SIZES
+        params: dict[str, Any] = {"now": now}
+        if namespaces is not None:
+            if not namespaces:
+                return []
+            ready = ready.where(_IN_NAMESPACES)
+            params["namespaces"] = sorted(namespaces)
+        sizes: dict[str, tuple[int, int]] = {}
+        # The fallen-due heads of every namespace, kept here: a namespace condition in the
+        # query could steer the planner to every head of the namespace instead.
+        for name, depth, oldest_due in itertools.chain(
+            self._conn.execute(ready, params), self._conn.execute(_FALLEN_DUE_SIZES, params)
+        ):
+            before_depth, before_due = sizes.get(name, (0, oldest_due))
+            sizes[name] = (before_depth + depth, min(before_due, oldest_due))
+        found = []
+        for name, (depth, oldest_due) in sorted(sizes.items()):
+            namespace, _, assistant_id = name.partition("/")
+            if namespaces is None or namespace in namespaces:
+                found.append(QueueCount(namespace, assistant_id, depth, oldest_due))
+        return found
 
     # -- upkeep ------------------------------------------------------------------------------
 

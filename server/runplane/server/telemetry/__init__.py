@@ -18,6 +18,8 @@ import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from runplane.server.config import ServerConfig
+from runplane.server.periodic import PeriodicTask
+from runplane.server.stats import StatsService
 from runplane.server.store.database import Database
 from runplane.server.sweeper import SweepListener
 from runplane.server.telemetry import tracing
@@ -40,7 +42,11 @@ class Telemetry:
     @classmethod
     def configure(cls, config: ServerConfig, environ: Mapping[str, str] = os.environ) -> Telemetry:
         return cls(
-            metrics=Metrics() if config.metrics_address else None,
+            metrics=(
+                Metrics(max_assistants=config.metrics_max_assistants)
+                if config.metrics_address
+                else None
+            ),
             tracer_provider=tracing.tracer_provider(config.otlp_endpoint, environ),
             log_calls=config.access_log,
         )
@@ -74,6 +80,21 @@ class Telemetry:
         self.metrics.watch_streams.set_function(lambda: hub.watcher_count)
         self.metrics.store_revision.set_function(lambda: hub.known)
         self.metrics.compact_revision.set_function(lambda: compactor.compact_revision)
+
+    def watch_queues(self, stats: StatsService, interval: float) -> PeriodicTask | None:
+        """The task that reads the queue and run gauges from the database every
+        `interval` seconds (the first read as soon as it starts), when metrics are on."""
+        metrics = self.metrics
+        if metrics is None:
+            return None
+
+        async def read() -> None:
+            figures = await stats.read(None)
+            metrics.queues.update(figures.queues, figures.runs, figures.read_at)
+
+        task = PeriodicTask("queue-gauges", read, interval=interval)
+        task.wake()
+        return task
 
     def serve(self, metrics_address: str) -> None:
         """Start serving `/metrics` (when metrics are on)."""

@@ -7,7 +7,9 @@ unchanged. The domain series are fed from seams, never from the rules:
 - the commit listener (`Database.on_commit`) sees every committed change of this process,
   so run transitions, run durations and claim waits are derived there;
 - the database times its transactions (`TransactionTimer`), the sweeper reports each pass;
-- the watch hub and the compactor are read when Prometheus scrapes.
+- the watch hub and the compactor are read when Prometheus scrapes;
+- the queue and inflight-run gauges hold the figures last read from the database (on a
+  timer, not per scrape: `QueueGauges`), so every replica reports the same global values.
 
 Label children are created once and kept: `labels()` costs four times an `inc()`.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +33,17 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from runplane.server.records import Change, ChangeType, Run, RunStatus
+from runplane.server.records import (
+    INFLIGHT,
+    Change,
+    ChangeType,
+    QueueCount,
+    Run,
+    RunCount,
+    RunStatus,
+)
 
 # grpc-ecosystem's spelling of each status code (Go's codes.Code.String()).
 GRPC_CODE_NAMES: dict[grpc.StatusCode, str] = {
@@ -63,6 +74,8 @@ GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 CLAIM_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 RUN_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600, 3 * 3600, 12 * 3600, 86400)
 
+DEFAULT_MAX_ASSISTANTS = 50
+"""Assistants per namespace whose queues keep their own series in the queue gauges."""
 OTHER = "other"
 """The label value that stands for everything beyond a label's limit."""
 DEFAULT_NAMESPACE = "default"
@@ -135,7 +148,7 @@ class FoldedLabels:
 class Metrics:
     """The server's series. Everything here may be called from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_assistants: int = DEFAULT_MAX_ASSISTANTS) -> None:
         # No `_created` twin of every series: Prometheus ignores it in the text format, and
         # it doubles what a scrape reads (a process-wide switch of prometheus_client).
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -255,6 +268,8 @@ class Metrics:
             buckets=GROUP_BUCKETS,
             registry=registry,
         )
+        self.queues = QueueGauges(max_assistants)
+        registry.register(self.queues)
 
     def rpc(self, full_method: str, grpc_type: str) -> RpcSeries:
         return RpcSeries(self, full_method, grpc_type)
@@ -335,6 +350,69 @@ def fold_queues(queues: Iterable[Queue], top: int) -> list[Queue]:
                 )
             )
     return folded
+
+
+class QueueGauges:
+    """`runplane_queue_depth`, `runplane_queue_oldest_age_seconds` and `runplane_runs`: a
+    collector that serves the figures of its last `update`.
+
+    A queue or a namespace that empties drops out of the next update rather than
+    lingering at its last value; a namespace with inflight runs reports both statuses.
+    The first MAX_NAMESPACES namespaces by name keep their label, later ones are summed
+    as `other`, as are the assistants of a namespace beyond `max_assistants`.
+    """
+
+    def __init__(self, max_assistants: int) -> None:
+        self._max_assistants = max_assistants
+        self._figures: tuple[list[Queue], dict[tuple[str, RunStatus], int]] = ([], {})
+
+    def update(self, queues: Sequence[QueueCount], runs: Sequence[RunCount], now: int) -> None:
+        """New figures, read at `now` (microseconds): one assignment, so a scrape sees the
+        last figures or these, never a mixture."""
+        names = sorted({q.namespace for q in queues} | {c.namespace for c in runs})
+        kept = set(names[:MAX_NAMESPACES])
+
+        def label(namespace: str) -> str:
+            return namespace if namespace in kept else OTHER
+
+        merged: dict[tuple[str, str], Queue] = {}
+        for q in queues:
+            key = (label(q.namespace), q.assistant_id)
+            age = _seconds(now - q.oldest_due)
+            if (before := merged.get(key)) is not None:
+                age = max(age, before.oldest_age)
+            depth = q.depth + (before.depth if before is not None else 0)
+            merged[key] = Queue(*key, depth, age)
+        counts: dict[tuple[str, RunStatus], int] = defaultdict(int)
+        for count in runs:
+            counts[label(count.namespace), count.status] += count.count
+        self._figures = (fold_queues(merged.values(), self._max_assistants), dict(counts))
+
+    def collect(self) -> Iterator[Metric]:
+        queues, counts = self._figures
+        labels = ["namespace", "assistant_id"]
+        depth = GaugeMetricFamily(
+            "runplane_queue_depth",
+            "Claimable PENDING runs (due, at the head of their thread), read from the database.",
+            labels=labels,
+        )
+        age = GaugeMetricFamily(
+            "runplane_queue_oldest_age_seconds",
+            "How long the longest-waiting claimable run of a queue has been due.",
+            labels=labels,
+        )
+        for queue in queues:
+            depth.add_metric([queue.namespace, queue.assistant_id], queue.depth)
+            age.add_metric([queue.namespace, queue.assistant_id], queue.oldest_age)
+        inflight = GaugeMetricFamily(
+            "runplane_runs",
+            "Inflight runs by namespace and status, read from the database.",
+            labels=["namespace", "status"],
+        )
+        for namespace in sorted({namespace for namespace, _ in counts}):
+            for status in sorted(INFLIGHT):
+                inflight.add_metric([namespace, status.value], counts.get((namespace, status), 0))
+        yield from (depth, age, inflight)
 
 
 class MetricsEndpoint:

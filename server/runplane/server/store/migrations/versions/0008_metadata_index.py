@@ -8,8 +8,8 @@ runs are computed here, a batch of runs at a time.
 `ix_runs_ended` orders the runs that ended by their end, for --run-retention. On
 PostgreSQL, autovacuum visits the event log sooner, as compaction empties its old end.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 
 import json
@@ -20,8 +20,8 @@ from alembic import op
 
 from runplane.server.store.metadata_index import index_rows
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
