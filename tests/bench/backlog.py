@@ -38,7 +38,7 @@ def load(database_url: str, runs: Iterable[Run]) -> None:
         database.dispose()
 
 
-def _run(assistant_id: str, status: RunStatus = RunStatus.PENDING, **fields: object) -> Run:
+def new_run(assistant_id: str, status: RunStatus = RunStatus.PENDING, **fields: object) -> Run:
     now = now_us()
     return Run(
         run_id=str(uuid.uuid4()),
@@ -57,7 +57,7 @@ def pending_backlog(count: int, seed: int = 1) -> Iterator[Run]:
     claimed), for BACKLOG_ASSISTANTS assistants, in every priority."""
     rng = random.Random(seed)
     for index in range(count):
-        yield _run(f"backlog-{index % BACKLOG_ASSISTANTS}", priority=rng.randrange(10))
+        yield new_run(f"backlog-{index % BACKLOG_ASSISTANTS}", priority=rng.randrange(10))
 
 
 def running(
@@ -68,7 +68,7 @@ def running(
     now = now_us()
     kwargs = {"input": "x" * kwargs_bytes} if kwargs_bytes else {}
     return [
-        _run(
+        new_run(
             assistant_id,
             RunStatus.RUNNING,
             attempt=1,

@@ -157,7 +157,7 @@ async def end_to_end(address: str, clients: int, seconds: float, workers: int) -
     }
 
 
-def _wait_until_idle(pid: int, timeout_s: float = 60.0) -> None:
+def wait_until_idle(pid: int, timeout_s: float = 60.0) -> None:
     """Until the server spends under a tenth of a core for half a second."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -189,7 +189,7 @@ def main() -> None:
             backlog.load(args.database_url, backlog.pending_backlog(args.backlog))
             if args.server_pid is not None:
                 # The server's watch hub reads the backlog's events from the log.
-                _wait_until_idle(args.server_pid)
+                wait_until_idle(args.server_pid)
         result = asyncio.run(create_to_claim(args.address, args.runs, args.server_pid))
         result["backlog"] = args.backlog
     else:

@@ -77,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--targets", type=_csv, default=None, help="default: every available")
     parser.add_argument("--scenarios", type=_csv, default=tuple(SCENARIOS))
     parser.add_argument("--rounds", type=int, default=1, help="measure every target N times")
+    parser.add_argument(
+        "--runs", type=int, default=100_000, help="scale: stored runs at the end (e.g. 1000000)"
+    )
     parser.add_argument("--tls", action="store_true", help="add the TLS variant of each target")
     parser.add_argument("--auth", action="store_true", help="add the token-auth variant")
     parser.add_argument("--postgres-url", default=None)
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds=args.seconds,
         concurrencies=tuple(int(c) for c in args.concurrency),
         rpcs=args.rpcs,
+        runs=args.runs,
     )
     targets = _select_targets(args)
     started = time.monotonic()

@@ -27,6 +27,8 @@ class BenchOptions:
     seconds: float
     concurrencies: tuple[int, ...]
     rpcs: tuple[str, ...]
+    runs: int = 100_000
+    """The scale scenario's stored runs at its last stage."""
 
 
 Scenario = Callable[[Target, RunningServer, BenchOptions], list[Result]]
@@ -83,18 +85,24 @@ def unary_calls(target: Target, server: RunningServer, options: BenchOptions) ->
     return results
 
 
-def _executor_cell(server: RunningServer, *args: str, module: str = "executor") -> Result:
+def _bench_process(server: RunningServer, *args: str, module: str, timeout: float = 300) -> Result:
+    """What `python -m tests.bench.<module> --address ADDRESS ARGS` prints, parsed."""
     completed = subprocess.run(
         [sys.executable, "-m", f"tests.bench.{module}", "--address", server.address, *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
     if completed.returncode != 0:
         raise LoadFailedError(f"{module} benchmark failed:\n{completed.stderr.strip()}")
     cell: Result = json.loads(completed.stdout)
+    return cell
+
+
+def _executor_cell(server: RunningServer, *args: str, module: str = "executor") -> Result:
+    cell = _bench_process(server, *args, module=module)
     rate = cell.get("throughput_per_s", "-")
     cpu = cell.get("server_cpu_us_per_run") or cell.get("server_cpu_percent")
     _log(f"    {rate}/s  p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms  server cpu {cpu}")
@@ -146,6 +154,25 @@ def heartbeats(target: Target, server: RunningServer, options: BenchOptions) -> 
     return [{"target": target.name, **cell}]
 
 
+def scale(target: Target, server: RunningServer, options: BenchOptions) -> list[Result]:
+    """GetRun, ListRuns (first page of a thread, of a metadata filter), CreateRun and
+    ClaimRun latencies at 10,000, 100,000 and `--runs` stored runs (runplane targets
+    only); see tests/bench/scale.py."""
+    if target.name == "echo" or server.database_url is None:
+        return []
+    _log(f"  {target.name}: latencies at up to {options.runs:,} stored runs (loading them)")
+    cell = _bench_process(
+        server,
+        *("--database-url", server.database_url, "--server-pid", str(server.pid)),
+        *("--runs", str(options.runs)),
+        module="scale",
+        # Loading takes most of it: about a minute per 100,000 runs on a small machine.
+        timeout=300 + options.runs / 100,
+    )
+    _log(f"    p50 growth {cell['p50_growth']}; metadata/thread {cell['metadata_vs_thread_p50']}")
+    return [{"target": target.name, **cell}]
+
+
 BACKLOG = 100_000
 HEARTBEAT_RUNS = 10_000
 
@@ -153,4 +180,5 @@ SCENARIOS: dict[str, Scenario] = {
     "unary": unary_calls,
     "executor": executor_latency,
     "heartbeat": heartbeats,
+    "scale": scale,
 }

@@ -107,6 +107,27 @@ def test_claim_and_heartbeat_benchmarks_run_against_a_server(server: ServerThrea
     assert (heartbeats["database_cpu_percent"] is None) == url.startswith("sqlite")
 
 
+def test_the_scale_benchmark_runs_against_a_server(server: ServerThread) -> None:
+    """Two small stages of stored runs, a few calls of each RPC at each."""
+    document = _run_json(
+        "scale",
+        *("--address", server.address, "--database-url", server.config.database_url),
+        *("--runs", "1200", "--stages", "600", "--samples", "5"),
+    )
+    assert [stage["stored_runs"] for stage in document["stages"]] == [600, 1200]
+    rpcs = {"get", "list_thread", "list_metadata", "create", "claim"}
+    assert set(document["p50_growth"]) == rpcs
+    for stage in document["stages"]:
+        for rpc in rpcs:
+            assert 0 < stage[rpc]["p50_ms"] <= stage[rpc]["p99_ms"]
+    assert set(document["metadata_vs_thread_p50"]) == {"600", "1200"}
+    storage = document["storage"]
+    assert set(storage["bytes_per_run"]) == {"runs", "run_metadata", "thread_heads"}
+    assert storage["bytes_per_event"] > 0
+    # Each change logs its run once (the run before: only what filters read).
+    assert 1 <= storage["event_json_per_run_json"] <= 1.1
+
+
 def test_cancel_runs_benchmark_runs_against_a_server(server: ServerThread) -> None:
     found = _run_json("cancel_runs", "--address", server.address, "--runs", "40", "--threads", "8")
     assert (found["runs"], found["threads"], found["cancelled"]) == (40, 8, 40)

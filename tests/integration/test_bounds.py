@@ -519,20 +519,26 @@ def watched_run_ids(stub: Stub, request: pb.WatchRunsRequest, upto: int) -> list
     return found
 
 
+@pytest.mark.parametrize("on_thread", [True, False], ids=["thread", "metadata-index"])
 @pytest.mark.parametrize("key", NASTY_KEYS)
-def test_list_and_watch_filters_agree_on_nasty_keys(stub: Stub, key: str) -> None:
+def test_list_and_watch_filters_agree_on_nasty_keys(stub: Stub, key: str, on_thread: bool) -> None:
     """The store's query (ListRuns, a watch's initial state) and the watch's own matching
-    of live events select the same runs, whatever the key and the JSON type."""
+    of live events select the same runs, whatever the key and the JSON type: among a
+    thread's runs, or through the metadata index (the runs of this test carry a key of
+    their own, `batch`, so that the filter needs no thread)."""
     thread_id = new_id()
     start = store_revision(stub) + 1
     values: list[Any] = ["v", 1, True, False, 0, None, {"n": [1, "two"]}, [False], "1", ""]
     runs = [
-        create(stub, thread_id=thread_id, metadata={key: value, "i": i})
+        create(stub, thread_id=thread_id, metadata={key: value, "i": i, "batch": thread_id})
         for i, value in enumerate(values)
     ]
-    last = create(stub, thread_id=thread_id, metadata={"other": "v"})
+    last = create(stub, thread_id=thread_id, metadata={"other": "v", "batch": thread_id})
     for value, run in zip(values, runs, strict=True):
-        run_filter = pb.RunFilter(thread_id=thread_id, metadata=struct({key: value}))
+        if on_thread:
+            run_filter = pb.RunFilter(thread_id=thread_id, metadata=struct({key: value}))
+        else:
+            run_filter = pb.RunFilter(metadata=struct({key: value, "batch": thread_id}))
         listed = stub.ListRuns(pb.ListRunsRequest(filter=run_filter))
         assert [r.run_id for r in listed.runs] == [run.run_id], (key, value)
         initial = pb.WatchRunsRequest(filter=run_filter, include_initial=True)

@@ -608,9 +608,13 @@ def test_server_commands_are_dispatched_through_the_same_cli(tmp_path: Path) -> 
     assert database.exists()
     assert cli("serve", "--help") == 0
     assert "RUNPLANE_DATABASE_URL" in cli.stdout
+    assert "RUNPLANE_RUN_RETENTION" in cli.stdout
     assert cli("serve", "--event-retention", "1x") == 2
     assert "'1x' is not a duration" in cli.stderr
     assert cli("serve", "--max-attempts", "0") == 2
+    assert cli("serve", "--run-retention", "0s") == 2
+    assert "'0s' is not a positive duration" in cli.stderr
+    assert cli("serve", "--run-retention", "30 days") == 2
     assert cli("serve", "--log-level", "loud") == 2
 
 

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -19,6 +20,7 @@ from runplane.server.store.migrate import upgrade
 from runplane.server.store.schema import Base
 from runplane.v1 import run_service_pb2
 from tests.support.databases import database_url
+from tests.support.hostile import struct
 from tests.support.servers import ServerThread
 from tests.support.stubs import run_service
 
@@ -248,3 +250,62 @@ def test_0006_finds_the_head_of_every_thread_of_an_0005_database(
         ("other", "busy"): ("g", "ready", "other/agent", 7),
     }
     assert timeouts == {"a": now + hour}
+
+
+def test_0008_indexes_the_metadata_of_every_run_of_an_0007_database(
+    backend: str, tmp_path: Path
+) -> None:
+    """Runs written before the metadata index are found by metadata filters once the
+    server has migrated (more runs than one batch of the migration)."""
+    metadata: dict[str, dict[str, Any]] = {
+        "special-1": {'a"b': "x", "n": 1.0, "nested": {"k": [1.0, True, None]}},
+        "special-2": {'a"b': "x", "n": 2.5},
+        "special-3": {"n": 1.0, "": ""},
+    }
+    runs: list[tuple[str, dict[str, Any]]] = [
+        (f"run-{i:05}", {"i": float(i % 7)}) for i in range(6000)
+    ]
+    runs += list(metadata.items())
+    runs.append(("bare", {}))
+    cast = "CAST(:metadata AS jsonb)" if backend == "postgres" else ":metadata"
+    with database_url(backend, tmp_path) as url:
+        database = Database(url)
+        try:
+            upgrade(database.engine, "0007")
+            with database.engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO runs (run_id, thread_id, assistant_id, status, "
+                        "multitask_strategy, metadata, kwargs, created_at_us, updated_at_us, "
+                        "revision, create_revision, attempt, error, cancel_reason, worker_id) "
+                        f"VALUES (:run_id, :run_id, 'agent', 'success', 'enqueue', {cast}, "
+                        "'{}', :at, :at, :at, :at, 0, '', '', '')"
+                    ),
+                    [
+                        {"run_id": run_id, "metadata": json.dumps(document), "at": at}
+                        for at, (run_id, document) in enumerate(runs, start=1)
+                    ],
+                )
+                connection.execute(text(f"UPDATE store_state SET revision = {len(runs)}"))
+        finally:
+            database.dispose()
+
+        server = ServerThread(ServerConfig(address="127.0.0.1:0", database_url=url)).start()
+        try:
+            with run_service(server.address) as stub:
+
+                def listed(**wanted: Any) -> list[str]:
+                    request = run_service_pb2.ListRunsRequest(
+                        filter=run_service_pb2.RunFilter(metadata=struct(wanted)),
+                        page_size=1000,
+                    )
+                    return sorted(run.run_id for run in stub.ListRuns(request).runs)
+
+                assert listed(**{'a"b': "x"}) == ["special-1", "special-2"]
+                assert listed(n=1) == ["special-1", "special-3"]
+                assert listed(nested={"k": [1, True, None]}) == ["special-1"]
+                assert listed(**{"": ""}) == ["special-3"]
+                assert listed(i=6) == [f"run-{i:05}" for i in range(6, 6000, 7)][:1000]
+                assert len(listed(i=0)) == len(range(0, 6000, 7))
+        finally:
+            server.stop()

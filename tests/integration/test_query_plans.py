@@ -21,7 +21,15 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, event, text
 
-from runplane.server.records import Change, ChangeType, RunFilter, RunStatus, SortOrder, now_us
+from runplane.server.records import (
+    Change,
+    ChangeType,
+    PageCursor,
+    RunFilter,
+    RunStatus,
+    SortOrder,
+    now_us,
+)
 from runplane.server.store.database import Database
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.run_store import RunStore
@@ -38,19 +46,23 @@ _BACKLOG = """
 INSERT INTO runs (run_id, thread_id, assistant_id, status, multitask_strategy, metadata,
     kwargs, created_at_us, updated_at_us, revision, create_revision, attempt, error,
     cancel_reason, worker_id, lease_expires_at_us, timeout_us, started_at_us,
-    start_after_us, namespace, priority)
+    start_after_us, namespace, priority, ended_at_us)
 SELECT 'run-' || i, 'thread-' || (i % {threads}), 'agent-' || (i % 20),
     CASE WHEN i % 50 = 0 THEN 'success'
          WHEN i < {threads} AND i % 10 = 1 THEN 'running' ELSE 'pending' END,
-    'enqueue', '{}', '{}', :at + i, :at + i, i, i, 0, '', '',
+    'enqueue', {metadata}, '{}', :at + i, :at + i, i, i, 0, '', '',
     CASE WHEN i < {threads} AND i % 10 = 1 THEN 'worker' ELSE '' END,
     CASE WHEN i < {threads} AND i % 10 = 1 THEN :now + {hour} END,
     CASE WHEN i % 3 = 0 THEN {hour} END,
     CASE WHEN i < {threads} AND i % 10 = 1 THEN :now END,
     CASE WHEN i % 7 = 0 THEN :now + {hour} END,
-    'ns-' || (i % 3), i % 10
+    'ns-' || (i % 3), i % 10, CASE WHEN i % 50 = 0 THEN :at + i END
 FROM {numbers}
 """.replace("{threads}", str(THREADS)).replace("{hour}", str(HOUR_US))
+# Every run's metadata names one of TEAMS teams (0008 indexes it).
+TEAMS = 50
+_TEAM = f"'{{\"team\":\"team-' || (i % {TEAMS}) || '\"}}'"
+_METADATA = {"sqlite": _TEAM, "postgres": f"CAST({_TEAM} AS jsonb)"}
 _NUMBERS = {
     "sqlite": "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
     f"WHERE i < {RUNS}) SELECT i FROM n)",
@@ -73,14 +85,17 @@ def backlog(
                 if backend == "postgres":
                     connection.execute(text("ALTER TABLE runs SET (autovacuum_enabled = off)"))
                 at = now_us() - 10 * HOUR_US
-                statement = _BACKLOG.replace("{numbers}", _NUMBERS[backend])
+                statement = _BACKLOG.replace("{numbers}", _NUMBERS[backend]).replace(
+                    "{metadata}", _METADATA[backend]
+                )
                 connection.execute(text(statement), {"at": at, "now": now_us()})
             upgrade(database.engine)
             if backend == "postgres":
                 with database.engine.begin() as connection:
-                    connection.execute(
-                        text("ALTER TABLE thread_heads SET (autovacuum_enabled = off)")
-                    )
+                    for table in ("thread_heads", "run_metadata"):
+                        connection.execute(
+                            text(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+                        )
             yield backend, database
             if backend == "postgres":
                 assert _never_analyzed(database)
@@ -91,7 +106,10 @@ def backlog(
 def _never_analyzed(database: Database) -> bool:
     with database.engine.connect() as connection:
         analyzed = connection.execute(
-            text("SELECT count(*) FROM pg_stats WHERE tablename IN ('runs', 'thread_heads')")
+            text(
+                "SELECT count(*) FROM pg_stats "
+                "WHERE tablename IN ('runs', 'thread_heads', 'run_metadata')"
+            )
         ).scalar_one()
     return bool(analyzed == 0)
 
@@ -110,10 +128,13 @@ def _plans_of(
 
         @event.listens_for(connection, "before_cursor_execute")
         def explain(
-            conn: Connection, cursor: object, statement: str, params: Any, *_: object
+            conn: Connection, cursor: object, statement: str, params: Any, *rest: object
         ) -> None:
             if not statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
                 return
+            _context, executemany = rest
+            if executemany:  # one plan serves every parameter set
+                params = params[0]
             if backend == "sqlite":
                 rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
                 plans.append((statement, [(row[0], row[1], str(row[3])) for row in rows]))
@@ -137,7 +158,8 @@ def _nodes(plan: Plan) -> Iterator[Plan]:
 
 
 def _reads_table(line: str) -> bool:
-    return line.startswith(("SCAN", "SEARCH")) and ("runs" in line or "thread_heads" in line)
+    tables = ("runs", "thread_heads", "run_metadata")
+    return line.startswith(("SCAN", "SEARCH")) and any(table in line for table in tables)
 
 
 def _fallen_due_range(plan: Plan) -> bool:
@@ -152,9 +174,13 @@ def _fallen_due_range(plan: Plan) -> bool:
 
 
 def _by_keys(plan: Plan) -> bool:
-    """A read of the rows whose primary keys the statement lists."""
+    """A read of the rows whose primary keys the statement lists (of a run's metadata
+    entries: the run id that leads their key)."""
     bitmap = plan.get("Plans", [{}])[0]
-    return bool(plan["Node Type"] == "Bitmap Heap Scan" and bitmap.get("Index Name") == "runs_pkey")
+    return bool(
+        plan["Node Type"] == "Bitmap Heap Scan"
+        and bitmap.get("Index Name") in ("runs_pkey", "run_metadata_pkey")
+    )
 
 
 def _bounded(plan: Plan) -> bool:
@@ -175,7 +201,8 @@ def _assert_index_reads(backend: str, plans: list[tuple[str, Any]], *indexes: st
         if backend == "sqlite":
             for _, _, line in plan:
                 if _reads_table(line):
-                    assert " INDEX " in line, (statement, plan)
+                    # A table WITHOUT ROWID is its primary key's index.
+                    assert " INDEX " in line or " PRIMARY KEY " in line, (statement, plan)
                     used.add(line.split("INDEX ")[-1].split(" ")[0])
             for node, parent, line in plan:
                 if "TEMP B-TREE" in line:  # beside a subquery's output, not a table read
@@ -296,6 +323,22 @@ def test_the_sweeper_reads_leases_and_timeouts_by_index(backlog: tuple[str, Data
     )
 
 
+def test_retention_reads_ended_runs_by_index_and_deletes_them_by_key(
+    backlog: tuple[str, Database],
+) -> None:
+    """A batch of --run-retention: the runs that ended longest ago, then their deletes
+    (the run, its metadata entries, its thread's head)."""
+
+    def expire(unit: UnitOfWork) -> None:
+        assert unit.runs.try_lock_retention()
+        expired = unit.runs.ended_before(now_us(), 100)
+        assert [run.run_id for run in expired] == [f"run-{i}" for i in range(50, 5001, 50)]
+        unit.apply([Change(ChangeType.DELETED, run) for run in expired])
+
+    plans = _plans_of(backlog, expire)
+    _assert_index_reads(backlog[0], plans, "ix_runs_ended")
+
+
 def test_a_bulk_cancel_of_a_thread_reads_and_hands_over_by_index(
     backlog: tuple[str, Database],
 ) -> None:
@@ -348,6 +391,49 @@ def test_heartbeats_read_and_update_their_rows_by_key(backlog: tuple[str, Databa
         else:  # an index scan or a bitmap of the primary key, for the ids given
             indexes = {node.get("Index Name") for node in _nodes(plan)}
             assert indexes == {None, "runs_pkey"}, plan
+
+
+@pytest.mark.parametrize(
+    "namespaces", [None, frozenset({"ns-1"}), frozenset({"ns-1", "ns-2"})], ids=str
+)
+@pytest.mark.parametrize("order", list(SortOrder))
+def test_metadata_listings_read_their_entry_in_list_order(
+    backlog: tuple[str, Database], namespaces: frozenset[str] | None, order: SortOrder
+) -> None:
+    """The first page of runs whose metadata names a team (2% of the backlog) is a range
+    of the metadata index that stops at the page, then the runs by key; and the pages
+    hold the runs a scan would find, in list order."""
+    run_filter = RunFilter(metadata={"team": "team-7"}, namespaces=namespaces)
+    found: list[list[str]] = []
+
+    def first_page(unit: UnitOfWork) -> None:
+        found.append([run.run_id for run in unit.runs.list_page(run_filter, order, None, 51)])
+
+    def next_page(unit: UnitOfWork) -> None:
+        last = unit.runs.get(found[0][-1])
+        assert last is not None
+        after = PageCursor(last.created_at, last.run_id)
+        found.append([run.run_id for run in unit.runs.list_page(run_filter, order, after, 51)])
+
+    _assert_index_reads(backlog[0], _plans_of(backlog, first_page), "ix_run_metadata_entry")
+    next_plans = _plans_of(backlog, next_page)
+    if backlog[0] == "sqlite":
+        _assert_index_reads(backlog[0], next_plans, "ix_run_metadata_entry")
+    else:
+        # Without statistics PostgreSQL guesses that fewer of the entry's runs follow the
+        # cursor than a page holds, so it reads them all (by the index, from the cursor
+        # on) and sorts them; once ANALYZEd, it reads on in order.
+        for _, plan in next_plans:
+            assert all(node["Node Type"] != "Seq Scan" for node in _nodes(plan)), plan
+    created = sorted(
+        (
+            i
+            for i in range(1, RUNS + 1)
+            if i % TEAMS == 7 and (namespaces is None or f"ns-{i % 3}" in namespaces)
+        ),
+        reverse=order is SortOrder.DESC,
+    )
+    assert found == [[f"run-{i}" for i in created[:51]], [f"run-{i}" for i in created[51:102]]]
 
 
 def _claimable_by_hand(database: Database, now: int) -> dict[tuple[str, str], tuple[int, int]]:
@@ -458,6 +544,18 @@ LISTINGS = {
         "ix_runs_thread (thread_id=?)",
     ),
     "every namespace": (RunFilter(namespaces=None), "SCAN runs USING INDEX ix_runs_created"),
+    "metadata in a namespace": (
+        RunFilter(metadata={"team": "a", 'a"b': 1}, namespaces=SHOP),
+        "SEARCH run_metadata USING COVERING INDEX ix_run_metadata_entry (entry=?) | SCAN",
+    ),
+    "metadata in every namespace": (
+        RunFilter(metadata={"team": "a"}, assistant_id="agent", namespaces=None),
+        "SEARCH run_metadata USING COVERING INDEX ix_run_metadata_entry (entry=?) | SCAN",
+    ),
+    "metadata on a thread": (
+        RunFilter(metadata={"team": "a"}, thread_id=THREAD, namespaces=SHOP),
+        "ix_runs_thread (thread_id=? AND namespace=?)",
+    ),
 }
 
 

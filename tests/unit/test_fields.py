@@ -78,3 +78,27 @@ def test_an_update_writes_only_the_columns_that_changed() -> None:
     assert fields.changed_values(dataclasses.replace(before, retry_policy=policy), before) == {
         "retry_policy": dataclasses.asdict(policy)
     }
+
+
+def test_the_log_keeps_of_the_run_before_what_filters_read_and_changed() -> None:
+    before = _full_run()
+    after = dataclasses.replace(
+        before,
+        status=RunStatus.SUCCESS,
+        metadata={"team": "search", "tokens": 12},
+        kwargs={"input": "other"},
+        revision=4,
+    )
+    kept = fields.previous_json(before, after)
+    assert kept == {"status": "running", "metadata": {"team": "search"}}
+    read = fields.from_json_pair(fields.to_json(fields.stored_values(after)), kept)
+    assert (read.status, read.metadata) == (before.status, before.metadata)
+    assert read.kwargs == after.kwargs
+    # A log written before kept the whole run, and reads back as it was.
+    whole = fields.to_json(fields.stored_values(before))
+    assert fields.from_json_pair(fields.to_json(fields.stored_values(after)), whole) == before
+    # JSON values that differ only where Python's == cannot tell are kept.
+    flag = dataclasses.replace(before, metadata={"team": True})
+    assert fields.previous_json(flag, dataclasses.replace(flag, metadata={"team": 1})) == {
+        "metadata": {"team": True}
+    }

@@ -30,6 +30,7 @@ from runplane.server.limits import RateLimiter, WatchCounter
 from runplane.server.pages import PageTokens
 from runplane.server.periodic import PeriodicTask
 from runplane.server.reloading import Reloadable, Reloader
+from runplane.server.retention import Retention
 from runplane.server.runs import RunService
 from runplane.server.servicer import RunServicer, add_to_server
 from runplane.server.stats import StatsService
@@ -69,12 +70,14 @@ class RunningServer:
     database: Database
     hub: WatchHub
     compactor: Compactor
+    retention: Retention | None
+    """Deletes expired runs, with --run-retention."""
     telemetry: Telemetry
     reloader: Reloader
     """Re-reads the certificates and the auth config; `reloader.reload_now()` on SIGHUP."""
     background: list[PeriodicTask]
-    """Tasks that live as long as the server: compaction, the sweeper, the change
-    listener, the queue gauges, the reloader (the hub runs its own tailer)."""
+    """Tasks that live as long as the server: compaction, the sweeper, retention, the
+    change listener, the queue gauges, the reloader (the hub runs its own tailer)."""
     listener: ChangeListener | None
 
     async def stop(self, grace: float | None = None) -> None:
@@ -179,6 +182,18 @@ async def start_server(config: ServerConfig) -> RunningServer:
         raise
 
 
+def _retention(
+    config: ServerConfig, database: Database, background: list[PeriodicTask]
+) -> Retention | None:
+    """With --run-retention, what deletes expired runs, as a task of `background`."""
+    if config.run_retention is None:
+        return None
+    retention = Retention(database, config.run_retention)
+    interval = config.retention_interval
+    background.append(PeriodicTask("retention", retention.delete_expired, interval=interval))
+    return retention
+
+
 async def _start(
     config: ServerConfig, edges: _Edges, telemetry: Telemetry, database: Database
 ) -> RunningServer:
@@ -226,6 +241,7 @@ async def _start(
     add_to_server(servicer, server)
     sweeper = Sweeper(database, config.max_attempts, on_sweep=telemetry.swept)
     background.append(PeriodicTask("sweeper", sweeper.sweep, interval=SWEEP_INTERVAL_S))
+    retention = _retention(config, database, background)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -251,6 +267,7 @@ async def _start(
         database=database,
         hub=hub,
         compactor=compactor,
+        retention=retention,
         telemetry=telemetry,
         reloader=edges.reloader,
         background=background,

@@ -46,6 +46,13 @@ class Rate:
         return cls(per_second, burst)
 
 
+def positive_seconds(text: str) -> float:
+    value = seconds(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} is not a positive duration")
+    return value
+
+
 def struct_bytes(text: str) -> int:
     value = positive_int(text)
     if value > MAX_STRUCT_BYTES:
@@ -77,6 +84,13 @@ class ServerConfig:
         help="How long the event log keeps changes for watchers to resume from.",
     )
     """Seconds of history the event log keeps for watchers to resume from."""
+    run_retention: float | None = flag(
+        None,
+        parse=positive_seconds,
+        metavar="DURATION",
+        help="Delete runs that ended longer ago than this, e.g. 30d (default: keep them).",
+    )
+    """Seconds after its end that a run is deleted; None: runs are kept."""
     max_attempts: int = flag(
         "3",
         parse=positive_int,
@@ -190,6 +204,8 @@ class ServerConfig:
     )
     compaction_interval: float = 30.0
     """Seconds between compaction rounds (the contract asks for at most 30)."""
+    retention_interval: float = 60.0
+    """Seconds between rounds of --run-retention: runs outlive it by about that."""
     watch_poll_interval: float = 1.0
     """Seconds between looks at the event log when no doorbell rang (a fallback)."""
     watch_buffer: int = 1024

@@ -162,6 +162,8 @@ class RunFilter:
     (`Access.namespaces`), so a filter nobody narrowed selects nothing."""
 
     def matches(self, run: Run) -> bool:
+        # Of a run before an update, the event log keeps only the attributes read here
+        # (store/fields.py, `_FILTERED`): a new one must be added there too.
         return (
             (self.namespaces is None or run.namespace in self.namespaces)
             and (self.thread_id is None or run.thread_id == self.thread_id)

@@ -49,6 +49,11 @@ from runplane.server.errors import CannotStart
 CHANGES_CHANNEL = "runplane_changes"
 """The PostgreSQL channel writers notify on commit; every replica LISTENs to it."""
 
+MAX_RELEASED_PAGES = 8192
+"""Free SQLite pages given back per compaction batch (32 MiB of 4 KiB pages); the
+rest go with the next batches."""
+_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+
 POSTGRES_THREADS = 16
 _TRY_LOCK_ALL = text(
     "SELECT coalesce(bool_and(pg_try_advisory_xact_lock(:lock, key)), true) "
@@ -80,6 +85,7 @@ class Lock(enum.IntEnum):
     REQUEST = 2
     SWEEPER = 3
     COMPACTION = 4
+    RETENTION = 5
 
 
 def scoped_key(namespace: str, key: str) -> str:
@@ -161,6 +167,11 @@ class Dialect(abc.ABC):
     def unselective(self, clause: ColumnElement[bool]) -> ColumnElement[bool]:
         """`clause`, marked as true of most rows for a planner that cannot know it."""
 
+    @abc.abstractmethod
+    def release_space(self, connection: Connection) -> None:
+        """Give the space of deleted rows back to the file system, if the database does
+        not do it by itself."""
+
     @staticmethod
     @abc.abstractmethod
     def insert(table: Table) -> sqlite.Insert | postgresql.Insert:
@@ -213,6 +224,10 @@ class SQLite(Dialect):
             # Hand transaction control to SQLAlchemy's begin event below.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
+            # Lets compaction give freed pages back (`release_space`). It takes only in a
+            # database with no tables yet: a file made before keeps reusing its free pages
+            # instead (docs/operations.md tells how to convert one).
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
             cursor.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL survives a process crash; only an OS crash may lose the last commits.
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -270,6 +285,18 @@ class SQLite(Dialect):
         # Without statistics (nothing runs ANALYZE) SQLite rates every equality alike, and
         # would walk a whole namespace in list order rather than seek a thread in it.
         return func.likely(clause)
+
+    def release_space(self, connection: Connection) -> None:
+        # Each page incremental_vacuum frees moves the last page of the file into a free
+        # one and truncates the file (at the next checkpoint, in WAL mode). A file made
+        # without auto_vacuum can only reuse its free pages.
+        if connection.exec_driver_sql("PRAGMA auto_vacuum").scalar_one() != _INCREMENTAL:
+            return
+        free = connection.exec_driver_sql("PRAGMA freelist_count").scalar_one()
+        # Python's sqlite3 steps a statement that returns no columns once, and each step
+        # frees one page: one statement per page (~10 us each).
+        for _ in range(min(free, MAX_RELEASED_PAGES)):
+            connection.exec_driver_sql("PRAGMA incremental_vacuum(1)")
 
     @staticmethod
     def insert(table: Table) -> sqlite.Insert:
@@ -336,6 +363,9 @@ class PostgreSQL(Dialect):
 
     def unselective(self, clause: ColumnElement[bool]) -> ColumnElement[bool]:
         return clause  # its statistics know
+
+    def release_space(self, connection: Connection) -> None:
+        pass  # autovacuum makes dead rows' space reusable, table by table
 
     @staticmethod
     def insert(table: Table) -> postgresql.Insert:

@@ -88,7 +88,7 @@ def _to_event(row: Any) -> RunEvent:
         type=EventType(row.type),
         revision=row.revision,
         run=fields.from_json(row.run),
-        previous=None if row.previous is None else fields.from_json(row.previous),
+        previous=None if row.previous is None else fields.from_json_pair(row.run, row.previous),
     )
 
 
@@ -131,9 +131,7 @@ class EventLog:
             "run_id": change.run.run_id,
             "committed_at_us": committed_at,
             "run": fields.to_json(stored),
-            "previous": None
-            if previous is None
-            else fields.to_json(fields.stored_values(previous)),
+            "previous": None if previous is None else fields.previous_json(previous, change.run),
         }
 
     def append(self, entries: list[dict[str, Any]]) -> None:
@@ -207,6 +205,8 @@ class EventLog:
                 _events.c.revision > state.compact_revision, _events.c.revision <= target
             )
         )
+        # The space of these events, and of runs deleted since the last batch.
+        self._dialect.release_space(self._conn)
         # Last, so the counter row that every writer needs is held only briefly.
         self._conn.execute(update(_state).where(_state.c.id == 1).values(compact_revision=target))
         return Compaction(

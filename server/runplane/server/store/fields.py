@@ -23,6 +23,7 @@ from runplane.server.records import (
     RetryPolicy,
     Run,
     RunStatus,
+    same_json,
 )
 from runplane.server.store.schema import RunRow
 
@@ -120,6 +121,31 @@ def row_values(stored: Sequence[Any]) -> dict[str, Any]:
 def to_json(stored: Sequence[Any]) -> JSONObject:
     """The run as the event log keeps it, from `stored_values`."""
     return dict(zip(_NAMES, stored, strict=True))
+
+
+_FILTERED = tuple(
+    field
+    for field in FIELDS
+    if field.name in ("namespace", "thread_id", "assistant_id", "status", "metadata")
+)
+"""What `RunFilter.matches` reads of a run."""
+
+
+def previous_json(previous: Run, run: Run) -> JSONObject:
+    """What the event log keeps of the run before an update, `run` being after it: the
+    attributes filters read that the update changed (a watcher's filter matches either
+    side). The rest of the run before is the run after (`from_json_pair`)."""
+    return {
+        field.name: before if field.dump is None else field.dump(before)
+        for field in _FILTERED
+        if not same_json(before := getattr(previous, field.name), getattr(run, field.name))
+    }
+
+
+def from_json_pair(run: JSONObject, previous: JSONObject) -> Run:
+    """The run before an update, from the log's documents of the run after it and of the
+    attributes it changed (or, as logs written before migration 0008 kept it, the whole run)."""
+    return from_json({**run, **previous})
 
 
 def changed_values(run: Run, previous: Run) -> dict[str, Any]:

@@ -27,9 +27,11 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
+    tuple_,
     union_all,
     update,
 )
@@ -48,11 +50,12 @@ from runplane.server.records import (
     RunStatus,
     SortOrder,
 )
-from runplane.server.store import fields
+from runplane.server.store import fields, metadata_index
 from runplane.server.store.dialects import Dialect, Lock, scoped_key
-from runplane.server.store.schema import INFLIGHT_PREDICATE, Base, RunRow
+from runplane.server.store.schema import INFLIGHT_PREDICATE, Base, RunMetadataRow, RunRow
 
 _runs = Base.metadata.tables[RunRow.__tablename__]
+_entries = Base.metadata.tables[RunMetadataRow.__tablename__]
 
 _SELECT_RUN = select(*(_runs.c[column] for column in fields.COLUMNS))
 # Hot statements are built once: SQLAlchemy then reuses their compiled form.
@@ -99,6 +102,13 @@ _STILL_STUCK = _GET_RUN_FOR_CHANGE.where(
         _runs.c.lease_expires_at_us < bindparam("now"),
         _runs.c.timeout_at_us < bindparam("now"),
     )
+)
+# Ended runs, oldest end first: a range of the partial index ix_runs_ended (a comparison
+# of ended_at_us implies the index's `IS NOT NULL`).
+_ENDED = (
+    _SELECT_RUN.where(_runs.c.ended_at_us < bindparam("cutoff"))
+    .order_by(_runs.c.ended_at_us)
+    .limit(bindparam("limit"))
 )
 _GET_RUNS = _SELECT_RUN.where(_runs.c.run_id.in_(bindparam("run_ids", expanding=True)))
 _NAMESPACES_OF = select(_runs.c.run_id, _runs.c.namespace).where(
@@ -154,6 +164,26 @@ def _timeout_at(run: Run) -> int | None:
     return run.started_at + run.timeout
 
 
+def _in_list_order(
+    query: Select[Any],
+    key: tuple[ColumnElement[Any], ColumnElement[Any]],
+    order: SortOrder,
+    after: PageCursor | None,
+) -> Select[Any]:
+    """`query` ordered by `key` (a run's created_at and run_id), from after the cursor."""
+    created, run_id = key
+    if after is not None:
+        # A row comparison: an index over the key seeks it, and reads on from there.
+        cursor = tuple_(literal(after.created_at), literal(after.run_id))
+        if order is SortOrder.DESC:
+            query = query.where(tuple_(created, run_id) < cursor)
+        else:
+            query = query.where(tuple_(created, run_id) > cursor)
+    if order is SortOrder.DESC:
+        return query.order_by(created.desc(), run_id.desc())
+    return query.order_by(created.asc(), run_id.asc())
+
+
 class RunStore:
     """The runs table, over the connection of one transaction."""
 
@@ -178,6 +208,10 @@ class RunStore:
     def try_lock_sweeper(self) -> bool:
         """Let one replica at a time sweep; held until commit."""
         return self._dialect.try_lock(self._conn, Lock.SWEEPER, "sweeper")
+
+    def try_lock_retention(self) -> bool:
+        """Let one replica at a time delete expired runs; held until commit."""
+        return self._dialect.try_lock(self._conn, Lock.RETENTION, "retention")
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -259,16 +293,29 @@ class RunStore:
         rows = self._conn.execute(_STUCK, {"now": now, "limit": limit})
         # A run whose lease expired and whose timeout passed is read twice.
         runs = list({run.run_id: run for run in map(fields.from_row, rows)}.values())[:limit]
-        if not self._dialect.serial_writes:
-            # Read again under the locks: it may have been renewed or ended meanwhile.
-            still = (
-                self._conn.execute(_STILL_STUCK, {"run_id": run.run_id, "now": now}).first()
-                for run in runs
-                if self.try_lock_thread(run.namespace, run.thread_id)
-            )
-            runs = [fields.from_row(row) for row in still if row is not None]
+        # Read again under the locks: it may have been renewed or ended meanwhile.
+        runs = self._locked_again(runs, _STILL_STUCK, now=now)
         # A lease or timeout_at outside RUNNING would be a bug; never act on one.
         return [run for run in runs if run.status is RunStatus.RUNNING]
+
+    def ended_before(self, cutoff: int, limit: int) -> list[Run]:
+        """Up to `limit` runs that ended before `cutoff`, oldest end first, each locked
+        for change (threads that are busy now are left for the next look)."""
+        rows = self._conn.execute(_ENDED, {"cutoff": cutoff, "limit": limit})
+        # Read again under the locks: it may have been deleted or changed meanwhile.
+        return self._locked_again(list(map(fields.from_row, rows)), _GET_RUN_FOR_CHANGE)
+
+    def _locked_again(self, runs: list[Run], still: Select[Any], **params: Any) -> list[Run]:
+        """Those of `runs` whose threads could be locked at once, as `still` (a read of
+        one run by id) reads them now, under the lock; the others are skipped."""
+        if self._dialect.serial_writes:
+            return runs  # nobody else writes meanwhile
+        rows = (
+            self._conn.execute(still, {"run_id": run.run_id, **params}).first()
+            for run in runs
+            if self.try_lock_thread(run.namespace, run.thread_id)
+        )
+        return [fields.from_row(row) for row in rows if row is not None]
 
     def inflight_counts(self, namespaces: NamespaceSet) -> list[RunCount]:
         """PENDING and RUNNING runs per namespace (None: every namespace), by status."""
@@ -300,28 +347,47 @@ class RunStore:
                 reverse=order is SortOrder.DESC,
             )
             return list(itertools.islice(merged, limit))
+        if run_filter.metadata and run_filter.thread_id is None:
+            return self._metadata_page(run_filter, order, after, limit)
         query = _SELECT_RUN.where(*self._filter_clauses(run_filter))
-        if after is not None:
-            key = (_runs.c.created_at_us, _runs.c.run_id)
-            if order is SortOrder.DESC:
-                query = query.where(
-                    or_(
-                        key[0] < after.created_at,
-                        and_(key[0] == after.created_at, key[1] < after.run_id),
-                    )
-                )
-            else:
-                query = query.where(
-                    or_(
-                        key[0] > after.created_at,
-                        and_(key[0] == after.created_at, key[1] > after.run_id),
-                    )
-                )
-        if order is SortOrder.DESC:
-            query = query.order_by(_runs.c.created_at_us.desc(), _runs.c.run_id.desc())
-        else:
-            query = query.order_by(_runs.c.created_at_us.asc(), _runs.c.run_id.asc())
+        query = _in_list_order(query, (_runs.c.created_at_us, _runs.c.run_id), order, after)
         return [fields.from_row(row) for row in self._conn.execute(query.limit(limit))]
+
+    def _metadata_page(
+        self, run_filter: RunFilter, order: SortOrder, after: PageCursor | None, limit: int
+    ) -> list[Run]:
+        """`list_page` of a filter with metadata and no thread (whose runs are few, and
+        its index finds them): candidates from the metadata index, in list order, the
+        runs holding the first key with its value, each checked against the filter
+        (entries are hashes); more candidates while too few of them match."""
+        name = min(run_filter.metadata)
+        entries = [_entries.c.entry == metadata_index.entry(name, run_filter.metadata[name])]
+        if run_filter.namespaces is not None:
+            entries.append(_entries.c.namespace.in_(sorted(run_filter.namespaces)))
+        matches = and_(*self._filter_clauses(run_filter)).label("matches")
+        key = (_entries.c.created_at_us, _entries.c.run_id)
+        found: list[Run] = []
+        while True:
+            # A LIMIT over the index alone: the planner reads it in order and stops there,
+            # whatever it guesses of how many candidates would match the rest.
+            candidates = (
+                _in_list_order(select(*key).where(*entries), key, order, after)
+                .limit(limit)
+                .subquery()
+            )
+            query = select(matches, *_SELECT_RUN.selected_columns).select_from(
+                candidates.join(_runs, _runs.c.run_id == candidates.c.run_id)
+            )
+            # Put in list order here: a planner would sort them after the join, beside it.
+            runs = sorted(
+                ((row.matches, fields.from_row(row[1:])) for row in self._conn.execute(query)),
+                key=lambda pair: (pair[1].created_at, pair[1].run_id),
+                reverse=order is SortOrder.DESC,
+            )
+            found.extend(run for matched, run in runs if matched)
+            if len(runs) < limit or len(found) >= limit:
+                return found[:limit]
+            after = PageCursor(runs[-1][1].created_at, runs[-1][1].run_id)
 
     def _filter_clauses(self, run_filter: RunFilter) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = []

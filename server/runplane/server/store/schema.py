@@ -32,6 +32,7 @@ OptionalJSONDocument = JSON(none_as_null=True).with_variant(JSONB(none_as_null=T
 INFLIGHT_PREDICATE = "status IN ('pending', 'running')"
 READY_PREDICATE = "state = 'ready'"
 DELAYED_PREDICATE = "state = 'delayed'"
+ENDED_PREDICATE = "ended_at_us IS NOT NULL"
 """Partial-index predicates. A query uses such an index only when its WHERE clause
 repeats the predicate with the same literals (never bound parameters)."""
 
@@ -115,6 +116,8 @@ class RunRow(Base):
         # What the sweeper looks for: only RUNNING runs have a lease or a timeout_at.
         Index("ix_runs_lease", "lease_expires_at_us", **_where("lease_expires_at_us IS NOT NULL")),
         Index("ix_runs_timeout", "timeout_at_us", **_where("timeout_at_us IS NOT NULL")),
+        # What --run-retention deletes: runs that ended, oldest end first.
+        Index("ix_runs_ended", "ended_at_us", **_where(ENDED_PREDICATE)),
     )
 
 
@@ -162,6 +165,25 @@ Index("ix_thread_heads_ready_queue", ThreadHeadRow.queue, *_heads_order, **_wher
 Index("ix_thread_heads_delayed", ThreadHeadRow.due_us, **_where(DELAYED_PREDICATE))
 
 
+class RunMetadataRow(Base):
+    """The metadata index (`store/metadata_index.py`): one row per key of each run's
+    metadata, its entry a hash of the key and the value."""
+
+    __tablename__ = "run_metadata"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    entry: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    namespace: Mapped[str] = mapped_column(String(63))
+
+    __table_args__ = (
+        # A filtered listing reads one entry's runs in list order; the namespace rides
+        # along, so runs of other namespaces are passed over without a look at them.
+        Index("ix_run_metadata_entry", "entry", "created_at_us", "run_id", "namespace"),
+        {"sqlite_with_rowid": False},
+    )
+
+
 class RunEventRow(Base):
     """The event log: one row per committed change, keyed by its global revision."""
 
@@ -174,7 +196,8 @@ class RunEventRow(Base):
     run: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
     """The run after the change (for a delete: its last state)."""
     previous: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
-    """The run before an update, so watch filters can match either side."""
+    """Of the run before an update, what watch filters read and the update changed (a
+    watcher's filter matches either side); the rest is as in `run`."""
 
 
 class StoreStateRow(Base):

@@ -4,9 +4,9 @@
 over one transaction. The rules read through `unit.runs` (a `RunStore`) and
 `unit.log` (the `EventLog`), claims through `unit.heads` (the `ThreadHeads`), take
 the locks they need, decide, and hand their changes to `unit.apply`, which gives each
-the next global revision and writes the run rows, the thread heads, the event log and
-the notification to other replicas together. A rule never sees a connection, SQL or
-the database's dialect.
+the next global revision and writes the run rows, the thread heads, the metadata
+index, the event log and the notification to other replicas together. A rule never
+sees a connection, SQL or the database's dialect.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from runplane.server.records import Change, Run, now_us
 from runplane.server.store import fields, held_rows
 from runplane.server.store.dialects import Dialect
 from runplane.server.store.event_log import EventLog
+from runplane.server.store.metadata_index import MetadataIndex
 from runplane.server.store.run_store import RunStore
 from runplane.server.store.schema import StoreSecretRow
 from runplane.server.store.thread_heads import ThreadHeads
@@ -58,13 +59,14 @@ class LeaseRenewal:
 
 
 class UnitOfWork:
-    __slots__ = ("_connection", "heads", "log", "runs")
+    __slots__ = ("_connection", "_metadata", "heads", "log", "runs")
 
     def __init__(self, connection: Connection, dialect: Dialect) -> None:
         self._connection = connection
         self.runs = RunStore(connection, dialect)
         self.heads = ThreadHeads(connection, dialect)
         self.log = EventLog(connection, dialect)
+        self._metadata = MetadataIndex(connection)
 
     def secret(self, name: str) -> bytes:
         """A key the store keeps for the server (`store_secrets`), such as `page_tokens`."""
@@ -96,6 +98,7 @@ class UnitOfWork:
             self.runs.write(change, stored)
             entries.append(self.log.entry(change, stored, committed_at))
         self.heads.follow(changes)
+        self._metadata.follow(changes)
         # Sent by `finish`. Other replicas' watch hubs and claims hear of the commit
         # through the notification `reserve` made; this process's through
         # Database.on_commit.
