@@ -47,6 +47,40 @@ def ratios(results: list[Result]) -> dict[str, dict[str, float | None]]:
     return by_target
 
 
+def _langgraph_cells(results: list[Result]) -> dict[str, dict[str, Result]]:
+    """The langgraph scenario's cells, per target and measure (the last round wins)."""
+    cells: dict[str, dict[str, Result]] = defaultdict(dict)
+    for result in results:
+        if result.get("scenario") == "langgraph" and "measure" in result:
+            cells[str(result["target"])][str(result["measure"])] = result
+    return cells
+
+
+def langgraph_ratios(results: list[Result]) -> dict[str, object]:
+    """Per runplane target: its create and end-to-end throughput over LangGraph Server's
+    (above 1: runplane is faster) and both pickup p50s; or why LangGraph was skipped."""
+    for result in results:
+        if result.get("scenario") == "langgraph" and "skipped" in result:
+            return {"skipped": result["skipped"], "install": result["install"]}
+    cells = _langgraph_cells(results)
+    theirs = cells.pop("langgraph", {})
+    report: dict[str, object] = {}
+    for target, mine in cells.items():
+        figures: dict[str, object] = {}
+        for measure in ("create", "end_to_end"):
+            ours = _number(mine.get(measure, {}), "throughput_per_s")
+            other = _number(theirs.get(measure, {}), "throughput_per_s")
+            figures[f"{measure}_16_vs_langgraph"] = (
+                round(ours / other, 2) if ours is not None and other else None
+            )
+        figures["pickup_p50_ms"] = {
+            "runplane": _number(mine.get("pickup", {}), "p50_ms"),
+            "langgraph": _number(theirs.get("pickup", {}), "p50_ms"),
+        }
+        report[target] = figures
+    return report
+
+
 def _unary_medians(results: list[Result], target: str) -> dict[str, dict[str, float]]:
     """Per ``{rpc}_{concurrency}`` cell: median throughput and server CPU per call over
     the rounds (cells with a figure missing leave it out)."""

@@ -38,13 +38,16 @@ from types import FrameType
 
 import grpc
 
-from tests.bench.report import judge, ratios, variant_cost
+from tests.bench.langgraph_compare import ENVIRONMENT as LANGGRAPH_ENVIRONMENT
+from tests.bench.langgraph_compare import SCENARIO as LANGGRAPH
+from tests.bench.langgraph_compare import find_langgraph, measure_langgraph, runplane_side
+from tests.bench.report import judge, langgraph_ratios, ratios, variant_cost
 from tests.bench.scenarios import SCENARIOS as BASE_SCENARIOS
 from tests.bench.scenarios import BenchOptions, Result, Scenario
 from tests.bench.targets import Target, available_targets
 from tests.bench.watch_scenarios import WATCH_SCENARIOS
 
-SCENARIOS: dict[str, Scenario] = {**BASE_SCENARIOS, **WATCH_SCENARIOS}
+SCENARIOS: dict[str, Scenario] = {**BASE_SCENARIOS, **WATCH_SCENARIOS, LANGGRAPH: runplane_side}
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -88,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"measure PostgreSQL, at {DEFAULT_POSTGRES_URL} "
         "unless a URL is given or in the environment",
+    )
+    parser.add_argument(
+        "--langgraph-venv",
+        default=None,
+        help=f"langgraph scenario: a venv with langgraph-cli[inmem], or its langgraph "
+        f"executable (default: ${LANGGRAPH_ENVIRONMENT}, else under ~/.cache/runplane-bench)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     args = parser.parse_args(argv)
@@ -144,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         runs=args.runs,
     )
     targets = _select_targets(args)
+    scenarios: tuple[str, ...] = args.scenarios
+    if find_langgraph(args.langgraph_venv)[0] is None:
+        # Nothing to compare with: runplane's side is not measured (LangGraph's says why).
+        scenarios = tuple(name for name in scenarios if name != LANGGRAPH)
     started = time.monotonic()
     load_average = [round(x, 2) for x in os.getloadavg()]  # the machine is shared
     results: list[Result] = []
@@ -151,10 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in range(args.rounds):
         for target in targets:
             try:
-                cells = measure_target(target, args.scenarios, options)
+                cells = measure_target(target, scenarios, options)
             except Exception as error:  # one broken target must not hide the others' figures
                 _log(f"{target.name}: FAILED: {error}")
                 failures.append({"target": target.name, "error": str(error)})
+                continue
+            results.extend({**cell, "round": round_} for cell in cells)
+        if LANGGRAPH in args.scenarios:
+            try:
+                cells = measure_langgraph(args.langgraph_venv, options)
+            except Exception as error:
+                _log(f"langgraph: FAILED: {error}")
+                failures.append({"target": "langgraph", "error": str(error)})
                 continue
             results.extend({**cell, "round": round_} for cell in cells)
 
@@ -170,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "options": {"seconds": options.seconds, "concurrency": list(options.concurrencies)},
         "results": results,
         "ratios": ratios(results),
+        "langgraph": langgraph_ratios(results),
         "variant_cost": variant_cost(
             results, {t.name: t.baseline for t in targets if t.baseline is not None}
         ),

@@ -85,7 +85,7 @@ def unary_calls(target: Target, server: RunningServer, options: BenchOptions) ->
     return results
 
 
-def _bench_process(server: RunningServer, *args: str, module: str, timeout: float = 300) -> Result:
+def bench_process(server: RunningServer, *args: str, module: str, timeout: float = 300) -> Result:
     """What `python -m tests.bench.<module> --address ADDRESS ARGS` prints, parsed."""
     completed = subprocess.run(
         [sys.executable, "-m", f"tests.bench.{module}", "--address", server.address, *args],
@@ -102,7 +102,7 @@ def _bench_process(server: RunningServer, *args: str, module: str, timeout: floa
 
 
 def _executor_cell(server: RunningServer, *args: str, module: str = "executor") -> Result:
-    cell = _bench_process(server, *args, module=module)
+    cell = bench_process(server, *args, module=module)
     rate = cell.get("throughput_per_s", "-")
     cpu = cell.get("server_cpu_us_per_run") or cell.get("server_cpu_percent")
     _log(f"    {rate}/s  p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms  server cpu {cpu}")
@@ -161,7 +161,7 @@ def scale(target: Target, server: RunningServer, options: BenchOptions) -> list[
     if target.name == "echo" or server.database_url is None:
         return []
     _log(f"  {target.name}: latencies at up to {options.runs:,} stored runs (loading them)")
-    cell = _bench_process(
+    cell = bench_process(
         server,
         *("--database-url", server.database_url, "--server-pid", str(server.pid)),
         *("--runs", str(options.runs)),
