@@ -25,7 +25,7 @@ TS_STUBS := tests/polyglot/src/gen
 TS_GENERATE := $(BUF) generate proto --template proto/buf.gen.yaml
 export RUNPLANE_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: setup lock run test test-py proto check-proto lint bench bench-telemetry clean
+.PHONY: setup lock run test test-py proto check-proto lint bench bench-telemetry bench-langgraph clean
 
 setup: $(SETUP)
 
@@ -121,6 +121,12 @@ BENCH_TELEMETRY_TARGETS ?= runplane-sqlite,runplane-sqlite-metrics,runplane-sqli
 bench-telemetry: $(SETUP)
 	@$(BIN)/python -m tests.bench.run --scenarios unary --rounds 3 \
 		--targets $(BENCH_TELEMETRY_TARGETS)
+
+## runplane (SQLite, and PostgreSQL when its URL is known) against LangGraph Server's
+## in-memory dev server, from a venv of its own (RUNPLANE_BENCH_LANGGRAPH=/path/to/venv;
+## never a project dependency). Without it the JSON says how to install it.
+bench-langgraph: $(SETUP)
+	@$(BIN)/python -m tests.bench.run --scenarios langgraph $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) proto/.venv proto/node_modules tests/polyglot/node_modules tests/polyglot/build runplane.db runplane.db-*

@@ -40,8 +40,9 @@ TARGET = "langgraph"
 SCENARIO = "langgraph"
 CLIENTS = 16
 WORKERS = 8
-PICKUP_RUNS = 100
+PICKUP_RUNS = 40
 READY_TIMEOUT_S = 90.0
+PACKAGES = ("langgraph", "langgraph-api", "langgraph-runtime-inmem", "langgraph-cli")
 
 GRAPH_SOURCE = """\
 import time
@@ -159,6 +160,26 @@ def _load(url: str, *args: str, timeout: float) -> Result:
     return cell
 
 
+def _versions(executable: Path) -> dict[str, str]:
+    """The LangGraph packages beside ``executable``, by name (empty if unreadable)."""
+    python = executable.parent / "python"
+    if not python.exists():
+        return {}
+    script = (
+        "import importlib.metadata as m, json\n"
+        f"print(json.dumps({{p: m.version(p) for p in {list(PACKAGES)!r}}}))"
+    )
+    completed = subprocess.run(
+        [str(python), "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    found: dict[str, str] = json.loads(completed.stdout) if completed.returncode == 0 else {}
+    return found
+
+
 def _record(target: str, measure: str, cell: Result) -> Result:
     return {**cell, "target": target, "scenario": SCENARIO, "measure": measure}
 
@@ -183,12 +204,13 @@ def measure_langgraph(given: str | None, options: BenchOptions) -> list[Result]:
             }
         ]
     timeout = 120 + 3 * options.seconds
+    versions = _versions(executable)
     results: list[Result] = []
     _log(f"{TARGET}: starting {executable} dev")
     with langgraph_server(executable) as url:
         _log(f"{TARGET}: ready at {url}; pickup, {PICKUP_RUNS} runs one at a time")
         cell = _load(url, "--mode", "pickup", "--runs", str(PICKUP_RUNS), timeout=timeout)
-        results.append(_record(TARGET, "pickup", cell))
+        results.append(_record(TARGET, "pickup", {**cell, "versions": versions}))
         for mode, measure in (("end-to-end", "end_to_end"), ("create", "create")):
             _log(f"{TARGET}: {measure}, {CLIENTS} clients for {options.seconds:g} s")
             cell = _load(
@@ -197,7 +219,7 @@ def measure_langgraph(given: str | None, options: BenchOptions) -> list[Result]:
                 timeout=timeout,
             )
             _log(f"    {cell['throughput_per_s']}/s  p50 {cell['p50_ms']} ms")
-            results.append(_record(TARGET, measure, cell))
+            results.append(_record(TARGET, measure, {**cell, "versions": versions}))
     return results
 
 
@@ -221,5 +243,5 @@ def runplane_side(target: Target, server: RunningServer, options: BenchOptions) 
     return [
         _record(target.name, "pickup", pickup),
         _record(target.name, "end_to_end", end_to_end),
-        _record(target.name, "create", create),
+        _record(target.name, "create", {**create, "clients": CLIENTS}),
     ]

@@ -48,8 +48,13 @@ def _run_json(module: str, *args: str) -> dict[str, Any]:
     return document
 
 
-def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
-    document = _run_json("run", "--targets", "echo", "--seconds", "0.5", "--concurrency", "2")
+def test_harness_measures_echo_server_and_prints_one_json_document(tmp_path: Path) -> None:
+    no_langgraph = tmp_path / "no-langgraph"
+    document = _run_json(
+        "run",
+        *("--targets", "echo", "--seconds", "0.5", "--concurrency", "2"),
+        *("--langgraph-venv", str(no_langgraph)),
+    )
     assert set(document) >= {"machine", "results", "ratios", "targets", "failures"}
     assert document["machine"]["cpus"] >= 1
     assert document["failures"] == []
@@ -67,6 +72,14 @@ def test_harness_measures_echo_server_and_prints_one_json_document() -> None:
         assert result["calls"] > 0
         assert result["errors"] == 0
         assert 0 < result["p50_ms"] <= result["p99_ms"]
+    # Without LangGraph the comparison says how to install it, and nothing fails.
+    command = f"python3 -m venv {no_langgraph} && {no_langgraph}/bin/pip install "
+    assert document["langgraph"] == {
+        "skipped": f"no langgraph executable at {no_langgraph}",
+        "install": command + "'langgraph-cli[inmem]'",
+    }
+    (skipped,) = [r for r in document["results"] if r["scenario"] == "langgraph"]
+    assert skipped["target"] == "langgraph"
     assert set(document["targets"]) >= {
         "get_32_ratio_min",
         "create_32_sqlite_min_per_s",
