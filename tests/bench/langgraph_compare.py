@@ -204,13 +204,13 @@ def measure_langgraph(given: str | None, options: BenchOptions) -> list[Result]:
             }
         ]
     timeout = 120 + 3 * options.seconds
-    versions = _versions(executable)
+    about = {"versions": _versions(executable), "jobs_per_worker": WORKERS}
     results: list[Result] = []
     _log(f"{TARGET}: starting {executable} dev")
     with langgraph_server(executable) as url:
         _log(f"{TARGET}: ready at {url}; pickup, {PICKUP_RUNS} runs one at a time")
         cell = _load(url, "--mode", "pickup", "--runs", str(PICKUP_RUNS), timeout=timeout)
-        results.append(_record(TARGET, "pickup", {**cell, "versions": versions}))
+        results.append(_record(TARGET, "pickup", {**cell, **about}))
         for mode, measure in (("end-to-end", "end_to_end"), ("create", "create")):
             _log(f"{TARGET}: {measure}, {CLIENTS} clients for {options.seconds:g} s")
             cell = _load(
@@ -219,7 +219,7 @@ def measure_langgraph(given: str | None, options: BenchOptions) -> list[Result]:
                 timeout=timeout,
             )
             _log(f"    {cell['throughput_per_s']}/s  p50 {cell['p50_ms']} ms")
-            results.append(_record(TARGET, measure, {**cell, "versions": versions}))
+            results.append(_record(TARGET, measure, {**cell, **about}))
     return results
 
 

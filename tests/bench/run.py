@@ -17,6 +17,11 @@ round after round, so a noisy neighbour hits both alike). Variants run the unary
 only. ``make bench-telemetry`` compares metrics and tracing; ``--tls`` and/or ``--auth`` add
 the matching variant of each runplane target selected.
 
+The ``langgraph`` scenario (tests.bench.langgraph_compare) measures runplane's targets
+against LangGraph Server's in-memory dev server, run once per round from a venv of its own
+(``--langgraph-venv`` or RUNPLANE_BENCH_LANGGRAPH); without one the JSON's ``langgraph``
+entry says it was skipped and how to install it, and runplane's side is not measured.
+
 PostgreSQL is measured when a server URL is known (``--postgres-url``, or the environment's
 RUNPLANE_BENCH_POSTGRES_URL or RUNPLANE_TEST_POSTGRES_URL); each run gets a database of its
 own, dropped afterwards. Exit status 1 if a target or scenario could not run (the JSON then
