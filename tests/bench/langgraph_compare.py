@@ -32,8 +32,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.bench.processes import RunningServer
-from tests.bench.scenarios import BenchOptions, LoadFailedError, Result, bench_process, run_load
-from tests.bench.targets import REPO_ROOT, Target
+from tests.bench.scenarios import (
+    BenchOptions,
+    LoadFailedError,
+    Result,
+    bench_module,
+    bench_process,
+    run_load,
+)
+from tests.bench.targets import Target
 
 ENVIRONMENT = "RUNPLANE_BENCH_LANGGRAPH"
 TARGET = "langgraph"
@@ -146,18 +153,7 @@ def langgraph_server(executable: Path) -> Iterator[str]:
 
 
 def _load(url: str, *args: str, timeout: float) -> Result:
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.bench.langgraph_load", "--url", url, *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise LoadFailedError(f"LangGraph load failed:\n{completed.stderr.strip()}")
-    cell: Result = json.loads(completed.stdout)
-    return cell
+    return bench_module("langgraph_load", "--url", url, *args, timeout=timeout)
 
 
 def _versions(executable: Path) -> dict[str, str]:

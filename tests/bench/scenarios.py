@@ -85,10 +85,10 @@ def unary_calls(target: Target, server: RunningServer, options: BenchOptions) ->
     return results
 
 
-def bench_process(server: RunningServer, *args: str, module: str, timeout: float = 300) -> Result:
-    """What `python -m tests.bench.<module> --address ADDRESS ARGS` prints, parsed."""
+def bench_module(module: str, *args: str, timeout: float = 300) -> Result:
+    """What `python -m tests.bench.<module> ARGS` prints, parsed; its stderr if it fails."""
     completed = subprocess.run(
-        [sys.executable, "-m", f"tests.bench.{module}", "--address", server.address, *args],
+        [sys.executable, "-m", f"tests.bench.{module}", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -96,9 +96,14 @@ def bench_process(server: RunningServer, *args: str, module: str, timeout: float
         check=False,
     )
     if completed.returncode != 0:
-        raise LoadFailedError(f"{module} benchmark failed:\n{completed.stderr.strip()}")
+        raise LoadFailedError(f"tests.bench.{module} failed:\n{completed.stderr.strip()}")
     cell: Result = json.loads(completed.stdout)
     return cell
+
+
+def bench_process(server: RunningServer, *args: str, module: str, timeout: float = 300) -> Result:
+    """What `python -m tests.bench.<module> --address ADDRESS ARGS` prints, parsed."""
+    return bench_module(module, "--address", server.address, *args, timeout=timeout)
 
 
 def _executor_cell(server: RunningServer, *args: str, module: str = "executor") -> Result:

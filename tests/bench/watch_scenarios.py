@@ -10,15 +10,13 @@ through the target.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from tests.bench.processes import RunningServer, running_server
-from tests.bench.scenarios import BenchOptions, LoadFailedError, Result, Scenario
-from tests.bench.targets import REPO_ROOT, RUNPLANE, Target
+from tests.bench.scenarios import BenchOptions, Result, Scenario, bench_module
+from tests.bench.targets import RUNPLANE, Target
 
 WATCHER_COUNTS = (1, 100, 1000)
 IDLE_WATCHERS = 5000
@@ -30,18 +28,7 @@ def _log(message: str) -> None:
 
 
 def _run_watch(*args: str, timeout: float) -> Result:
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.bench.watch", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise LoadFailedError(f"watch benchmark {args[0]} failed:\n{completed.stderr.strip()}")
-    result: Result = json.loads(completed.stdout)
-    return result
+    return bench_module("watch", *args, timeout=timeout)
 
 
 def watch_latency(target: Target, server: RunningServer, options: BenchOptions) -> list[Result]:
