@@ -27,20 +27,14 @@ import time
 import uuid
 
 import grpc
-from google.protobuf import duration_pb2
 
 from runplane.client import AsyncClient, RunStatus
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from tests.bench import backlog
 from tests.bench.load import process_cpu_s
+from tests.support import stubs
 
 PACE_S = 0.02
-
-
-def _seconds(value: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(int(value * 1e9))
-    return duration
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -59,7 +53,7 @@ async def create_to_claim(address: str, runs: int, server_pid: int | None) -> di
         worker = run_service_pb2_grpc.RunServiceStub(worker_channel)
         creator = run_service_pb2_grpc.RunServiceStub(creator_channel)
         claim = run_service_pb2.ClaimRunRequest(
-            worker_id="bench-worker", assistant_ids=[assistant], wait=_seconds(10)
+            worker_id="bench-worker", assistant_ids=[assistant], wait=stubs.seconds(10)
         )
 
         async def work() -> None:
@@ -112,7 +106,7 @@ async def end_to_end(address: str, clients: int, seconds: float, workers: int) -
 
     async def worker(stub: run_service_pb2_grpc.RunServiceAsyncStub, name: str) -> None:
         claim = run_service_pb2.ClaimRunRequest(
-            worker_id=name, assistant_ids=[assistant], wait=_seconds(1)
+            worker_id=name, assistant_ids=[assistant], wait=stubs.seconds(1)
         )
         while not stopping.is_set():
             response = await stub.ClaimRun(claim, timeout=10)

@@ -52,12 +52,6 @@ INTERRUPTED, SUCCESS = run_pb2.RUN_STATUS_INTERRUPTED, run_pb2.RUN_STATUS_SUCCES
 
 
 @pytest.fixture
-def stub(server_address: str) -> Iterator[Stub]:
-    with run_service(server_address) as stub:
-        yield stub
-
-
-@pytest.fixture
 def client(server_address: str) -> Iterator[Client]:
     with Client(server_address) as client:
         yield client

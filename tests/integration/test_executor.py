@@ -10,36 +10,23 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from tests.support.databases import fresh_postgres_database
 from tests.support.serve_process import ServeProcess
-from tests.support.stubs import failure, run_service
+from tests.support.stubs import failure, run_service, seconds
 
 Stub = run_service_pb2_grpc.RunServiceStub
 
 
 @pytest.fixture
-def stub(server_address: str) -> Iterator[Stub]:
-    with run_service(server_address) as stub:
-        yield stub
-
-
-@pytest.fixture
 def assistant() -> str:
     return f"assistant-{uuid.uuid4()}"
-
-
-def seconds(value: float) -> duration_pb2.Duration:
-    message = duration_pb2.Duration()
-    message.FromNanoseconds(int(value * 1e9))
-    return message
 
 
 def create(stub: Stub, assistant: str, **fields: object) -> run_pb2.Run:

@@ -12,21 +12,16 @@ import uuid
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import field_mask_pb2
 
 from runplane.server.records import Change, ChangeType, MultitaskStrategy, Run, RunStatus
 from runplane.server.store.database import Database
 from runplane.server.store.unit_of_work import LeaseRenewal, UnitOfWork
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
+from tests.support.stubs import seconds
 from tests.support.watching import cancel
 
 Stub = run_service_pb2_grpc.RunServiceStub
-
-
-def seconds(value: float) -> duration_pb2.Duration:
-    message = duration_pb2.Duration()
-    message.FromNanoseconds(int(value * 1e9))
-    return message
 
 
 def running_run(stub: Stub, lease: float = 30) -> run_pb2.Run:

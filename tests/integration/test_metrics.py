@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import generate_latest
 
@@ -26,6 +25,7 @@ from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from tests.support.databases import database_url
 from tests.support.scrape import Samples, parse, rpc, scrape, value
 from tests.support.servers import ServerThread
+from tests.support.stubs import seconds
 from tests.support.watching import cancel
 
 
@@ -90,7 +90,7 @@ def test_grpc_series_count_every_call_with_its_code(metered: ServerThread) -> No
         with pytest.raises(grpc.RpcError) as late:
             stub.ClaimRun(
                 run_service_pb2.ClaimRunRequest(
-                    worker_id="w", assistant_ids=["nobody"], wait=_seconds(30)
+                    worker_id="w", assistant_ids=["nobody"], wait=seconds(30)
                 ),
                 timeout=0.5,
             )
@@ -353,12 +353,6 @@ def test_replicas_sharing_postgres_report_the_same_queue_gauges(tmp_path: Path) 
         finally:
             for replica in replicas:
                 replica.stop()
-
-
-def _seconds(value: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(int(value * 1e9))
-    return duration
 
 
 def _wait_for(client: Client, run_id: str, status: RunStatus, timeout: float = 15) -> None:

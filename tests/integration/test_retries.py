@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from runplane.client import (
     AsyncClient,
@@ -30,7 +30,7 @@ from runplane.client import (
     RunStatus,
 )
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
-from tests.support.stubs import refused, run_service
+from tests.support.stubs import refused, run_service, seconds
 from tests.support.watching import cancel
 
 pb = run_service_pb2
@@ -41,12 +41,6 @@ Stub = run_service_pb2_grpc.RunServiceStub
 def stub(server_address: str) -> Iterator[Stub]:
     with run_service(server_address) as stub:
         yield stub
-
-
-def seconds(value: float) -> duration_pb2.Duration:
-    message = duration_pb2.Duration()
-    message.FromMicroseconds(round(value * 1e6))
-    return message
 
 
 def backoff_of(run: run_pb2.Run) -> int:

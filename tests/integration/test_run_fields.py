@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
-from tests.support.stubs import refused, run_service
+from tests.support.stubs import refused, run_service, seconds
 from tests.support.watching import cancel
 
 pb = run_service_pb2
@@ -26,12 +26,6 @@ Stub = run_service_pb2_grpc.RunServiceStub
 def stub(server_address: str) -> Iterator[Stub]:
     with run_service(server_address) as stub:
         yield stub
-
-
-def seconds(value: float) -> duration_pb2.Duration:
-    message = duration_pb2.Duration()
-    message.FromNanoseconds(int(value * 1e9))
-    return message
 
 
 def struct(**values: Any) -> struct_pb2.Struct:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
-from tests.support.stubs import refused, run_service
+from tests.support.stubs import refused
 
 Stub = run_service_pb2_grpc.RunServiceStub
 PENDING, RUNNING = run_pb2.RUN_STATUS_PENDING, run_pb2.RUN_STATUS_RUNNING
@@ -19,12 +19,6 @@ REJECT = run_pb2.MULTITASK_STRATEGY_REJECT
 INTERRUPT = run_pb2.MULTITASK_STRATEGY_INTERRUPT
 ROLLBACK = run_pb2.MULTITASK_STRATEGY_ROLLBACK
 ENQUEUE = run_pb2.MULTITASK_STRATEGY_ENQUEUE
-
-
-@pytest.fixture
-def stub(server_address: str) -> Iterator[Stub]:
-    with run_service(server_address) as stub:
-        yield stub
 
 
 def struct(**values: Any) -> struct_pb2.Struct:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -18,6 +19,13 @@ from runplane.v1 import run_service_pb2_grpc
 def run_service(address: str) -> Iterator[run_service_pb2_grpc.RunServiceStub]:
     with grpc.insecure_channel(address) as channel:
         yield run_service_pb2_grpc.RunServiceStub(channel)
+
+
+def seconds(value: float) -> duration_pb2.Duration:
+    """A Duration of `value` seconds, to the microsecond the server keeps."""
+    message = duration_pb2.Duration()
+    message.FromMicroseconds(round(value * 1e6))
+    return message
 
 
 @dataclass
