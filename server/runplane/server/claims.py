@@ -88,14 +88,7 @@ class ClaimService:
             if _retryable(completion, run):
                 after = retries.after_failure(reported, now, completion.error, self._max_attempts)
             else:
-                after = dataclasses.replace(
-                    reported,
-                    status=completion.status,
-                    error=completion.error,
-                    ended_at=now,
-                    updated_at=now,
-                    lease_expires_at=None,
-                )
+                after = reported.ended(completion.status, now, error=completion.error)
             return unit.apply([Change(ChangeType.UPDATED, after, previous=run)])[0]
 
         return await self._db.write(finish)

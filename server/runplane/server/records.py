@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 JSONObject = dict[str, Any]
@@ -118,6 +118,26 @@ class Run:
     """What the run produced, as its worker reported it."""
     retry_policy: RetryPolicy | None = None
     priority: int = DEFAULT_PRIORITY
+
+    def ended(
+        self,
+        status: RunStatus,
+        at: int,
+        *,
+        error: str | None = None,
+        cancel_reason: str | None = None,
+    ) -> Run:
+        """This run ended with `status` at `at`, its lease gone; `error` and
+        `cancel_reason` replace the run's own where given."""
+        return replace(
+            self,
+            status=status,
+            error=self.error if error is None else error,
+            cancel_reason=self.cancel_reason if cancel_reason is None else cancel_reason,
+            ended_at=at,
+            updated_at=at,
+            lease_expires_at=None,
+        )
 
 
 @dataclass(frozen=True, slots=True)

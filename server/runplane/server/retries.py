@@ -49,14 +49,7 @@ def after_failure(run: Run, now: int, error: str, server_max_attempts: int) -> R
     """The run after its attempt `run.attempt` failed with `error`: PENDING again, due at
     the end of its backoff, while attempts remain; ERROR with `error` once none do."""
     if run.attempt >= allowed_attempts(run, server_max_attempts):
-        return dataclasses.replace(
-            run,
-            status=RunStatus.ERROR,
-            error=error,
-            ended_at=now,
-            updated_at=now,
-            lease_expires_at=None,
-        )
+        return run.ended(RunStatus.ERROR, now, error=error)
     policy = run.retry_policy
     start_after = (
         run.start_after

@@ -78,14 +78,7 @@ class RunPage:
 
 
 def _interrupted(run: Run, reason: str, at: int) -> Change:
-    ended = dataclasses.replace(
-        run,
-        status=RunStatus.INTERRUPTED,
-        cancel_reason=reason,
-        ended_at=at,
-        updated_at=at,
-        lease_expires_at=None,
-    )
+    ended = run.ended(RunStatus.INTERRUPTED, at, cancel_reason=reason)
     return Change(ChangeType.UPDATED, ended, previous=run)
 
 

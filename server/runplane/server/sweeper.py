@@ -14,7 +14,6 @@ find them in priority order (`ThreadHeads.promote_due`). The server runs
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -34,13 +33,8 @@ def _settle(run: Run, now: int, max_attempts: int) -> Run:
     """The state a stuck run moves to."""
     started, limit = run.started_at, run.timeout
     if started is not None and limit is not None and started + limit < now:
-        return dataclasses.replace(
-            run,
-            status=RunStatus.TIMEOUT,
-            error=f"ran longer than its timeout of {limit / 1e6:g}s",
-            ended_at=now,
-            updated_at=now,
-            lease_expires_at=None,
+        return run.ended(
+            RunStatus.TIMEOUT, now, error=f"ran longer than its timeout of {limit / 1e6:g}s"
         )
     allowed = retries.allowed_attempts(run, max_attempts)
     error = f"lease of worker {run.worker_id} expired on attempt {run.attempt} of {allowed}"
