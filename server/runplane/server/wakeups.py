@@ -138,7 +138,8 @@ class ClaimWakeups:
         self._draining = True
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
-            waiter.woken.set_result(None)
+            if not waiter.woken.done():  # else cancelled, its claim not yet out of line
+                waiter.woken.set_result(None)
 
     def ring(self, queue: tuple[str, str] | None = None) -> None:
         """Something may have become claimable (a run of `queue`, if given): wake the
@@ -173,7 +174,7 @@ class ClaimWakeups:
             timer.cancel()
 
     def _time_up(self, waiter: _Waiter) -> None:
-        if waiter in self._waiting:
+        if waiter in self._waiting and not waiter.woken.done():
             self._waiting.remove(waiter)
             waiter.woken.set_result(None)
 
@@ -188,7 +189,7 @@ class ClaimWakeups:
         if waiter in self._waiting:
             self._waiting.remove(waiter)
             return None
-        return waiter.woken.result()
+        return None if waiter.woken.cancelled() else waiter.woken.result()
 
     def _pass_on(self, round_: _Round, tried: ClaimScope | None) -> None:
         """A waiter looked and found nothing for `tried` in this round (or, None, left
@@ -205,6 +206,8 @@ class ClaimWakeups:
 
     def _wake(self, round_: _Round) -> None:
         for waiter in self._waiting:
+            if waiter.woken.done():
+                continue  # its claim was cancelled and leaves the line when it next runs
             if waiter.scope not in round_.tried and (
                 round_.queue is None or waiter.scope.takes(round_.queue)
             ):
