@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -17,9 +18,13 @@ from typing import Any
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
 
 
+_QUOTED = re.compile(r'[ "=\n]')
+"""Characters that make a logfmt value quoted."""
+
+
 def _value(value: object) -> str:
     text = str(value)
-    if text and not any(c in text for c in ' "=\n'):
+    if text and _QUOTED.search(text) is None:
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
@@ -59,6 +64,10 @@ def configure(level: str, log_format: str = "logfmt") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Records carry only what the formatters print: finding the caller's frame, thread
+    # and process costs a fifth of a line, and every mutating call writes one.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     # Audit lines are the record of who changed what: kept whatever the level.
     logging.getLogger("runplane.audit").setLevel(logging.INFO)
     # Alembic narrates every start-up at INFO ("Context impl SQLiteImpl."...).
