@@ -14,7 +14,16 @@ from collections.abc import Callable
 import pytest
 
 from runplane.server.errors import RunNotFound
-from runplane.server.records import Change, ChangeType, MultitaskStrategy, Run, RunStatus
+from runplane.server.records import (
+    Change,
+    ChangeType,
+    MultitaskStrategy,
+    RetryPolicy,
+    Run,
+    RunFilter,
+    RunStatus,
+    SortOrder,
+)
 from runplane.server.store.database import Database
 from runplane.server.store.unit_of_work import LeaseRenewal, UnitOfWork
 
@@ -221,3 +230,70 @@ def test_a_renewal_is_published_apart_from_changes_and_undone_with_its_group(
     assert renewed == [("r", 500)]  # the undone renewal is never told
     assert told == ["a"]
     assert [revision for revision, _ in _logged(database)] == [1, 2]  # renewals take none
+
+
+# Values a run's JSON documents and columns may hold that a row's way into the database
+# could mangle: unicode, escapes, numbers at the edges of their types, empty and nested
+# documents, SQL NULL beside JSON null.
+_AWKWARD = {
+    "text": 'é ☃ 𝄞 "quoted" \\ back\\slash \n new line',
+    "big": 2**63 - 1,
+    "negative": -(2**53),
+    "float": 0.1,
+    "tiny": 5e-324,
+    "true": True,
+    "null": None,
+    "empty": {},
+    "list": [1, "two", [3.5], {"four": None}],
+    "nested": {"a": {"b": {"c": ["deep"]}}},
+}
+
+
+def _awkward_runs(unit: UnitOfWork, count: int) -> list[Run]:
+    """`count` runs created together (one group's rows go in one statement each), each
+    with its own awkward values, ids the store made and some fields left unset."""
+    runs = [
+        Run(
+            unit.runs.new_id(),
+            f"thread-{i}",
+            "assistant ☃",
+            RunStatus.PENDING,
+            MultitaskStrategy.ENQUEUE,
+            1_700_000_000_000_000 + i,
+            1_700_000_000_000_000 + i,
+            metadata={**_AWKWARD, "index": i},
+            kwargs={"input": _AWKWARD, "i": i},
+            timeout=None if i % 2 else 30_000_000,
+            start_after=None if i % 3 else 1_800_000_000_000_000,
+            request_id=None if i % 2 else f"request-{i}",
+            trace_context={}
+            if i % 2
+            else {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
+            retry_policy=None
+            if i % 2
+            else RetryPolicy(max_attempts=3, initial_backoff=1_000, backoff_coefficient=1.5),
+            priority=i % 10,
+        )
+        for i in range(count)
+    ]
+    return unit.apply([Change(ChangeType.CREATED, run) for run in runs])
+
+
+def test_runs_created_together_read_back_exactly(database: Database) -> None:
+    created = asyncio.run(database.write(lambda unit: _awkward_runs(unit, 12)))
+
+    def read_back(unit: UnitOfWork) -> tuple[list[Run | None], list[Run], list[Run]]:
+        stored = [unit.runs.get(run.run_id) for run in created]
+        logged = [event.run for event in unit.log.read_after(0, 100).events]
+        found = unit.runs.list_page(
+            RunFilter(metadata={"index": 7, "nested": _AWKWARD["nested"]}, namespaces=None),
+            SortOrder.ASC,
+            None,
+            10,
+        )
+        return stored, logged, found
+
+    stored, logged, found = asyncio.run(database.read(read_back, snapshot=True))
+    assert stored == created
+    assert logged == created
+    assert [run.run_id for run in found] == [created[7].run_id]

@@ -125,7 +125,7 @@ class RunService:
             first = runs.get_by_request_id(namespace, new.request_id)
             if first is not None:
                 return first  # a retry: no second run, no strategy applied again
-        run_id = new.run_id or str(uuid.uuid4())
+        run_id = new.run_id or runs.new_id()
         thread_id = new.thread_id or str(uuid.uuid4())
         if new.thread_id:
             # A thread id the server just made is nobody else's: nothing to lock.

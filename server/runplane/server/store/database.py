@@ -85,7 +85,7 @@ class Database:
         self._renewal_listeners: list[RenewalListener] = []
         engines = self._dialect.engines(self.url)
         self._write_engine, self._read_engine = engines.write, engines.read
-        held_rows.send_before_reads(self._write_engine)
+        held_rows.send_before_reads(self._write_engine, self._dialect)
         self._read_pool = ThreadPoolExecutor(
             engines.read_threads, thread_name_prefix="runplane-db-read"
         )

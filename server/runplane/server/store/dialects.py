@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Insert,
     Table,
     Text,
     Update,
@@ -171,6 +173,13 @@ class Dialect(abc.ABC):
     def release_space(self, connection: Connection) -> None:
         """Give the space of deleted rows back to the file system, if the database does
         not do it by itself."""
+
+    def insert_rows(
+        self, connection: Connection, statement: Insert, rows: Sequence[dict[str, Any]]
+    ) -> None:
+        """Run `statement` (a plain INSERT, maybe ON CONFLICT) for each of `rows`, which
+        all have the same keys, in one round trip."""
+        connection.execute(statement, rows)
 
     @staticmethod
     @abc.abstractmethod
@@ -328,6 +337,17 @@ class PostgreSQL(Dialect):
     def begin_snapshot(self, connection: Connection) -> None:
         connection.execution_options(isolation_level="REPEATABLE READ")
 
+    def insert_rows(
+        self, connection: Connection, statement: Insert, rows: Sequence[dict[str, Any]]
+    ) -> None:
+        if len(rows) == 1:
+            connection.execute(statement, rows)
+            return
+        # psycopg sends an executemany as one statement per row (pipelined): the rows as
+        # one JSON array in one statement cost both sides a fraction of that.
+        columns = tuple(rows[0])
+        connection.execute(_from_json_rows(statement, columns), {"rows": json.dumps(rows)})
+
     def lock(self, connection: Connection, lock: Lock, value: str | None = None) -> None:
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:lock, :key)"),
@@ -370,6 +390,19 @@ class PostgreSQL(Dialect):
     @staticmethod
     def insert(table: Table) -> postgresql.Insert:
         return postgresql.insert(table)
+
+
+@functools.lru_cache(maxsize=16)
+def _from_json_rows(statement: Insert, columns: tuple[str, ...]) -> Insert:
+    """`statement` taking its rows from the JSON array `:rows`, each an object of
+    `columns`: PostgreSQL converts every value to its column's type."""
+    table = statement.table
+    assert isinstance(table, Table)
+    names = ", ".join(f'"{column}"' for column in columns)
+    rows = text(
+        f"SELECT {names} FROM jsonb_populate_recordset(NULL::{table.name}, CAST(:rows AS jsonb))"
+    ).columns(*(table.c[column] for column in columns))
+    return statement.from_select(columns, rows)
 
 
 def normalize_url(url: str) -> URL:

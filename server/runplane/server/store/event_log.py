@@ -147,7 +147,7 @@ class EventLog:
         if tail.owed:
             self._conn.execute(_ADVANCE, {"count": tail.owed})
         if tail.entries:
-            self._conn.execute(_INSERT_EVENTS, tail.entries)
+            self._dialect.insert_rows(self._conn, _INSERT_EVENTS, tail.entries)
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, event
 
+from runplane.server.store.dialects import Dialect
+
 _HELD = "runplane.held_rows"
 """connection.info key: the held rows, by the statement that inserts them, in order."""
 
@@ -24,11 +26,11 @@ def hold(connection: Connection, statement: Insert, row: dict[str, Any]) -> None
     held.setdefault(statement, []).append(row)
 
 
-def send(connection: Connection) -> None:
+def send(connection: Connection, dialect: Dialect) -> None:
     """Insert what is held, one statement per kind of row."""
     held: dict[Insert, list[dict[str, Any]]] | None = connection.info.pop(_HELD, None)
     for statement, rows in (held or {}).items():
-        connection.execute(statement, rows)
+        dialect.insert_rows(connection, statement, rows)
 
 
 def discard(connection: Connection) -> None:
@@ -36,7 +38,7 @@ def discard(connection: Connection) -> None:
     connection.info.pop(_HELD, None)
 
 
-def send_before_reads(engine: Engine) -> None:
+def send_before_reads(engine: Engine, dialect: Dialect) -> None:
     @event.listens_for(engine, "before_execute")
     def _send_first(connection: Connection, statement: Any, *_: Any) -> None:
         held: dict[Insert, list[dict[str, Any]]] | None = connection.info.get(_HELD)
@@ -48,4 +50,4 @@ def send_before_reads(engine: Engine) -> None:
             and all(statement.table is not kind.table for kind in held)
         ):
             return  # reads nothing held
-        send(connection)
+        send(connection, dialect)

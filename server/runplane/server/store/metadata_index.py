@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, insert
 
 from runplane.server.records import Change, ChangeType, JSONObject, Run
+from runplane.server.store import held_rows
 from runplane.server.store.schema import Base, RunMetadataRow
 
 _entries = Base.metadata.tables[RunMetadataRow.__tablename__]
@@ -92,8 +93,9 @@ class MetadataIndex:
                 index.extend(rows(run.run_id, run.namespace, run.created_at, run.metadata))
         if forget:
             self._conn.execute(_DELETE_RUN, forget)
-        if index:
-            self._conn.execute(_INSERT, index)
+        for row in index:
+            # Cannot fail: the run's row is written (or held) and its old entries are gone.
+            held_rows.hold(self._conn, _INSERT, row)
 
 
 def index_rows(found: Iterable[tuple[str, str, int, JSONObject]]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import heapq
 import itertools
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,7 +51,7 @@ from runplane.server.records import (
     RunStatus,
     SortOrder,
 )
-from runplane.server.store import fields, metadata_index
+from runplane.server.store import fields, held_rows, metadata_index
 from runplane.server.store.dialects import Dialect, Lock, scoped_key
 from runplane.server.store.schema import INFLIGHT_PREDICATE, Base, RunMetadataRow, RunRow
 
@@ -190,6 +191,14 @@ class RunStore:
     def __init__(self, connection: Connection, dialect: Dialect) -> None:
         self._conn = connection
         self._dialect = dialect
+        self._new_ids: set[str] = set()
+
+    def new_id(self) -> str:
+        """A run id made now, that no run holds: its row's insert cannot fail, so it waits
+        to go in one statement with its group's (`held_rows`)."""
+        run_id = str(uuid.uuid4())
+        self._new_ids.add(run_id)
+        return run_id
 
     # -- locks -------------------------------------------------------------------------------
 
@@ -416,6 +425,9 @@ class RunStore:
             values = fields.row_values(stored)
             values["create_revision"] = run.revision
             values["timeout_at_us"] = _timeout_at(run)
+            if run.run_id in self._new_ids:
+                held_rows.hold(self._conn, _INSERT_RUN, values)
+                return
             try:
                 self._conn.execute(_INSERT_RUN, values)
             except IntegrityError as error:

@@ -59,10 +59,11 @@ class LeaseRenewal:
 
 
 class UnitOfWork:
-    __slots__ = ("_connection", "_metadata", "heads", "log", "runs")
+    __slots__ = ("_connection", "_dialect", "_metadata", "heads", "log", "runs")
 
     def __init__(self, connection: Connection, dialect: Dialect) -> None:
         self._connection = connection
+        self._dialect = dialect
         self.runs = RunStore(connection, dialect)
         self.heads = ThreadHeads(connection, dialect)
         self.log = EventLog(connection, dialect)
@@ -107,7 +108,7 @@ class UnitOfWork:
 
     def finish(self) -> None:
         """Send what the transaction's changes left to write: called before it commits."""
-        held_rows.send(self._connection)
+        held_rows.send(self._connection, self._dialect)
         self.log.flush()
 
     def renew_leases(self, renewals: Sequence[LeaseRenewal]) -> dict[str, Run]:
