@@ -1,12 +1,15 @@
 """Rows a write transaction holds back until its next statement or its commit.
 
-A CreateRun on a new thread reads nothing: its thread's head can wait and go in one
-INSERT with the heads of the other creates of its group. Only an insert that cannot
-fail (ON CONFLICT DO NOTHING) may be held, since its error would surface in some
-other statement. Any statement the transaction runs that may read a table rows are
-held for sends them first (`send_before_reads`): a plain INSERT into another table,
-such as the next create's run, reads none. So everything the transaction reads sees
-every row held before it; the group writer sends the rest before committing (`send`).
+A CreateRun on a new thread reads nothing: its run, its thread's head and its metadata
+index rows can wait and go with those of the other creates of its group, one statement
+per table (`Dialect.insert_rows`). Only an insert that cannot fail may be held, since
+its error would surface in some other statement: a head (ON CONFLICT DO NOTHING), index
+rows of a run written in the same transaction, and a run whose id the server made
+(`RunStore.new_id`); a run id the caller chose may be taken, so that INSERT runs at once.
+Any statement the transaction runs that may read a table rows are held for sends them
+first (`send_before_reads`): a plain INSERT into another table reads none. So everything
+the transaction reads sees every row held before it; the group writer sends the rest
+before committing (`send`).
 """
 
 from __future__ import annotations
