@@ -4,15 +4,20 @@ the run's, and watchers replaying the log still see a run leave their filter."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from runplane.client import Client, EventType, RunStatus
+from runplane.server.records import Change, ChangeType, MultitaskStrategy, Run, now_us
+from runplane.server.records import RunStatus as Status
 from runplane.server.store.database import Database
+from runplane.server.store.event_log import LogPage, LogState
+from runplane.server.store.unit_of_work import UnitOfWork
 from tests.support.servers import ServerThread
 
 KWARGS = {"messages": [{"role": "user", "content": "word " * 400}], "config": {"depth": 3}}
@@ -96,3 +101,78 @@ def test_a_watch_replayed_from_the_log_sees_runs_leave_its_filter(client: Client
         RunStatus.SUCCESS,
     ]
     assert search[-1][2] == "ranking"
+
+
+def _create(run_id: str, thread_id: str = "thread") -> Callable[[UnitOfWork], None]:
+    def work(unit: UnitOfWork) -> None:
+        run = Run(run_id, thread_id, "assistant", Status.PENDING, MultitaskStrategy.ENQUEUE, 0, 0)
+        unit.apply([Change(ChangeType.CREATED, run)])
+
+    return work
+
+
+def _after(
+    position: int, limit: int = 7, run_id: str | None = None
+) -> Callable[[UnitOfWork], LogPage]:
+    return lambda unit: unit.log.read_after(position, limit, run_id)
+
+
+def _page(database: Database, after: int, limit: int, run_id: str | None = None) -> LogPage:
+    return asyncio.run(database.read(_after(after, limit, run_id), lookup=False))
+
+
+def test_a_page_of_the_log_comes_with_the_state_it_was_read_in(database: Database) -> None:
+    for run_id in ("a", "b", "c", "d"):
+        asyncio.run(database.write(_create(run_id, thread_id=run_id)))
+
+    def interrupt_a(unit: UnitOfWork) -> None:
+        run = unit.runs.get("a")
+        assert run is not None
+        unit.apply([Change(ChangeType.UPDATED, run.ended(Status.INTERRUPTED, 1), previous=run)])
+
+    asyncio.run(database.write(interrupt_a))
+
+    first = _page(database, 0, 3)
+    assert [event.revision for event in first.events] == [1, 2, 3]
+    assert first.state == LogState(revision=5, compact_revision=0)
+    assert _page(database, 5, 3) == LogPage(LogState(revision=5, compact_revision=0), [])
+    of_a = _page(database, 0, 10, run_id="a")
+    assert [(event.revision, event.run.status) for event in of_a.events] == [
+        (1, Status.PENDING),
+        (5, Status.INTERRUPTED),
+    ]
+    assert of_a.state.revision == 5
+
+    asyncio.run(database.write(lambda unit: unit.log.compact(now_us() + 1, 2)))
+    assert _page(database, 5, 3).state == LogState(revision=5, compact_revision=2)
+
+
+@pytest.mark.timeout(60)
+def test_pages_read_while_runs_are_written_miss_nothing(database: Database) -> None:
+    """A reader follows the log page by page while a writer appends to it: each page's
+    events run on from where it stood, none beyond the page's state, so following the
+    state's revision after a short page skips nothing."""
+    total = 300
+
+    async def write_and_follow() -> list[int]:
+        async def write() -> None:
+            for i in range(total):
+                await database.write(_create(f"r{i}", thread_id=f"t{i}"))
+
+        writer = asyncio.ensure_future(write())
+        seen: list[int] = []
+        position = 0
+        try:
+            while position < total:
+                page = await database.read(_after(position), lookup=False)
+                revisions = [event.revision for event in page.events]
+                assert revisions == list(range(position + 1, position + 1 + len(revisions)))
+                assert all(revision <= page.state.revision for revision in revisions)
+                seen.extend(revisions)
+                position = revisions[-1] if len(revisions) == 7 else page.state.revision
+                await asyncio.sleep(0)
+        finally:
+            await writer
+        return seen
+
+    assert asyncio.run(write_and_follow()) == list(range(1, total + 1))

@@ -136,13 +136,14 @@ class Database:
         """
         return await self._writer.submit(work)
 
-    async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
+    async def read(self, work: Work[T], *, snapshot: bool = False, lookup: bool = True) -> T:
         """Run `work`, a read.
 
-        With `snapshot`, every statement sees the same committed state. Without it,
-        `work` should be a single indexed lookup: on SQLite it runs on the event loop.
+        With `snapshot`, every statement sees the same committed state (on PostgreSQL, in
+        a transaction: two round trips more). Without it, `work` should be one statement,
+        and, as a `lookup`, a few rows found by key: on SQLite, those run on the event loop.
         """
-        if not snapshot and self._dialect.point_reads_on_loop:
+        if not snapshot and lookup and self._dialect.point_reads_on_loop:
             started = time.perf_counter()
             try:
                 with _translate_errors(self._faults):

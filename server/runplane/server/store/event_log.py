@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Update, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Select, Update, bindparam, delete, insert, select, true, update
 
 from runplane.server.records import Change, EventType, Run, RunEvent
 from runplane.server.store import fields
@@ -81,6 +81,25 @@ class _Tail:
     owed: int = 0
     """Revisions handed out beyond the counter row's value."""
     entries: list[dict[str, Any]] = field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_after(*, by_run: bool) -> Select[Any]:
+    """The log state, each row with one of the events after `:after` (of `:run_id`), up
+    to `:limit`; or, if there are none, the state alone."""
+    page = _events.select().where(_events.c.revision > bindparam("after"))
+    if by_run:
+        page = page.where(_events.c.run_id == bindparam("run_id"))
+    events = page.order_by(_events.c.revision).limit(bindparam("limit")).subquery("events")
+    return (
+        select(
+            _state.c.revision.label("log_revision"),
+            _state.c.compact_revision.label("log_compacted"),
+            *events.c,
+        )
+        .select_from(_state.outerjoin(events, true()))
+        .order_by(events.c.revision)
+    )
 
 
 def _to_event(row: Any) -> RunEvent:
@@ -153,15 +172,18 @@ class EventLog:
 
     def read_after(self, after: int, limit: int, run_id: str | None = None) -> LogPage:
         """Up to `limit` events with a revision above `after`, oldest first (only `run_id`'s
-        if given). Read in a snapshot transaction, the state tells whether the log still
-        reached back to `after` and how far it went.
+        if given), and the state that tells whether the log still reached back to `after`
+        and how far it went: read by one statement, so they agree without a snapshot
+        transaction (two round trips fewer on PostgreSQL).
         """
-        state = self.state()  # flushed
-        query = _events.select().where(_events.c.revision > after)
-        if run_id is not None:
-            query = query.where(_events.c.run_id == run_id)
-        rows = self._conn.execute(query.order_by(_events.c.revision).limit(limit))
-        return LogPage(state=state, events=[_to_event(row) for row in rows])
+        self.flush()
+        rows = self._conn.execute(
+            _read_after(by_run=run_id is not None),
+            {"after": after, "limit": limit, "run_id": run_id},
+        ).all()
+        state = LogState(revision=rows[0].log_revision, compact_revision=rows[0].log_compacted)
+        # No event: one row of the state alone, its event columns NULL.
+        return LogPage(state, [_to_event(row) for row in rows if row.revision is not None])
 
     def logged_run(self, run_id: str, since: int) -> Run | None:
         """The run as its first change at `since` or later left it, if the log holds one

@@ -135,9 +135,9 @@ class WatchHub:
         return await self._db.read(lambda unit: unit.log.state())
 
     async def read_after(self, after: int, run_id: str | None = None) -> LogPage:
-        """One page of the log after `after`, with the state of the same snapshot."""
+        """One page of the log after `after`, with the state it was read in."""
         return await self._db.read(
-            lambda unit: unit.log.read_after(after, PAGE_SIZE, run_id=run_id), snapshot=True
+            lambda unit: unit.log.read_after(after, PAGE_SIZE, run_id=run_id), lookup=False
         )
 
     # -- the tailer ---------------------------------------------------------------------------
