@@ -29,6 +29,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Executable,
     Insert,
     Table,
     Text,
@@ -103,6 +104,11 @@ def _lock_key(value: str | None) -> int:
     return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=4).digest(), signed=True)
 
 
+Held = dict[Insert | Update, list[dict[str, Any]]]
+"""Writes a transaction holds back (`held_rows`), in order: the rows of each INSERT, or
+the values of an UPDATE."""
+
+
 @dataclass(frozen=True, slots=True)
 class Engines:
     """The connections a `Database` runs transactions on."""
@@ -174,12 +180,10 @@ class Dialect(abc.ABC):
         """Give the space of deleted rows back to the file system, if the database does
         not do it by itself."""
 
-    def insert_rows(
-        self, connection: Connection, statement: Insert, rows: Sequence[dict[str, Any]]
-    ) -> None:
-        """Run `statement` (a plain INSERT, maybe ON CONFLICT) for each of `rows`, which
-        all have the same keys, in one round trip."""
-        connection.execute(statement, rows)
+    def send_held(self, connection: Connection, held: Held) -> None:
+        """Run each held statement for each of its rows (all with the same keys)."""
+        for statement, rows in held.items():
+            connection.execute(statement, rows)
 
     @staticmethod
     @abc.abstractmethod
@@ -337,16 +341,26 @@ class PostgreSQL(Dialect):
     def begin_snapshot(self, connection: Connection) -> None:
         connection.execution_options(isolation_level="REPEATABLE READ")
 
-    def insert_rows(
-        self, connection: Connection, statement: Insert, rows: Sequence[dict[str, Any]]
-    ) -> None:
-        if len(rows) == 1:
-            connection.execute(statement, rows)
-            return
-        # psycopg sends an executemany as one statement per row (pipelined): the rows as
-        # one JSON array in one statement cost both sides a fraction of that.
-        columns = tuple(rows[0])
-        connection.execute(_from_json_rows(statement, columns), {"rows": json.dumps(rows)})
+    def send_held(self, connection: Connection, held: Held) -> None:
+        if len(held) == 1:
+            ((statement, rows),) = held.items()
+            if len(rows) == 1:
+                connection.execute(statement, rows[0])
+                return
+        # One statement, one round trip. psycopg sends an executemany as one statement
+        # per row: an INSERT takes its rows as one JSON array instead. Every statement but
+        # the last goes in its WITH clause, where PostgreSQL runs a data-modifying query
+        # once whether or not anything refers to it.
+        kinds: list[tuple[Insert | Update, tuple[str, ...]]] = []
+        values: dict[str, Any] = {}
+        for index, (statement, rows) in enumerate(held.items()):
+            if isinstance(statement, Insert):
+                kinds.append((statement, tuple(rows[0])))
+                values[f"rows_{index}"] = json.dumps(rows)
+            else:
+                kinds.append((statement, ()))
+                values.update(rows[0])
+        connection.execute(_together(tuple(kinds)), values)
 
     def lock(self, connection: Connection, lock: Lock, value: str | None = None) -> None:
         connection.execute(
@@ -392,15 +406,27 @@ class PostgreSQL(Dialect):
         return postgresql.insert(table)
 
 
-@functools.lru_cache(maxsize=16)
-def _from_json_rows(statement: Insert, columns: tuple[str, ...]) -> Insert:
-    """`statement` taking its rows from the JSON array `:rows`, each an object of
+@functools.lru_cache(maxsize=64)
+def _together(kinds: tuple[tuple[Insert | Update, tuple[str, ...]], ...]) -> Executable:
+    """The held statements as one: an INSERT (with the columns of its rows) takes its rows
+    from `:rows_N`, N its place; an UPDATE keeps its parameters."""
+    *first, last = (
+        _from_json_rows(statement, columns, f"rows_{index}")
+        if isinstance(statement, Insert)
+        else statement
+        for index, (statement, columns) in enumerate(kinds)
+    )
+    return last.add_cte(*(statement.cte(f"held_{index}") for index, statement in enumerate(first)))
+
+
+def _from_json_rows(statement: Insert, columns: tuple[str, ...], name: str) -> Insert:
+    """`statement` taking its rows from the JSON array `:name`, each an object of
     `columns`: PostgreSQL converts every value to its column's type."""
     table = statement.table
     assert isinstance(table, Table)
     names = ", ".join(f'"{column}"' for column in columns)
     rows = text(
-        f"SELECT {names} FROM jsonb_populate_recordset(NULL::{table.name}, CAST(:rows AS jsonb))"
+        f"SELECT {names} FROM jsonb_populate_recordset(NULL::{table.name}, CAST(:{name} AS jsonb))"
     ).columns(*(table.c[column] for column in columns))
     return statement.from_select(columns, rows)
 

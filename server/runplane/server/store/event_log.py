@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, Update, bindparam, delete, insert, select, true, update
 
 from runplane.server.records import Change, EventType, Run, RunEvent
-from runplane.server.store import fields
+from runplane.server.store import fields, held_rows
 from runplane.server.store.dialects import Dialect, Lock
 from runplane.server.store.schema import Base, RunEventRow, StoreStateRow
 
@@ -36,6 +36,7 @@ _STATE = select(_state.c.revision, _state.c.compact_revision)
 _ADVANCE = (
     update(_state).where(_state.c.id == 1).values(revision=_state.c.revision + bindparam("count"))
 )
+_ADVANCE_TO = update(_state).where(_state.c.id == 1).values(revision=bindparam("last_revision"))
 
 
 @functools.lru_cache(maxsize=8)
@@ -159,14 +160,16 @@ class EventLog:
         self._tail.entries.extend(entries)
 
     def flush(self) -> None:
-        """Write what was reserved and appended: the counter and the events."""
+        """Hand what was reserved and appended to the rows the transaction holds (sent
+        before its next read or its commit): the counter's new value and the events."""
         tail, self._tail = self._tail, None
         if tail is None:
             return
         if tail.owed:
-            self._conn.execute(_ADVANCE, {"count": tail.owed})
-        if tail.entries:
-            self._dialect.insert_rows(self._conn, _INSERT_EVENTS, tail.entries)
+            # The transaction holds the counter row: its value is known.
+            held_rows.hold(self._conn, _ADVANCE_TO, {"last_revision": tail.next_revision - 1})
+        for entry in tail.entries:
+            held_rows.hold(self._conn, _INSERT_EVENTS, entry)
 
     # -- reads -------------------------------------------------------------------------------
 

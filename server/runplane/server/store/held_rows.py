@@ -1,11 +1,18 @@
-"""Rows a write transaction holds back until its next statement or its commit.
+"""Rows a write transaction holds back until its next read or its commit.
 
-A CreateRun on a new thread reads nothing: its run, its thread's head and its metadata
-index rows can wait and go with those of the other creates of its group, one statement
-per table (`Dialect.insert_rows`). Only an insert that cannot fail may be held, since
-its error would surface in some other statement: a head (ON CONFLICT DO NOTHING), index
-rows of a run written in the same transaction, and a run whose id the server made
-(`RunStore.new_id`); a run id the caller chose may be taken, so that INSERT runs at once.
+A CreateRun on a new thread reads nothing: its run, its thread's head, its metadata
+index rows and its event can wait and go with those of the other creates of its group,
+one statement per table, and on PostgreSQL all of them in one statement
+(`Dialect.send_held`). Only a write that cannot fail may be held, since its error would
+surface in some other statement:
+
+- a head (ON CONFLICT DO NOTHING), index rows of a run written in the same transaction,
+  and a run whose id the server made (`RunStore.new_id`); a run id the caller chose may
+  be taken, so that INSERT runs at once;
+- the events of the revisions the transaction took, and the counter's new value (it
+  holds the counter row, `EventLog.reserve`). An UPDATE held again replaces the one held
+  before, so a held UPDATE sets values and never adds to them.
+
 Any statement the transaction runs that may read a table rows are held for sends them
 first (`send_before_reads`): a plain INSERT into another table reads none. So everything
 the transaction reads sees every row held before it; the group writer sends the rest
@@ -16,24 +23,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, event
+from sqlalchemy import Connection, Engine, Insert, Update, event
 
-from runplane.server.store.dialects import Dialect
+from runplane.server.store.dialects import Dialect, Held
 
 _HELD = "runplane.held_rows"
-"""connection.info key: the held rows, by the statement that inserts them, in order."""
+"""connection.info key: the held rows (a `Held`), by the statement that writes them, in
+the order the statements were first held."""
 
 
-def hold(connection: Connection, statement: Insert, row: dict[str, Any]) -> None:
-    held: dict[Insert, list[dict[str, Any]]] = connection.info.setdefault(_HELD, {})
-    held.setdefault(statement, []).append(row)
+def hold(connection: Connection, statement: Insert | Update, row: dict[str, Any]) -> None:
+    held: Held = connection.info.setdefault(_HELD, {})
+    if isinstance(statement, Update):
+        held.pop(statement, None)
+        held[statement] = [row]
+    else:
+        held.setdefault(statement, []).append(row)
 
 
 def send(connection: Connection, dialect: Dialect) -> None:
-    """Insert what is held, one statement per kind of row."""
-    held: dict[Insert, list[dict[str, Any]]] | None = connection.info.pop(_HELD, None)
-    for statement, rows in (held or {}).items():
-        dialect.insert_rows(connection, statement, rows)
+    """Write what is held."""
+    held: Held | None = connection.info.pop(_HELD, None)
+    if held:
+        dialect.send_held(connection, held)
 
 
 def discard(connection: Connection) -> None:
@@ -44,7 +56,7 @@ def discard(connection: Connection) -> None:
 def send_before_reads(engine: Engine, dialect: Dialect) -> None:
     @event.listens_for(engine, "before_execute")
     def _send_first(connection: Connection, statement: Any, *_: Any) -> None:
-        held: dict[Insert, list[dict[str, Any]]] | None = connection.info.get(_HELD)
+        held: Held | None = connection.info.get(_HELD)
         if not held:
             return
         if (

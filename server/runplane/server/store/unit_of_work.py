@@ -108,8 +108,8 @@ class UnitOfWork:
 
     def finish(self) -> None:
         """Send what the transaction's changes left to write: called before it commits."""
-        held_rows.send(self._connection, self._dialect)
         self.log.flush()
+        held_rows.send(self._connection, self._dialect)
 
     def renew_leases(self, renewals: Sequence[LeaseRenewal]) -> dict[str, Run]:
         """Extend the lease of each run (distinct ones) that its worker holds (RUNNING,
