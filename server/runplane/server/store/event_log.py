@@ -22,7 +22,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Select, Update, bindparam, delete, insert, select, true, update
+from sqlalchemy import (
+    CompoundSelect,
+    Connection,
+    Update,
+    bindparam,
+    cast,
+    delete,
+    insert,
+    null,
+    select,
+    union_all,
+    update,
+)
 
 from runplane.server.records import Change, EventType, Run, RunEvent
 from runplane.server.store import fields, held_rows
@@ -85,22 +97,36 @@ class _Tail:
 
 
 @functools.lru_cache(maxsize=2)
-def _read_after(*, by_run: bool) -> Select[Any]:
-    """The log state, each row with one of the events after `:after` (of `:run_id`), up
-    to `:limit`; or, if there are none, the state alone."""
+def _read_after(*, by_run: bool) -> CompoundSelect[Any]:
+    """The events after `:after` (of `:run_id`), up to `:limit`, and the log state: a row
+    of its own, its event columns NULL (a union keeps no order).
+
+    A union rather than a join: psycopg prepares the statement after a few runs, and a
+    join's generic plan multiplies the page's guessed size by the state table's (never
+    analyzed, so guessed at 1,700 rows): a cost 2,000 times too high, high enough for
+    PostgreSQL to compile the query each time it ran (`dialects._without_jit`).
+    """
     page = _events.select().where(_events.c.revision > bindparam("after"))
     if by_run:
         page = page.where(_events.c.run_id == bindparam("run_id"))
     events = page.order_by(_events.c.revision).limit(bindparam("limit")).subquery("events")
-    return (
+    unknown = null()
+    return union_all(
         select(
-            _state.c.revision.label("log_revision"),
-            _state.c.compact_revision.label("log_compacted"),
+            cast(unknown, _state.c.revision.type).label("log_revision"),
+            cast(unknown, _state.c.compact_revision.type).label("log_compacted"),
             *events.c,
-        )
-        .select_from(_state.outerjoin(events, true()))
-        .order_by(events.c.revision)
+        ),
+        select(
+            _state.c.revision,
+            _state.c.compact_revision,
+            *(cast(unknown, column.type) for column in events.c),
+        ),
     )
+
+
+def _by_revision(row: Any) -> int:
+    return int(row.revision)
 
 
 def _to_event(row: Any) -> RunEvent:
@@ -184,9 +210,12 @@ class EventLog:
             _read_after(by_run=run_id is not None),
             {"after": after, "limit": limit, "run_id": run_id},
         ).all()
-        state = LogState(revision=rows[0].log_revision, compact_revision=rows[0].log_compacted)
-        # No event: one row of the state alone, its event columns NULL.
-        return LogPage(state, [_to_event(row) for row in rows if row.revision is not None])
+        (state,) = (row for row in rows if row.log_revision is not None)
+        events = sorted((row for row in rows if row.log_revision is None), key=_by_revision)
+        return LogPage(
+            LogState(revision=state.log_revision, compact_revision=state.log_compacted),
+            [_to_event(row) for row in events],
+        )
 
     def logged_run(self, run_id: str, since: int) -> Run | None:
         """The run as its first change at `since` or later left it, if the log holds one
