@@ -609,3 +609,20 @@ def test_a_bulk_cancel_seeks_its_runs(empty: Database, run_filter: RunFilter) ->
     assert len(plans) == 1
     assert plans[0].startswith("SEARCH runs USING INDEX "), plans
     assert "SCAN" not in plans[0], plans
+
+
+def test_postgresql_never_compiles_a_query(tmp_path: Path) -> None:
+    """On a large table a prepared statement's generic plan may be guessed costly enough
+    for PostgreSQL to compile it to machine code on every run (tens of milliseconds for a
+    query that takes a tenth of one): the store's connections run with JIT off, and keep
+    the session options their URL gives."""
+    with database_url("postgres", tmp_path) as url:
+        for given, timeout in ((url, "0"), (f"{url}?options=-c%20statement_timeout%3D7s", "7s")):
+            database = Database(given)
+            try:
+                with database.engine.connect() as connection:
+                    assert connection.exec_driver_sql("SHOW jit").scalar_one() == "off"
+                    shown = connection.exec_driver_sql("SHOW statement_timeout").scalar_one()
+                    assert shown == timeout
+            finally:
+                database.dispose()
