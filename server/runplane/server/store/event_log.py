@@ -10,16 +10,15 @@ the log if and only if `P >= compact_revision`.
 updated first in the transaction's writes, and held until commit, so revisions are
 handed out in commit order with no gaps. The statement that first takes it also rings
 the other replicas at commit (PostgreSQL's NOTIFY). Holding it, the transaction hands
-out later revisions itself and keeps the events it appends: `flush` moves the counter
-on and inserts them, one statement each (the group writer calls it before committing;
-the log's own reads call it first).
+out later revisions itself: the counter's new value and the events it appends are held
+(`held_rows`), and so sent before the transaction's next read or its commit.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -85,17 +84,6 @@ class Compaction:
     """Events the batch removed."""
 
 
-@dataclass(slots=True)
-class _Tail:
-    """What a transaction holding the counter row has logged and not yet sent."""
-
-    next_revision: int
-    """The next revision to hand out."""
-    owed: int = 0
-    """Revisions handed out beyond the counter row's value."""
-    entries: list[dict[str, Any]] = field(default_factory=list)
-
-
 @functools.lru_cache(maxsize=2)
 def _read_after(*, by_run: bool) -> CompoundSelect[Any]:
     """The events after `:after` (of `:run_id`), up to `:limit`, and the log state: a row
@@ -144,10 +132,10 @@ class EventLog:
     def __init__(self, connection: Connection, dialect: Dialect) -> None:
         self._conn = connection
         self._dialect = dialect
-        self._tail: _Tail | None = None
+        self._next_revision: int | None = None
+        """The next revision to hand out, once the transaction holds the counter row."""
 
     def state(self) -> LogState:
-        self.flush()
         row = self._conn.execute(_STATE).one()
         return LogState(revision=row.revision, compact_revision=row.compact_revision)
 
@@ -156,15 +144,15 @@ class EventLog:
     def reserve(self, count: int) -> int:
         """Take the next `count` revisions; returns the first. Holds the counter row until
         commit, so every read and check of the transaction comes before this."""
-        tail = self._tail
-        if tail is None:
+        first = self._next_revision
+        if first is None:
             reserve = _reserve(self._dialect)
             last = int(self._conn.execute(reserve, {"count": count}).scalars().one())
-            self._tail = _Tail(next_revision=last + 1)
+            self._next_revision = last + 1
             return last - count + 1
-        first = tail.next_revision
-        tail.next_revision += count
-        tail.owed += count
+        self._next_revision = first + count
+        # The transaction holds the counter row, so its new value is known.
+        held_rows.hold(self._conn, _ADVANCE_TO, {"last_revision": first + count - 1})
         return first
 
     @staticmethod
@@ -181,20 +169,9 @@ class EventLog:
         }
 
     def append(self, entries: list[dict[str, Any]]) -> None:
-        """Log these entries of reserved revisions (sent by `flush`)."""
-        assert self._tail is not None, "reserve revisions first"
-        self._tail.entries.extend(entries)
-
-    def flush(self) -> None:
-        """Hand what was reserved and appended to the rows the transaction holds (sent
-        before its next read or its commit): the counter's new value and the events."""
-        tail, self._tail = self._tail, None
-        if tail is None:
-            return
-        if tail.owed:
-            # The transaction holds the counter row: its value is known.
-            held_rows.hold(self._conn, _ADVANCE_TO, {"last_revision": tail.next_revision - 1})
-        for entry in tail.entries:
+        """Log these entries of reserved revisions (held, like the counter's new value)."""
+        assert self._next_revision is not None, "reserve revisions first"
+        for entry in entries:
             held_rows.hold(self._conn, _INSERT_EVENTS, entry)
 
     # -- reads -------------------------------------------------------------------------------
@@ -205,7 +182,6 @@ class EventLog:
         and how far it went: read by one statement, so they agree without a snapshot
         transaction (two round trips fewer on PostgreSQL).
         """
-        self.flush()
         rows = self._conn.execute(
             _read_after(by_run=run_id is not None),
             {"after": after, "limit": limit, "run_id": run_id},
@@ -220,7 +196,6 @@ class EventLog:
     def logged_run(self, run_id: str, since: int) -> Run | None:
         """The run as its first change at `since` or later left it, if the log holds one
         (its namespace, say, for a run deleted since)."""
-        self.flush()
         row = self._conn.execute(
             _events.select()
             .where(_events.c.revision >= since, _events.c.run_id == run_id)

@@ -100,15 +100,14 @@ class UnitOfWork:
             entries.append(self.log.entry(change, stored, committed_at))
         self.heads.follow(changes)
         self._metadata.follow(changes)
-        # Sent by `finish`. Other replicas' watch hubs and claims hear of the commit
-        # through the notification `reserve` made; this process's through
-        # Database.on_commit.
+        # Held: sent before the next read, or by `finish`. Other replicas' watch hubs and
+        # claims hear of the commit through the notification `reserve` made; this
+        # process's through Database.on_commit.
         self.log.append(entries)
         return [change.run for change in changes]
 
     def finish(self) -> None:
         """Send what the transaction's changes left to write: called before it commits."""
-        self.log.flush()
         held_rows.send(self._connection, self._dialect)
 
     def renew_leases(self, renewals: Sequence[LeaseRenewal]) -> dict[str, Run]:
