@@ -13,7 +13,9 @@ UPDATE that the real store methods run is explained.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -65,19 +67,15 @@ _TEAM = f"'{{\"team\":\"team-' || (i % {TEAMS}) || '\"}}'"
 _METADATA = {"sqlite": _TEAM, "postgres": f"CAST({_TEAM} AS jsonb)"}
 _NUMBERS = {
     "sqlite": "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
-    f"WHERE i < {RUNS}) SELECT i FROM n)",
-    "postgres": f"generate_series(1, {RUNS}) AS n(i)",
+    "WHERE i < {runs}) SELECT i FROM n)",
+    "postgres": "generate_series(1, {runs}) AS n(i)",
 }
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def backlog(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Database]]:
-    backend = str(request.param)
-    with database_url(backend, tmp_path_factory.mktemp("plans")) as url:
+@contextmanager
+def _loaded(backend: str, folder: Path, runs: int) -> Iterator[Database]:
+    """A database holding the first `runs` runs of the backlog, never analyzed."""
+    with database_url(backend, folder) as url:
         database = Database(url)
         try:
             upgrade(database.engine, "0003")
@@ -85,7 +83,8 @@ def backlog(
                 if backend == "postgres":
                     connection.execute(text("ALTER TABLE runs SET (autovacuum_enabled = off)"))
                 at = now_us() - 10 * HOUR_US
-                statement = _BACKLOG.replace("{numbers}", _NUMBERS[backend]).replace(
+                numbers = _NUMBERS[backend].replace("{runs}", str(runs))
+                statement = _BACKLOG.replace("{numbers}", numbers).replace(
                     "{metadata}", _METADATA[backend]
                 )
                 connection.execute(text(statement), {"at": at, "now": now_us()})
@@ -96,11 +95,22 @@ def backlog(
                         connection.execute(
                             text(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
                         )
-            yield backend, database
+            yield database
             if backend == "postgres":
                 assert _never_analyzed(database)
         finally:
             database.dispose()
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def backlog(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Database]]:
+    backend = str(request.param)
+    with _loaded(backend, tmp_path_factory.mktemp("plans"), RUNS) as database:
+        yield backend, database
 
 
 def _never_analyzed(database: Database) -> bool:
@@ -140,15 +150,50 @@ def _plans_of(
                 plans.append((statement, [(row[0], row[1], str(row[3])) for row in rows]))
             else:
                 found = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, params)
-                document = found.scalar_one()
-                plan = document if isinstance(document, list) else json.loads(document)
-                plans.append((statement, plan[0]["Plan"]))
+                plan = _plan_of(found.scalar_one())
+                plans.append((statement, plan))
+                if any("Relation Name" in node for node in _nodes(plan)):
+                    generic = _generic_plan(conn, statement, params)
+                    plans.append((f"{statement} [generic]", generic))
 
         with connection.begin() as transaction:
             use(UnitOfWork(connection, database._dialect))
             transaction.rollback()
     assert plans
     return plans
+
+
+def _plan_of(document: Any) -> Plan:
+    plan = document if isinstance(document, list) else json.loads(document)
+    return dict(plan[0]["Plan"])
+
+
+_PARAMETER = re.compile(r"%\((\w+)\)s")
+
+
+# What psycopg sends a Python value as; the server infers the rest from the statement.
+_SENT_AS = {bool: "boolean", int: "bigint", float: "double precision"}
+
+
+def _generic_plan(conn: Connection, statement: str, params: dict[str, Any]) -> Plan:
+    """The plan PostgreSQL may settle on once psycopg prepares the statement (its fifth
+    run): the generic plan, made for any parameter values, without the values that
+    would tell it how few rows one thread or one run has."""
+    names = list(dict.fromkeys(_PARAMETER.findall(statement)))
+    numbered = _PARAMETER.sub(lambda name: f"${names.index(name[1]) + 1}", statement)
+    types = ", ".join(_SENT_AS.get(type(params[name]), "unknown") for name in names)
+    nulls = ", ".join(["NULL"] * len(names))
+    conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+    conn.exec_driver_sql(
+        f"PREPARE generic_probe{f'({types})' if names else ''} AS " + numbered.replace("%%", "%")
+    )
+    try:
+        execute = f"EXECUTE generic_probe{f'({nulls})' if names else ''}"
+        found = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + execute)
+        return _plan_of(found.scalar_one())
+    finally:
+        conn.exec_driver_sql("DEALLOCATE generic_probe")
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = auto")
 
 
 def _nodes(plan: Plan) -> Iterator[Plan]:
@@ -183,6 +228,15 @@ def _by_keys(plan: Plan) -> bool:
     )
 
 
+def _one_thread(plan: Plan) -> bool:
+    """A read of one thread's runs, found by the thread's key."""
+    bitmap = plan.get("Plans", [{}])[0]
+    condition = bitmap.get("Index Cond", "")
+    return plan["Node Type"] == "Bitmap Heap Scan" and all(
+        f"{column})::text = " in condition for column in ("thread_id", "namespace")
+    )
+
+
 def _bounded(plan: Plan) -> bool:
     """Whether every table read under `plan` stops at a LIMIT, or is the fallen-due range."""
     if plan["Node Type"] == "Limit" or _fallen_due_range(plan):
@@ -212,7 +266,12 @@ def _assert_index_reads(backend: str, plans: list[tuple[str, Any]], *indexes: st
             for node in _nodes(plan):
                 assert node["Node Type"] != "Seq Scan", (statement, plan)
                 if node["Node Type"] == "Bitmap Heap Scan":
-                    assert _fallen_due_range(node) or _by_keys(node), (statement, plan)
+                    assert _fallen_due_range(node) or _by_keys(node) or _one_thread(node), (
+                        statement,
+                        plan,
+                    )
+                # A read that names a thread seeks it: it never filters a wider range.
+                assert "thread_id" not in node.get("Filter", ""), (statement, plan)
                 if "Index Name" in node:
                     used.add(node["Index Name"])
                 if node["Node Type"] in ("Sort", "Incremental Sort"):
@@ -292,23 +351,43 @@ def test_a_worker_with_nothing_to_claim_reads_no_backlog(backlog: tuple[str, Dat
     _assert_index_reads(backlog[0], plans, "ix_thread_heads_ready_queue")
 
 
+def _claim_then_complete(unit: UnitOfWork) -> None:
+    now = now_us()
+    run = next(unit.heads.claimable_runs(now, None, ("agent-5",)))
+    running = replace(run, status=RunStatus.RUNNING, worker_id="w", lease_expires_at=now)
+    unit.apply([Change(ChangeType.UPDATED, running, previous=run)])
+    done = replace(running, status=RunStatus.SUCCESS, lease_expires_at=None)
+    unit.apply([Change(ChangeType.UPDATED, done, previous=running)])
+
+
 def test_a_claim_and_a_completion_keep_the_heads_by_index(
     backlog: tuple[str, Database],
 ) -> None:
     """The claim's read of its run (with, on PostgreSQL, the re-check under its thread's
     lock), the claim's update of its head, and a completion handing the thread to its
     next run."""
-
-    def claim_then_complete(unit: UnitOfWork) -> None:
-        now = now_us()
-        run = next(unit.heads.claimable_runs(now, None, ("agent-5",)))
-        running = replace(run, status=RunStatus.RUNNING, worker_id="w", lease_expires_at=now)
-        unit.apply([Change(ChangeType.UPDATED, running, previous=run)])
-        done = replace(running, status=RunStatus.SUCCESS, lease_expires_at=None)
-        unit.apply([Change(ChangeType.UPDATED, done, previous=running)])
-
-    plans = _plans_of(backlog, claim_then_complete)
+    plans = _plans_of(backlog, _claim_then_complete)
     _assert_index_reads(backlog[0], plans, "ix_runs_thread_inflight")
+
+
+@pytest.fixture(scope="module", params=[300, 3000, 30000])
+def young(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Database]]:
+    """A young PostgreSQL database, whose indexes are one page or a few."""
+    with _loaded("postgres", tmp_path_factory.mktemp("young"), request.param) as database:
+        yield "postgres", database
+
+
+@pytest.mark.postgres
+def test_plans_made_while_the_tables_are_small_still_seek_the_thread(
+    young: tuple[str, Database],
+) -> None:
+    """A generic plan is made once, by a connection's fifth run of a statement, and kept
+    until the tables are analyzed again, however they grow meanwhile. Made on a young
+    database, a completion's (which drops the head of the thread it ends) still seeks
+    the thread, rather than reading every inflight run of its namespace."""
+    _assert_index_reads("postgres", _plans_of(young, _claim_then_complete))
 
 
 def test_the_sweeper_reads_leases_and_timeouts_by_index(backlog: tuple[str, Database]) -> None:
@@ -379,7 +458,8 @@ def test_heartbeats_read_and_update_their_rows_by_key(backlog: tuple[str, Databa
 
     plans = _plans_of(backlog, heartbeats)
     _assert_index_reads(backlog[0], plans)
-    assert [statement.lstrip().split()[0].upper() for statement, _ in plans] == [
+    custom = [statement for statement, _ in plans if not statement.endswith("[generic]")]
+    assert [statement.lstrip().split()[0].upper() for statement in custom] == [
         "SELECT",
         "UPDATE",
     ]
@@ -466,7 +546,7 @@ def test_stats_count_queues_and_inflight_runs_from_indexes(
 ) -> None:
     """GetStats' reads: the claimable heads per queue (ready ones from the ready index,
     and, `later` an hour past the delayed heads' due time, the fallen-due ones from the
-    delayed index), and inflight runs per namespace and status from their own index."""
+    delayed index), and inflight runs per namespace and status from the status index."""
     backend, database = backlog
     now = now_us() + later
     found: dict[str, Any] = {}
@@ -478,13 +558,17 @@ def test_stats_count_queues_and_inflight_runs_from_indexes(
     plans = _plans_of(backlog, read_stats)
     used = _indexes_read(backend, plans)
     # Partial indexes that hold only what is counted: ready heads (any of their indexes),
-    # fallen-due heads, inflight runs (for one namespace, its thread lines may serve).
+    # fallen-due heads; inflight runs, the inflight range of the status index, which
+    # covers them (for some namespaces, their thread lines may serve).
     ready = {index for index in used if index.startswith("ix_thread_heads_ready")}
-    inflight = used & {"ix_runs_inflight_status_namespace", "ix_runs_thread_inflight"}
+    inflight = used & {"ix_runs_status_queue", "ix_runs_thread_inflight"}
     assert len(ready) == len(inflight) == 1, plans
     assert used == {*ready, *inflight, "ix_thread_heads_delayed"}, plans
-    if namespaces is None:
-        assert inflight == {"ix_runs_inflight_status_namespace"}
+    if namespaces is None and backend == "sqlite":
+        covered = "SEARCH runs USING COVERING INDEX ix_runs_status_queue (status=?)"
+        assert any(line == covered for _, plan in plans for _, _, line in plan), plans
+    elif namespaces is None:
+        assert inflight == {"ix_runs_status_queue"}
 
     expected = {
         key: value

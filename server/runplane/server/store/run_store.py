@@ -72,7 +72,7 @@ _INFLIGHT_ON_THREAD = _SELECT_RUN.where(
     _runs.c.thread_id == bindparam("thread_id"),
     _runs.c.status.in_([status.value for status in INFLIGHT]),
 ).order_by(_runs.c.create_revision)
-# Inflight runs by status and namespace: their partial index, read whole in its order.
+# Inflight runs by status and namespace: two ranges of the status index, in its order.
 _INFLIGHT_COUNTS = (
     select(_runs.c.namespace, _runs.c.status, func.count())
     .where(text(INFLIGHT_PREDICATE))

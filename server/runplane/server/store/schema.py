@@ -97,20 +97,17 @@ class RunRow(Base):
             "run_id",
         ),
         Index("ux_runs_namespace_request", "namespace", "request_id", unique=True),
-        Index("ix_runs_status_queue", "status", "create_revision"),
-        # A thread's line, to find its next head: only inflight runs are indexed.
+        # Runs by status (a bulk cancel reads the inflight ones); GetStats and the runs
+        # gauge count the inflight ones per namespace from the index alone.
+        Index("ix_runs_status_queue", "status", "namespace", "create_revision"),
+        # A thread's line, to find its next head: only inflight runs are indexed. The
+        # only partial index of inflight runs, so that a plan made for any thread, while
+        # the table was small, cannot read a namespace's inflight runs instead (0009).
         Index(
             "ix_runs_thread_inflight",
             "namespace",
             "thread_id",
             "create_revision",
-            **_where(INFLIGHT_PREDICATE),
-        ),
-        # Inflight runs counted per namespace and status (GetStats, the runs gauge).
-        Index(
-            "ix_runs_inflight_status_namespace",
-            "status",
-            "namespace",
             **_where(INFLIGHT_PREDICATE),
         ),
         # What the sweeper looks for: only RUNNING runs have a lease or a timeout_at.
