@@ -8,6 +8,7 @@ changes undoes the group and reruns each member alone.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable
 
@@ -297,3 +298,52 @@ def test_runs_created_together_read_back_exactly(database: Database) -> None:
     assert stored == created
     assert logged == created
     assert [run.run_id for run in found] == [created[7].run_id]
+
+
+def _claim_and_report(unit: UnitOfWork, created: list[Run]) -> list[Run]:
+    """In one transaction: a claim of every run, then a report on every other one, which
+    changes it again before anything is read (a change of metadata would read its index)."""
+    claims = []
+    for i, run in enumerate(created):
+        running = dataclasses.replace(
+            run,
+            status=RunStatus.RUNNING,
+            attempt=1,
+            worker_id=f"worker ☃ {i}",
+            lease_expires_at=1_900_000_000_000_000 + i,
+            started_at=1_800_000_000_000_000 + i,
+            result={**_AWKWARD, "claimed": i},
+        )
+        claims.append(Change(ChangeType.UPDATED, running, previous=run))
+    claimed = unit.apply(claims)
+    reports = [
+        Change(
+            ChangeType.UPDATED,
+            dataclasses.replace(run, result={"output": _AWKWARD, "i": i}, error="half ☃ done"),
+            previous=run,
+        )
+        for i, run in enumerate(claimed)
+        if i % 2 == 0
+    ]
+    reported = {run.run_id: run for run in unit.apply(reports)}
+    return [reported.get(run.run_id, run) for run in claimed]
+
+
+def test_runs_changed_together_read_back_exactly(database: Database) -> None:
+    """The rows of a transaction's changes wait, like its events, and go together: each
+    run's row once however often it changed, its last values winning."""
+    created = asyncio.run(database.write(lambda unit: _awkward_runs(unit, 12)))
+    changed = asyncio.run(database.write(lambda unit: _claim_and_report(unit, created)))
+
+    def read_back(unit: UnitOfWork) -> tuple[list[Run | None], list[Run]]:
+        stored = [unit.runs.get(run.run_id) for run in created]
+        return stored, [event.run for event in unit.log.read_after(0, 100).events]
+
+    stored, logged = asyncio.run(database.read(read_back, snapshot=True))
+    assert stored == changed
+    assert len(logged) == 12 + 12 + 6
+    assert logged[-6:] == changed[::2]
+    assert [run.worker_id for run in logged[12:24]] == [f"worker ☃ {i}" for i in range(12)]
+    with database.engine.connect() as connection:
+        heads = connection.exec_driver_sql("SELECT run_id, state FROM thread_heads").all()
+    assert sorted(heads) == sorted((run.run_id, "running") for run in created)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Connection,
     Engine,
@@ -35,6 +36,7 @@ from sqlalchemy import (
     Text,
     Update,
     and_,
+    bindparam,
     cast,
     create_engine,
     event,
@@ -46,6 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.sql import visitors
 
 from runplane.server.errors import CannotStart
 
@@ -105,8 +108,8 @@ def _lock_key(value: str | None) -> int:
 
 
 Held = dict[Insert | Update, list[dict[str, Any]]]
-"""Writes a transaction holds back (`held_rows`), in order: the rows of each INSERT, or
-the values of an UPDATE."""
+"""Writes a transaction holds back (`held_rows`), in order: the rows of each INSERT, and
+of each UPDATE the values for each row it changes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +184,14 @@ class Dialect(abc.ABC):
         not do it by itself."""
 
     def send_held(self, connection: Connection, held: Held) -> None:
-        """Run each held statement for each of its rows (all with the same keys)."""
+        """Run each held statement for each of its rows: an INSERT's all at once (they
+        have the same keys), an UPDATE's one by one (each sets its own columns)."""
         for statement, rows in held.items():
-            connection.execute(statement, rows)
+            if isinstance(statement, Update):
+                for row in rows:
+                    connection.execute(statement, row)
+            else:
+                connection.execute(statement, rows)
 
     @staticmethod
     @abc.abstractmethod
@@ -349,18 +357,21 @@ class PostgreSQL(Dialect):
                 connection.execute(statement, rows[0])
                 return
         # One statement, one round trip. psycopg sends an executemany as one statement
-        # per row: an INSERT takes its rows as one JSON array instead. Every statement but
-        # the last goes in its WITH clause, where PostgreSQL runs a data-modifying query
-        # once whether or not anything refers to it.
-        kinds: list[tuple[Insert | Update, tuple[str, ...]]] = []
+        # per row: an INSERT takes its rows as one JSON array instead, and each row of an
+        # UPDATE is a statement of its own, its parameters named apart. Every statement
+        # but the last goes in its WITH clause, where PostgreSQL runs a data-modifying
+        # query once whether or not anything refers to it.
+        kinds: list[tuple[Insert | Update, tuple[str, ...], str]] = []
         values: dict[str, Any] = {}
         for index, (statement, rows) in enumerate(held.items()):
             if isinstance(statement, Insert):
-                kinds.append((statement, tuple(rows[0])))
+                kinds.append((statement, tuple(rows[0]), f"rows_{index}"))
                 values[f"rows_{index}"] = json.dumps(rows)
-            else:
-                kinds.append((statement, ()))
-                values.update(rows[0])
+                continue
+            for number, row in enumerate(rows):
+                prefix = f"u{index}_{number}_"
+                kinds.append((statement, tuple(row), prefix))
+                values.update({prefix + name: value for name, value in row.items()})
         connection.execute(_together(tuple(kinds)), values)
 
     def lock(self, connection: Connection, lock: Lock, value: str | None = None) -> None:
@@ -417,17 +428,48 @@ def _without_jit(url: URL) -> str:
     return " ".join([*([given] if isinstance(given, str) else given), "-c jit=off"]).strip()
 
 
-@functools.lru_cache(maxsize=64)
-def _together(kinds: tuple[tuple[Insert | Update, tuple[str, ...]], ...]) -> Executable:
+@functools.lru_cache(maxsize=256)
+def _together(kinds: tuple[tuple[Insert | Update, tuple[str, ...], str], ...]) -> Executable:
     """The held statements as one: an INSERT (with the columns of its rows) takes its rows
-    from `:rows_N`, N its place; an UPDATE keeps its parameters."""
+    from the JSON array parameter named; an UPDATE row sets the columns of its values,
+    its parameters' names given a prefix."""
     *first, last = (
-        _from_json_rows(statement, columns, f"rows_{index}")
+        _from_json_rows(statement, columns, name)
         if isinstance(statement, Insert)
-        else statement
-        for index, (statement, columns) in enumerate(kinds)
+        else _named_apart(statement, columns, name)
+        for statement, columns, name in kinds
     )
     return last.add_cte(*(statement.cte(f"held_{index}") for index, statement in enumerate(first)))
+
+
+def _named_apart(statement: Update, names: tuple[str, ...], prefix: str) -> Update:
+    """`statement` for one row of values, `names`: a SET of each value named after a
+    column (but those its WHERE clause asks for), every parameter named `prefix` + name."""
+
+    def rename(element: Any, **_: Any) -> Any:
+        if isinstance(element, BindParameter) and element.key in names:
+            return bindparam(prefix + element.key, type_=element.type)
+        return None  # as it is (such as a literal's parameter)
+
+    table = statement.table
+    assert isinstance(table, Table)
+    asked = where_parameters(statement)
+    sets = {
+        name: bindparam(prefix + name, type_=table.c[name].type)
+        for name in names
+        if name in table.c and name not in asked
+    }
+    renamed = visitors.replacement_traverse(statement, {}, rename)
+    assert isinstance(renamed, Update)
+    return renamed.values(sets) if sets else renamed
+
+
+@functools.cache
+def where_parameters(statement: Update) -> tuple[str, ...]:
+    """The names of the parameters of an UPDATE's WHERE clause: which row it changes."""
+    where = statement.whereclause
+    found = () if where is None else visitors.iterate(where)
+    return tuple(sorted({node.key for node in found if isinstance(node, BindParameter)}))
 
 
 def _from_json_rows(statement: Insert, columns: tuple[str, ...], name: str) -> Insert:

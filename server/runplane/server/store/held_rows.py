@@ -10,8 +10,14 @@ surface in some other statement:
   and a run whose id the server made (`RunStore.new_id`); a run id the caller chose may
   be taken, so that INSERT runs at once;
 - the events of the revisions the transaction took, and the counter's new value (it
-  holds the counter row, `EventLog.reserve`). An UPDATE held again replaces the one held
-  before, so a held UPDATE sets values and never adds to them.
+  holds the counter row, `EventLog.reserve`);
+- a run's new state (`RunStore.write`) and its thread head's (`ThreadHeads`): their rows
+  are locked or new, and nothing the statement sets can be refused. A claim's writes then
+  go in one statement with its event.
+
+A held UPDATE sets values, never adds to them: held again for the same row (the values
+of its WHERE clause), it is merged into the one held before, later values winning, so
+that no statement updates a row twice.
 
 Any statement the transaction runs that may read a table rows are held for sends them
 first (`send_before_reads`): a plain INSERT into another table reads none. So everything
@@ -25,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, Update, event
 
-from runplane.server.store.dialects import Dialect, Held
+from runplane.server.store.dialects import Dialect, Held, where_parameters
 
 _HELD = "runplane.held_rows"
 """connection.info key: the held rows (a `Held`), by the statement that writes them, in
@@ -34,11 +40,19 @@ the order the statements were first held."""
 
 def hold(connection: Connection, statement: Insert | Update, row: dict[str, Any]) -> None:
     held: Held = connection.info.setdefault(_HELD, {})
+    rows = held.setdefault(statement, [])
     if isinstance(statement, Update):
-        held.pop(statement, None)
-        held[statement] = [row]
-    else:
-        held.setdefault(statement, []).append(row)
+        key = _row_key(statement, row)
+        for index, earlier in enumerate(rows):
+            if _row_key(statement, earlier) == key:
+                rows[index] = {**earlier, **row}
+                return
+    rows.append(row)
+
+
+def _row_key(statement: Update, row: dict[str, Any]) -> tuple[Any, ...]:
+    """Which row an UPDATE's values are for: those of the parameters of its WHERE clause."""
+    return tuple(row.get(name) for name in where_parameters(statement))
 
 
 def send(connection: Connection, dialect: Dialect) -> None:

@@ -499,7 +499,7 @@ class ThreadHeads:
             # changes; if not, the head is another run and stays as it is.
             row = _row(run, now)
             moved = {f"head_{column}": row.pop(column) for column in (*_KEY, "run_id")}
-            self._conn.execute(_MOVE_HEAD, {**moved, **row})
+            held_rows.hold(self._conn, _MOVE_HEAD, {**moved, **row})
             return True
         return False  # it ended: if it was the head, the next run in line takes over
 
