@@ -347,3 +347,19 @@ def test_runs_changed_together_read_back_exactly(database: Database) -> None:
     with database.engine.connect() as connection:
         heads = connection.exec_driver_sql("SELECT run_id, state FROM thread_heads").all()
     assert sorted(heads) == sorted((run.run_id, "running") for run in created)
+
+
+def test_a_run_created_and_changed_in_one_transaction_reads_back_changed(
+    database: Database,
+) -> None:
+    """A run whose row is held for its INSERT and then changed: the change is written
+    after the row, not beside it in one statement, where it would find no row."""
+
+    def create_then_claim(unit: UnitOfWork) -> Run:
+        (created,) = _awkward_runs(unit, 1)
+        running = dataclasses.replace(created, status=RunStatus.RUNNING, worker_id="w")
+        return unit.apply([Change(ChangeType.UPDATED, running, previous=created)])[0]
+
+    claimed = asyncio.run(database.write(create_then_claim))
+    stored = asyncio.run(database.read(lambda unit: unit.runs.get(claimed.run_id)))
+    assert stored == claimed

@@ -40,6 +40,13 @@ the order the statements were first held."""
 
 def hold(connection: Connection, statement: Insert | Update, row: dict[str, Any]) -> None:
     held: Held = connection.info.setdefault(_HELD, {})
+    if isinstance(statement, Update) and any(
+        isinstance(kind, Insert) and kind.table is statement.table for kind in held
+    ):
+        # It may change a row held for an INSERT, which a statement that holds both
+        # would not see: it runs now, after the held rows (`send_before_reads`).
+        connection.execute(statement, row)
+        return
     rows = held.setdefault(statement, [])
     if isinstance(statement, Update):
         key = _row_key(statement, row)

@@ -445,8 +445,9 @@ class RunStore:
                 values["timeout_at_us"] = _timeout_at(run)
             values.pop("run_id", None)
             values["key"] = run.run_id
-            # Held (it cannot fail: the row is the transaction's, read under its thread's
-            # lock): sent with the change's event, or before the next read.
+            # Held (it cannot fail: the change was made from the row as this transaction
+            # read it, under its thread's lock): sent with the change's event, or before
+            # the next read.
             held_rows.hold(self._conn, _UPDATE_RUN, values)
         else:
             self._conn.execute(_DELETE_RUN, {"run_id": run.run_id})
