@@ -140,7 +140,7 @@ def _plans_of(
         def explain(
             conn: Connection, cursor: object, statement: str, params: Any, *rest: object
         ) -> None:
-            if not statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
+            if not statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "WITH")):
                 return
             _context, executemany = rest
             if executemany:  # one plan serves every parameter set
