@@ -6,8 +6,9 @@ Timings do not belong in tests; query plans do. Each database gets a backlog wri
 at schema 0003 (100,000 runs: PENDING runs queued on 60,000 threads of 20 assistants
 in 3 namespaces with every priority, RUNNING runs with leases and timeouts, finished
 ones), then migrated to the head (0006 finds the thread heads). Autovacuum is off for
-the tables, so PostgreSQL plans with no column statistics at all. Every SELECT and
-UPDATE that the real store methods run is explained.
+the tables, so PostgreSQL plans with no column statistics at all. Every statement that
+the real store methods run and that reads a table is explained; on PostgreSQL, as the
+generic plan that a prepared statement may settle on, too.
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ Plan = dict[str, Any]
 def _plans_of(
     backlog: tuple[str, Database], use: Callable[[UnitOfWork], object]
 ) -> list[tuple[str, Any]]:
-    """(statement, plan) of every SELECT, UPDATE and DELETE that `use(unit)` runs, in a
-    transaction that is rolled back."""
+    """(statement, plan) of every SELECT, UPDATE, DELETE and WITH (held writes sent as
+    one) that `use(unit)` runs, in a transaction that is rolled back."""
     backend, database = backlog
     plans: list[tuple[str, Any]] = []
     with database.engine.connect() as connection:
