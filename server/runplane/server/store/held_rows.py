@@ -31,15 +31,19 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, Update, event
 
-from runplane.server.store.dialects import Dialect, Held, where_parameters
+from runplane.server.store.dialects import Dialect, where_parameters
 
 _HELD = "runplane.held_rows"
-"""connection.info key: the held rows (a `Held`), by the statement that writes them, in
-the order the statements were first held."""
+"""connection.info key: the held rows (a `_Holding`), by the statement that writes them,
+in the order the statements were first held."""
+
+_Holding = dict[Insert | Update, dict[Any, dict[str, Any]]]
+"""Each statement's rows by key: an INSERT's by their place, an UPDATE's by the row they
+change, so that values held again for a row find it at once."""
 
 
 def hold(connection: Connection, statement: Insert | Update, row: dict[str, Any]) -> None:
-    held: Held = connection.info.setdefault(_HELD, {})
+    held: _Holding = connection.info.setdefault(_HELD, {})
     if isinstance(statement, Update) and any(
         isinstance(kind, Insert) and kind.table is statement.table for kind in held
     ):
@@ -47,26 +51,20 @@ def hold(connection: Connection, statement: Insert | Update, row: dict[str, Any]
         # would not see: it runs now, after the held rows (`send_before_reads`).
         connection.execute(statement, row)
         return
-    rows = held.setdefault(statement, [])
+    rows = held.setdefault(statement, {})
     if isinstance(statement, Update):
-        key = _row_key(statement, row)
-        for index, earlier in enumerate(rows):
-            if _row_key(statement, earlier) == key:
-                rows[index] = {**earlier, **row}
-                return
-    rows.append(row)
-
-
-def _row_key(statement: Update, row: dict[str, Any]) -> tuple[Any, ...]:
-    """Which row an UPDATE's values are for: those of the parameters of its WHERE clause."""
-    return tuple(row.get(name) for name in where_parameters(statement))
+        # Which row the values are for: those of the parameters of its WHERE clause.
+        key = tuple(row.get(name) for name in where_parameters(statement))
+        rows[key] = {**rows.get(key, {}), **row}
+    else:
+        rows[len(rows)] = row
 
 
 def send(connection: Connection, dialect: Dialect) -> None:
     """Write what is held."""
-    held: Held | None = connection.info.pop(_HELD, None)
+    held: _Holding | None = connection.info.pop(_HELD, None)
     if held:
-        dialect.send_held(connection, held)
+        dialect.send_held(connection, {kind: list(rows.values()) for kind, rows in held.items()})
 
 
 def discard(connection: Connection) -> None:
@@ -77,7 +75,7 @@ def discard(connection: Connection) -> None:
 def send_before_reads(engine: Engine, dialect: Dialect) -> None:
     @event.listens_for(engine, "before_execute")
     def _send_first(connection: Connection, statement: Any, *_: Any) -> None:
-        held: Held | None = connection.info.get(_HELD)
+        held: _Holding | None = connection.info.get(_HELD)
         if not held:
             return
         if (
