@@ -20,7 +20,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    column,
     create_engine,
     event,
     exc,
@@ -48,7 +49,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import Dialect as SQLDialect
 from sqlalchemy.sql import visitors
+from sqlalchemy.types import TypeEngine
 
 from runplane.server.errors import CannotStart
 
@@ -357,22 +360,26 @@ class PostgreSQL(Dialect):
                 connection.execute(statement, rows[0])
                 return
         # One statement, one round trip. psycopg sends an executemany as one statement
-        # per row: an INSERT takes its rows as one JSON array instead, and each row of an
-        # UPDATE is a statement of its own, its parameters named apart. Every statement
-        # but the last goes in its WITH clause, where PostgreSQL runs a data-modifying
-        # query once whether or not anything refers to it.
-        kinds: list[tuple[Insert | Update, tuple[str, ...], str]] = []
+        # per row: rows go as JSON arrays instead, an INSERT's as one, an UPDATE's as one
+        # for each set of columns its rows set (an UPDATE of one row takes parameters,
+        # so that PostgreSQL finds the row by its key however few rows it guesses). Every
+        # statement but the last goes in its WITH clause, where PostgreSQL runs a
+        # data-modifying query once whether or not anything refers to it.
+        kinds: list[tuple[Insert | Update, tuple[str, ...], bool]] = []
         values: dict[str, Any] = {}
-        for index, (statement, rows) in enumerate(held.items()):
-            if isinstance(statement, Insert):
-                kinds.append((statement, tuple(rows[0]), f"rows_{index}"))
-                values[f"rows_{index}"] = json.dumps(rows)
-                continue
-            for number, row in enumerate(rows):
-                prefix = f"u{index}_{number}_"
-                kinds.append((statement, tuple(row), prefix))
-                values.update({prefix + name: value for name, value in row.items()})
-        connection.execute(_together(tuple(kinds)), values)
+        for statement, rows in held.items():
+            alike: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for row in rows:
+                alike.setdefault(tuple(row), []).append(row)
+            for columns, group in alike.items():
+                name = f"rows_{len(kinds)}"
+                one = isinstance(statement, Update) and len(group) == 1
+                if one:
+                    values.update({f"{name}_{key}": value for key, value in group[0].items()})
+                else:
+                    values[name] = json.dumps(group)
+                kinds.append((statement, columns, one))
+        connection.execute(_together(tuple(kinds), connection.dialect), values)
 
     def lock(self, connection: Connection, lock: Lock, value: str | None = None) -> None:
         connection.execute(
@@ -428,40 +435,74 @@ def _without_jit(url: URL) -> str:
     return " ".join([*([given] if isinstance(given, str) else given), "-c jit=off"]).strip()
 
 
-@functools.lru_cache(maxsize=256)
-def _together(kinds: tuple[tuple[Insert | Update, tuple[str, ...], str], ...]) -> Executable:
-    """The held statements as one: an INSERT (with the columns of its rows) takes its rows
-    from the JSON array parameter named; an UPDATE row sets the columns of its values,
-    its parameters' names given a prefix."""
+@functools.lru_cache(maxsize=64)
+def _together(
+    kinds: tuple[tuple[Insert | Update, tuple[str, ...], bool], ...], dialect: SQLDialect
+) -> Executable:
+    """The held statements as one. The one at place N takes its rows (with these columns)
+    from the JSON array `:rows_N`, or, an UPDATE of one row, takes each value as the
+    parameter `:rows_N_` + its name."""
     *first, last = (
-        _from_json_rows(statement, columns, name)
+        _from_json_rows(statement, columns, f"rows_{index}")
         if isinstance(statement, Insert)
-        else _named_apart(statement, columns, name)
-        for statement, columns, name in kinds
+        else _for_one_row(statement, columns, f"rows_{index}_")
+        if one
+        else _for_json_rows(statement, columns, f"rows_{index}", dialect)
+        for index, (statement, columns, one) in enumerate(kinds)
     )
     return last.add_cte(*(statement.cte(f"held_{index}") for index, statement in enumerate(first)))
 
 
-def _named_apart(statement: Update, names: tuple[str, ...], prefix: str) -> Update:
-    """`statement` for one row of values, `names`: a SET of each value named after a
-    column (but those its WHERE clause asks for), every parameter named `prefix` + name."""
+def _for_one_row(statement: Update, names: tuple[str, ...], prefix: str) -> Update:
+    """`statement` for one row of values, `names`: each named `prefix` + its name."""
+    return _fed(statement, names, lambda key, type_: bindparam(prefix + key, type_=type_))
 
-    def rename(element: Any, **_: Any) -> Any:
-        if isinstance(element, BindParameter) and element.key in names:
-            return bindparam(prefix + element.key, type_=element.type)
+
+def _for_json_rows(
+    statement: Update, names: tuple[str, ...], name: str, dialect: SQLDialect
+) -> Update:
+    """`statement` for each object (of `names`) of the JSON array `:name`."""
+    types = _value_types(statement, names)
+    fields = ", ".join(f'"{key}" {types[key].compile(dialect=dialect)}' for key in names)
+    given = (
+        text(f"SELECT * FROM jsonb_to_recordset(CAST(:{name} AS jsonb)) AS given({fields})")
+        .columns(*(column(key, types[key]) for key in names))
+        .subquery("given")
+    )
+    return _fed(statement, names, lambda key, _type: given.c[key])
+
+
+def _fed(
+    statement: Update,
+    names: tuple[str, ...],
+    value_of: Callable[[str, TypeEngine[Any]], ColumnElement[Any]],
+) -> Update:
+    """`statement` with each value a row names taken from `value_of(name, its type)`: each
+    of its parameters so named, and a SET of each other column so named."""
+    types = _value_types(statement, names)
+    parameters = {e.key for e in visitors.iterate(statement) if isinstance(e, BindParameter)}
+
+    def feed(element: Any, **_: Any) -> Any:
+        if isinstance(element, BindParameter) and element.key in types:
+            return value_of(element.key, types[element.key])
         return None  # as it is (such as a literal's parameter)
 
+    fed = visitors.replacement_traverse(statement, {}, feed)
+    assert isinstance(fed, Update)
+    sets = {key: value_of(key, types[key]) for key in names if key not in parameters}
+    return fed.values(sets) if sets else fed
+
+
+def _value_types(statement: Update, names: tuple[str, ...]) -> dict[str, TypeEngine[Any]]:
+    """The type of each value a row names: its parameter's, or its column's."""
     table = statement.table
     assert isinstance(table, Table)
-    asked = where_parameters(statement)
-    sets = {
-        name: bindparam(prefix + name, type_=table.c[name].type)
-        for name in names
-        if name in table.c and name not in asked
+    parameters = {
+        element.key: element.type
+        for element in visitors.iterate(statement)
+        if isinstance(element, BindParameter)
     }
-    renamed = visitors.replacement_traverse(statement, {}, rename)
-    assert isinstance(renamed, Update)
-    return renamed.values(sets) if sets else renamed
+    return {key: parameters[key] if key in parameters else table.c[key].type for key in names}
 
 
 @functools.cache

@@ -15,9 +15,9 @@ surface in some other statement:
   are locked or new, and nothing the statement sets can be refused. A claim's writes then
   go in one statement with its event.
 
-A held UPDATE sets values, never adds to them: held again for the same row (the values
-of its WHERE clause), it is merged into the one held before, later values winning, so
-that no statement updates a row twice.
+A held UPDATE sets values, never adds to them, and names the row it changes by the
+parameters of its WHERE clause: held again for the same row, its values are merged into
+those held before, later values winning, so that no statement updates a row twice.
 
 Any statement the transaction runs that may read a table rows are held for sends them
 first (`send_before_reads`): a plain INSERT into another table reads none. So everything
