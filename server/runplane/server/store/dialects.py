@@ -505,14 +505,6 @@ def _value_types(statement: Update, names: tuple[str, ...]) -> dict[str, TypeEng
     return {key: parameters[key] if key in parameters else table.c[key].type for key in names}
 
 
-@functools.cache
-def where_parameters(statement: Update) -> tuple[str, ...]:
-    """The names of the parameters of an UPDATE's WHERE clause: which row it changes."""
-    where = statement.whereclause
-    found = () if where is None else visitors.iterate(where)
-    return tuple(sorted({node.key for node in found if isinstance(node, BindParameter)}))
-
-
 def _from_json_rows(statement: Insert, columns: tuple[str, ...], name: str) -> Insert:
     """`statement` taking its rows from the JSON array `:name`, each an object of
     `columns`: PostgreSQL converts every value to its column's type."""

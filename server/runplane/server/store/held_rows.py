@@ -27,11 +27,13 @@ before committing (`send`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, Update, event
+from sqlalchemy import BindParameter, Connection, Engine, Insert, Update, event
+from sqlalchemy.sql import visitors
 
-from runplane.server.store.dialects import Dialect, where_parameters
+from runplane.server.store.dialects import Dialect
 
 _HELD = "runplane.held_rows"
 """connection.info key: the held rows (a `_Holding`), by the statement that writes them,
@@ -54,10 +56,18 @@ def hold(connection: Connection, statement: Insert | Update, row: dict[str, Any]
     rows = held.setdefault(statement, {})
     if isinstance(statement, Update):
         # Which row the values are for: those of the parameters of its WHERE clause.
-        key = tuple(row.get(name) for name in where_parameters(statement))
+        key = tuple(row.get(name) for name in _where_parameters(statement))
         rows[key] = {**rows.get(key, {}), **row}
     else:
         rows[len(rows)] = row
+
+
+@functools.cache
+def _where_parameters(statement: Update) -> tuple[str, ...]:
+    """The names of the parameters of an UPDATE's WHERE clause: which row it changes."""
+    where = statement.whereclause
+    found = () if where is None else visitors.iterate(where)
+    return tuple(sorted({node.key for node in found if isinstance(node, BindParameter)}))
 
 
 def send(connection: Connection, dialect: Dialect) -> None:
