@@ -215,14 +215,13 @@ async def _start(
     background = [
         PeriodicTask("compaction", compactor.compact_now, interval=config.compaction_interval)
     ]
-    listener = None
-    if database.shared:
 
-        def changed_on_some_replica(revision: int) -> None:
-            wakeups.replica_committed(revision)
-            hub.ring(revision)
+    def changed_on_some_replica(revision: int) -> None:
+        wakeups.ring()  # it may have freed a run
+        hub.ring(revision)
 
-        listener = ChangeListener(database.url, changed_on_some_replica)
+    listener = database.change_listener(changed_on_some_replica)
+    if listener is not None:
         background.append(PeriodicTask("change-listener", listener.listen, interval=0))
     telemetry.attach(database, hub, compactor)
     cache = None if database.shared else RunCache()

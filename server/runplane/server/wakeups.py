@@ -5,8 +5,8 @@ claimable:
 
 - this process committed a change that may free one (a new run, a run that ended or
   went back in line; not a claim or an edit), heard through `Database.on_commit`;
-- another replica committed one, heard through its PostgreSQL notification
-  (`replica_committed`, which the change listener also calls after reconnecting);
+- another replica committed one, heard through its PostgreSQL notification (the
+  change listener rings after each reconnection too);
 - the earliest delayed run falls due (the look says when);
 - on a database that replicas share, a look every REPLICA_POLL_S in case a
   notification was lost;
@@ -48,9 +48,6 @@ REPLICA_POLL_S = 5.0
 """Replicas ring each other through their notifications, and the listener rings after
 every reconnect; this look is only a last resort."""
 
-_OWN_MEMORY = 4096
-"""Revisions of this process's recent commits, whose notifications need no ring."""
-
 
 @dataclass(frozen=True, slots=True)
 class ClaimScope:
@@ -89,9 +86,6 @@ class ClaimWakeups:
         self._waiting: list[_Waiter] = []
         self._draining = False
         self._poll_s = REPLICA_POLL_S if database.shared else None
-        self._own: dict[int, None] = {}
-        """Revisions this process committed lately, oldest first: each rang (or had
-        nothing to ring for) when it committed, so its notification is not rung again."""
         database.on_commit(self._committed)
 
     async def until_found(self, look: Look[T], scope: ClaimScope, wait_s: float) -> T | None:
@@ -146,23 +140,13 @@ class ClaimWakeups:
         longest-waiting claim that could take it."""
         self._wake(_Round(queue))
 
-    def replica_committed(self, revision: int) -> None:
-        """A commit notification: `revision`, or 0 when unknown (after a reconnect)."""
-        if revision in self._own:
-            del self._own[revision]
-        else:
-            self.ring()  # another replica's: it may have freed a run
-
     def _committed(self, changes: list[Change]) -> None:
         """This process committed `changes`: ring for each that may have freed a run."""
         for change in changes:
-            self._own[change.run.revision] = None
             if change.type is ChangeType.CREATED:
                 self.ring((change.run.namespace, change.run.assistant_id))
             elif _may_free_a_run(change):
                 self.ring()  # the next run of its thread: of any assistant
-        while len(self._own) > _OWN_MEMORY:
-            del self._own[next(iter(self._own))]
 
     async def _sleep(self, waiter: _Waiter, pause: float) -> _Round | None:
         """Wait in line until rung, or until `pause` seconds have passed (then None).

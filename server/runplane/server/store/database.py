@@ -39,6 +39,7 @@ from runplane.server.records import Change, Run
 from runplane.server.store import held_rows
 from runplane.server.store.dialects import Dialect, dialect_of, normalize_url
 from runplane.server.store.lookups import RunLookups
+from runplane.server.store.notifications import ChangeListener, OwnSessions
 from runplane.server.store.unit_of_work import WRITTEN, UnitOfWork, Written
 
 T = TypeVar("T")
@@ -86,6 +87,8 @@ class Database:
         engines = self._dialect.engines(self.url)
         self._write_engine, self._read_engine = engines.write, engines.read
         held_rows.send_before_reads(self._write_engine, self._dialect)
+        # Before the first connection, so that every session of this process is known.
+        self._sessions = OwnSessions(self._write_engine) if self._dialect.shared else None
         self._read_pool = ThreadPoolExecutor(
             engines.read_threads, thread_name_prefix="runplane-db-read"
         )
@@ -108,6 +111,13 @@ class Database:
         """Other server processes (replicas) may write to this database: their commits
         reach this one only through `notifications`, and nothing may be cached."""
         return self._dialect.shared
+
+    def change_listener(self, ring: Callable[[int], None]) -> ChangeListener | None:
+        """On a shared database, what calls `ring` with other replicas' commits (see
+        `ChangeListener`); None when this process is the only writer."""
+        if self._sessions is None:
+            return None
+        return ChangeListener(self.url, ring, self._sessions)
 
     def on_commit(self, listener: CommitListener) -> None:
         """Call `listener` on the event loop with the changes of each committed write,
