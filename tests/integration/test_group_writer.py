@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy import create_engine
 
 from runplane.server.errors import RunNotFound
 from runplane.server.records import (
@@ -26,7 +27,10 @@ from runplane.server.records import (
     SortOrder,
 )
 from runplane.server.store.database import Database
+from runplane.server.store.dialects import dialect_of, normalize_url
+from runplane.server.store.migrate import upgrade
 from runplane.server.store.unit_of_work import LeaseRenewal, UnitOfWork
+from tests.support.databases import fresh_postgres_database
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 
@@ -363,3 +367,40 @@ def test_a_run_created_and_changed_in_one_transaction_reads_back_changed(
     claimed = asyncio.run(database.write(create_then_claim))
     stored = asyncio.run(database.read(lambda unit: unit.runs.get(claimed.run_id)))
     assert stored == claimed
+
+
+@pytest.mark.postgres
+def test_a_write_postgresql_undoes_to_break_a_deadlock_runs_again() -> None:
+    """This writer takes the revision counter and then waits for a thread lock that
+    another replica holds while it waits for the counter. PostgreSQL undoes one of the
+    two; undone, the write runs again once the other has committed."""
+    with fresh_postgres_database() as url:
+        database = Database(url)
+        upgrade(database.engine)
+        replica = create_engine(normalize_url(url))
+        try:
+            with replica.connect() as theirs:
+                theirs.begin()
+                UnitOfWork(theirs, dialect_of(normalize_url(url))).runs.lock_thread("ns", "t")
+
+                def create_then_lock(unit: UnitOfWork) -> str:
+                    _create("contended")(unit)  # holds the counter from here to commit
+                    unit.runs.lock_thread("ns", "t")
+                    return "written"
+
+                async def scenario() -> str:
+                    write = asyncio.ensure_future(database.write(create_then_lock))
+                    await asyncio.sleep(0.3)  # it waits for the thread lock
+                    # This waits for the counter: a deadlock, which the writer's side
+                    # detects first, having waited longer.
+                    await asyncio.to_thread(
+                        theirs.exec_driver_sql, "UPDATE store_state SET revision = revision"
+                    )
+                    await asyncio.to_thread(theirs.commit)
+                    return await write
+
+                assert asyncio.run(scenario()) == "written"
+            assert _stored(database) == {"contended"}
+        finally:
+            replica.dispose()
+            database.dispose()

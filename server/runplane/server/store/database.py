@@ -222,6 +222,12 @@ def _settle(future: asyncio.Future[T], outcome: T | BaseException) -> None:
         future.set_result(outcome)
 
 
+DEADLOCK_RETRIES = 2
+"""Times a transaction PostgreSQL undid to break a deadlock runs again. One replica's
+group holds the revision counter while a later member waits for a thread lock, and
+another replica may hold that lock while it waits for the counter."""
+
+
 class GroupWriter:
     """The one thread that writes, committing queued transactions in groups.
 
@@ -285,7 +291,9 @@ class GroupWriter:
         for member, outcome in zip(group, outcomes, strict=True):
             _settle(member.future, outcome)
 
-    def _commit(self, group: list[_Job[Any]]) -> tuple[list[Any], Written]:
+    def _commit(
+        self, group: list[_Job[Any]], retries: int = DEADLOCK_RETRIES
+    ) -> tuple[list[Any], Written]:
         try:
             with _translate_errors(self._faults), self._engine.connect() as connection:
                 connection.info[WRITTEN] = Written()
@@ -303,6 +311,8 @@ class GroupWriter:
                 return outcomes, connection.info.pop(WRITTEN)
         except Exception as error:
             if len(group) == 1:
+                if retries and _undone_by_server(error):
+                    return self._commit(group, retries - 1)
                 return [error.__cause__ if isinstance(error, _GroupFailed) else error], Written()
             outcomes, written = [], Written()
             for member in group:
@@ -320,6 +330,13 @@ class GroupWriter:
             if len(connection.info[WRITTEN]) > written:
                 raise _GroupFailed from refusal
             return refusal
+
+
+def _undone_by_server(error: BaseException) -> bool:
+    """Whether PostgreSQL rolled the transaction back to break a deadlock or a
+    serialization conflict (SQLSTATE class 40): it may simply run again."""
+    orig = getattr(error.__cause__, "orig", None)
+    return str(getattr(orig, "sqlstate", "") or "").startswith("40")
 
 
 class _GroupFailed(Exception):
