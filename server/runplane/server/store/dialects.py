@@ -455,54 +455,56 @@ def _together(
 
 def _for_one_row(statement: Update, names: tuple[str, ...], prefix: str) -> Update:
     """`statement` for one row of values, `names`: each named `prefix` + its name."""
-    return _fed(statement, names, lambda key, type_: bindparam(prefix + key, type_=type_))
+    values = _Values(statement, names)
+    return values.fed(lambda key: bindparam(prefix + key, type_=values.types[key]))
 
 
 def _for_json_rows(
     statement: Update, names: tuple[str, ...], name: str, dialect: SQLDialect
 ) -> Update:
     """`statement` for each object (of `names`) of the JSON array `:name`."""
-    types = _value_types(statement, names)
+    values = _Values(statement, names)
+    types = values.types
     fields = ", ".join(f'"{key}" {types[key].compile(dialect=dialect)}' for key in names)
     given = (
         text(f"SELECT * FROM jsonb_to_recordset(CAST(:{name} AS jsonb)) AS given({fields})")
         .columns(*(column(key, types[key]) for key in names))
         .subquery("given")
     )
-    return _fed(statement, names, lambda key, _type: given.c[key])
+    return values.fed(lambda key: given.c[key])
 
 
-def _fed(
-    statement: Update,
-    names: tuple[str, ...],
-    value_of: Callable[[str, TypeEngine[Any]], ColumnElement[Any]],
-) -> Update:
-    """`statement` with each value a row names taken from `value_of(name, its type)`: each
-    of its parameters so named, and a SET of each other column so named."""
-    types = _value_types(statement, names)
-    parameters = {e.key for e in visitors.iterate(statement) if isinstance(e, BindParameter)}
+class _Values:
+    """The values a row of an UPDATE names: each either one of its parameters or a
+    column it does not set yet, with its type (the parameter's, or the column's)."""
 
-    def feed(element: Any, **_: Any) -> Any:
-        if isinstance(element, BindParameter) and element.key in types:
-            return value_of(element.key, types[element.key])
-        return None  # as it is (such as a literal's parameter)
+    def __init__(self, statement: Update, names: tuple[str, ...]) -> None:
+        table = statement.table
+        assert isinstance(table, Table)
+        parameters = {
+            element.key: element.type
+            for element in visitors.iterate(statement)
+            if isinstance(element, BindParameter)
+        }
+        self._statement = statement
+        self._sets = tuple(key for key in names if key not in parameters)
+        self.types: dict[str, TypeEngine[Any]] = {
+            key: parameters[key] if key in parameters else table.c[key].type for key in names
+        }
 
-    fed = visitors.replacement_traverse(statement, {}, feed)
-    assert isinstance(fed, Update)
-    sets = {key: value_of(key, types[key]) for key in names if key not in parameters}
-    return fed.values(sets) if sets else fed
+    def fed(self, value_of: Callable[[str], ColumnElement[Any]]) -> Update:
+        """The statement with each value taken from `value_of(its name)`: in place of its
+        parameter, or as a SET of its column."""
 
+        def feed(element: Any, **_: Any) -> Any:
+            if isinstance(element, BindParameter) and element.key in self.types:
+                return value_of(element.key)
+            return None  # as it is (such as a literal's parameter)
 
-def _value_types(statement: Update, names: tuple[str, ...]) -> dict[str, TypeEngine[Any]]:
-    """The type of each value a row names: its parameter's, or its column's."""
-    table = statement.table
-    assert isinstance(table, Table)
-    parameters = {
-        element.key: element.type
-        for element in visitors.iterate(statement)
-        if isinstance(element, BindParameter)
-    }
-    return {key: parameters[key] if key in parameters else table.c[key].type for key in names}
+        fed = visitors.replacement_traverse(self._statement, {}, feed)
+        assert isinstance(fed, Update)
+        sets = {key: value_of(key) for key in self._sets}
+        return fed.values(sets) if sets else fed
 
 
 def _from_json_rows(statement: Insert, columns: tuple[str, ...], name: str) -> Insert:
