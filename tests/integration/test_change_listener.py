@@ -16,25 +16,17 @@ from sqlalchemy import create_engine
 from runplane.server.records import Change, ChangeType, MultitaskStrategy, Run, RunStatus
 from runplane.server.store.database import Database
 from runplane.server.store.dialects import normalize_url
-from runplane.server.store.migrate import upgrade
 from runplane.server.store.notifications import OwnSessions
 from runplane.server.store.unit_of_work import UnitOfWork
-from tests.support.databases import fresh_postgres_database
+from tests.support.databases import fresh_postgres_database, postgres_replicas
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 def replicas() -> Iterator[tuple[Database, Database]]:
-    """Two databases on one PostgreSQL database, as two replicas hold them."""
-    with fresh_postgres_database() as url:
-        this, other = Database(url), Database(url)
-        upgrade(this.engine)
-        try:
-            yield this, other
-        finally:
-            this.dispose()
-            other.dispose()
+    with postgres_replicas() as pair:
+        yield pair
 
 
 def _create(unit: UnitOfWork) -> int:

@@ -339,7 +339,7 @@ def test_a_claim_reads_ranges_of_the_ready_heads(
         now = now_us()
         assert unit.heads.look(now, namespaces, assistants)[0]  # a worker's look
         assert unit.heads.claimable(now, namespaces, assistants, 8)  # candidates
-        assert next(unit.heads.claimable_runs(now, namespaces, assistants))  # the claim
+        assert unit.heads.first_claimable(now, namespaces, assistants)  # the claim
 
     plans = _plans_of(backlog, claim_look)
     _assert_index_reads(backlog[0], plans, *indexes)
@@ -354,7 +354,8 @@ def test_a_worker_with_nothing_to_claim_reads_no_backlog(backlog: tuple[str, Dat
 
 def _claim_then_complete(unit: UnitOfWork) -> None:
     now = now_us()
-    run = next(unit.heads.claimable_runs(now, None, ("agent-5",)))
+    run = unit.heads.first_claimable(now, None, ("agent-5",))
+    assert run is not None
     running = replace(run, status=RunStatus.RUNNING, worker_id="w", lease_expires_at=now)
     unit.apply([Change(ChangeType.UPDATED, running, previous=run)])
     done = replace(running, status=RunStatus.SUCCESS, lease_expires_at=None)

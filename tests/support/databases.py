@@ -11,6 +11,9 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
+from runplane.server.store.database import Database
+from runplane.server.store.migrate import upgrade
+
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -41,6 +44,19 @@ def fresh_postgres_database() -> Iterator[str]:
             yield admin.set(database=name).render_as_string(hide_password=False)
         finally:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def postgres_replicas() -> Iterator[tuple[Database, Database]]:
+    """Two `Database`s on one fresh PostgreSQL database, as two replicas hold it."""
+    with fresh_postgres_database() as url:
+        this, other = Database(url), Database(url)
+        upgrade(this.engine)
+        try:
+            yield this, other
+        finally:
+            this.dispose()
+            other.dispose()
 
 
 @contextmanager

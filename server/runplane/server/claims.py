@@ -115,7 +115,8 @@ def _claim_once(
 ) -> tuple[Run | None, int | None]:
     now = now_us()
     heads = unit.heads
-    for candidate in heads.claimable_runs(now, namespaces, request.assistant_ids):
+    candidate = heads.first_claimable(now, namespaces, request.assistant_ids)
+    if candidate is not None:
         running = dataclasses.replace(
             candidate,
             status=RunStatus.RUNNING,

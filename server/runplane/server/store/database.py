@@ -40,6 +40,7 @@ from runplane.server.store import held_rows
 from runplane.server.store.dialects import Dialect, dialect_of, normalize_url
 from runplane.server.store.lookups import RunLookups
 from runplane.server.store.notifications import ChangeListener, OwnSessions
+from runplane.server.store.run_store import KnownThreads
 from runplane.server.store.unit_of_work import WRITTEN, UnitOfWork, Written
 
 T = TypeVar("T")
@@ -251,6 +252,8 @@ class GroupWriter:
     ) -> None:
         self._engine = engine
         self._dialect = dialect
+        # Where writers may run at once, a change locks its run's thread, found from here.
+        self._known = None if dialect.serial_writes else KnownThreads()
         self._publish = publish
         self._timer = timer
         self._faults = faults
@@ -299,7 +302,7 @@ class GroupWriter:
                 connection.info[WRITTEN] = Written()
                 # One unit for the whole group: the events its members log and the heads
                 # of their new threads are sent together, before the commit.
-                unit = UnitOfWork(connection, self._dialect)
+                unit = UnitOfWork(connection, self._dialect, self._known)
                 try:
                     with connection.begin():
                         outcomes = [self._attempt(unit, connection, member) for member in group]

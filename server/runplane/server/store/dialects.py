@@ -103,7 +103,7 @@ def scoped_key(namespace: str, key: str) -> str:
     return f"{namespace}/{key}"
 
 
-def _lock_key(value: str | None) -> int:
+def lock_key(value: str | None) -> int:
     """A signed 32-bit key for an advisory lock; collisions only serialize more."""
     if value is None:
         return 0
@@ -384,26 +384,26 @@ class PostgreSQL(Dialect):
     def lock(self, connection: Connection, lock: Lock, value: str | None = None) -> None:
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:lock, :key)"),
-            {"lock": int(lock), "key": _lock_key(value)},
+            {"lock": int(lock), "key": lock_key(value)},
         )
 
     def try_lock(self, connection: Connection, lock: Lock, value: str | None = None) -> bool:
         return bool(
             connection.execute(
                 text("SELECT pg_try_advisory_xact_lock(:lock, :key)"),
-                {"lock": int(lock), "key": _lock_key(value)},
+                {"lock": int(lock), "key": lock_key(value)},
             ).scalar_one()
         )
 
     def try_lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> bool:
         return bool(
             connection.execute(
-                _TRY_LOCK_ALL, {"lock": int(lock), "keys": [_lock_key(v) for v in values]}
+                _TRY_LOCK_ALL, {"lock": int(lock), "keys": [lock_key(v) for v in values]}
             ).scalar_one()
         )
 
     def lock_all(self, connection: Connection, lock: Lock, values: Sequence[str]) -> None:
-        keys = sorted({_lock_key(value) for value in values})
+        keys = sorted({lock_key(value) for value in values})
         connection.execute(_LOCK_ALL, {"lock": int(lock), "keys": keys})
 
     def notifying(self, reserve: Update) -> Update:

@@ -17,6 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Select, column, select
+from sqlalchemy.sql.functions import Function
+
 from runplane.server.records import (
     JSONObject,
     MultitaskStrategy,
@@ -158,6 +161,14 @@ def changed_values(run: Run, previous: Run) -> dict[str, Any]:
         if value is not before and value != before:
             changed[field.column] = value if field.dump is None else field.dump(value)
     return changed
+
+
+def returned_runs(function: Function[Any]) -> Select[Any]:
+    """The rows of a set-returning function over the runs table (RETURNS SETOF runs), as
+    `COLUMNS` of the table read them, so that `from_row` takes them."""
+    table = RunRow.__table__.c
+    rows = function.table_valued(*(column(name, table[name].type) for name in COLUMNS))
+    return select(*rows.c)
 
 
 def from_row(row: Sequence[Any]) -> Run:

@@ -20,11 +20,14 @@ from sqlalchemy import (
     Case,
     ColumnElement,
     Connection,
+    Integer,
     Select,
+    Text,
     Update,
     and_,
     bindparam,
     case,
+    cast,
     delete,
     func,
     insert,
@@ -52,7 +55,7 @@ from runplane.server.records import (
     SortOrder,
 )
 from runplane.server.store import fields, held_rows, metadata_index
-from runplane.server.store.dialects import Dialect, Lock, scoped_key
+from runplane.server.store.dialects import Dialect, Lock, lock_key, scoped_key
 from runplane.server.store.schema import INFLIGHT_PREDICATE, Base, RunMetadataRow, RunRow
 
 _runs = Base.metadata.tables[RunRow.__tablename__]
@@ -83,6 +86,14 @@ _INSERT_RUN = insert(_runs)
 _UPDATE_RUN = update(_runs).where(_runs.c.run_id == bindparam("key"))
 _DELETE_RUN = delete(_runs).where(_runs.c.run_id == bindparam("run_id"))
 _GET_RUN_FOR_CHANGE = _GET_RUN.with_for_update()
+# PostgreSQL (migration 0010): lock a thread, then read one run for change, in one call.
+_LOCK_RUN = fields.returned_runs(
+    func.runplane_lock_run(
+        cast(bindparam("lock"), Integer),
+        cast(bindparam("key"), Integer),
+        cast(bindparam("run_id"), Text),
+    )
+)
 # Only RUNNING runs have a lease or a timeout_at: each kind of stuck run is an ordered
 # range read of its partial index, up to the limit (an OR of the two conditions, or a
 # status condition, lets the planner pick a scan of the table).
@@ -185,12 +196,41 @@ def _in_list_order(
     return query.order_by(created.asc(), run_id.asc())
 
 
+class KnownThreads:
+    """The thread lock key of the runs this process wrote last, for `get_locked`.
+
+    A run never moves to another thread, so knowing its thread spares the read that
+    finds it. Its id may be taken again once it is deleted, though, by a run on
+    another thread: a lock taken from here is checked against the run read under it.
+    Only the writer's thread uses it; it keeps the last `capacity` runs written (about
+    200 bytes each).
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self._capacity = capacity
+        self._keys: dict[str, int] = {}
+
+    def get(self, run_id: str) -> int | None:
+        return self._keys.get(run_id)
+
+    def remember(self, run: Run) -> None:
+        self._keys[run.run_id] = lock_key(scoped_key(run.namespace, run.thread_id))
+        if len(self._keys) > self._capacity:
+            del self._keys[next(iter(self._keys))]  # the longest known
+
+    def forget(self, run_id: str) -> None:
+        self._keys.pop(run_id, None)
+
+
 class RunStore:
     """The runs table, over the connection of one transaction."""
 
-    def __init__(self, connection: Connection, dialect: Dialect) -> None:
+    def __init__(
+        self, connection: Connection, dialect: Dialect, known: KnownThreads | None = None
+    ) -> None:
         self._conn = connection
         self._dialect = dialect
+        self._known = known
         self._new_ids: set[str] = set()
 
     def new_id(self) -> str:
@@ -236,12 +276,23 @@ class RunStore:
         """
         if self._dialect.serial_writes:
             return self.get(run_id)
-        thread = self._conn.execute(_THREAD_OF, {"run_id": run_id}).first()
-        if thread is None:
-            return None
-        self.lock_thread(thread.namespace, thread.thread_id)
-        row = self._conn.execute(_GET_RUN_FOR_CHANGE, {"run_id": run_id}).first()
-        return None if row is None else fields.from_row(row)
+        key = self._known.get(run_id) if self._known is not None else None
+        if key is None:
+            thread = self._conn.execute(_THREAD_OF, {"run_id": run_id}).first()
+            if thread is None:
+                return None
+            key = lock_key(scoped_key(thread.namespace, thread.thread_id))
+        while True:
+            params = {"lock": int(Lock.THREAD), "key": key, "run_id": run_id}
+            row = self._conn.execute(_LOCK_RUN, params).first()
+            if row is None:
+                return None
+            run = fields.from_row(row)
+            locked, key = key, lock_key(scoped_key(run.namespace, run.thread_id))
+            if key == locked:
+                return run
+            # The id was deleted and taken again by a run on another thread: lock that
+            # one too, and read again.
 
     def get_by_request_id(self, namespace: str, request_id: str) -> Run | None:
         row = self._conn.execute(
@@ -421,6 +472,11 @@ class RunStore:
     def write(self, change: Change, stored: list[Any]) -> None:
         """Write the row of one revisioned change; `stored` is `fields.stored_values(run)`."""
         run = change.run
+        if self._known is not None:
+            if change.type is ChangeType.DELETED:
+                self._known.forget(run.run_id)
+            else:
+                self._known.remember(run)
         if change.type is ChangeType.CREATED:
             values = fields.row_values(stored)
             values["create_revision"] = run.revision

@@ -22,19 +22,23 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    BigInteger,
     CompoundSelect,
     Connection,
+    Integer,
     Select,
+    Text,
     bindparam,
+    cast,
     delete,
     func,
     literal,
-    or_,
     select,
     text,
     tuple_,
@@ -51,7 +55,7 @@ from runplane.server.records import (
     now_us,
 )
 from runplane.server.store import fields, held_rows
-from runplane.server.store.dialects import Dialect, Lock, scoped_key
+from runplane.server.store.dialects import Dialect, Lock, lock_key, scoped_key
 from runplane.server.store.schema import (
     DELAYED_PREDICATE,
     INFLIGHT_PREDICATE,
@@ -98,14 +102,17 @@ _ON_THREAD = (
 
 _NEXT_DUE = select(func.min(_heads.c.due_us)).where(_IS_DELAYED, _heads.c.due_us > bindparam("now"))
 _SELECT_RUN = select(*(_runs.c[column] for column in fields.COLUMNS))
-# A candidate read again under its thread's lock: its run, if still the claimable head.
-_STILL_CLAIMABLE = _SELECT_RUN.join_from(_runs, _heads, _heads.c.run_id == _runs.c.run_id).where(
-    *_ON_THREAD,
-    _heads.c.run_id == bindparam("run_id"),
-    or_(
-        _heads.c.state == READY,
-        (_heads.c.state == DELAYED) & (_heads.c.due_us <= bindparam("now")),
-    ),
+# PostgreSQL (migration 0010): the run of the first candidate head whose thread's lock
+# is free and that is still its thread's claimable head under the lock, in one call.
+_CLAIM_HEAD = fields.returned_runs(
+    func.runplane_claim_head(
+        cast(bindparam("lock"), Integer),
+        cast(bindparam("keys"), ARRAY(Integer)),
+        cast(bindparam("namespaces"), ARRAY(Text)),
+        cast(bindparam("thread_ids"), ARRAY(Text)),
+        cast(bindparam("run_ids"), ARRAY(Text)),
+        cast(bindparam("now"), BigInteger),
+    )
 )
 _FIRST_INFLIGHT = (
     select(
@@ -385,36 +392,32 @@ class ThreadHeads:
         """When the earliest delayed head becomes due, if any is not due yet."""
         return self._conn.execute(_NEXT_DUE, {"now": now}).scalar_one_or_none()
 
-    def claimable_runs(
+    def first_claimable(
         self, now: int, namespaces: NamespaceSet, assistant_ids: Sequence[str]
-    ) -> Iterator[Run]:
-        """The runs of the claimable heads, in claim order, each made safe to claim as it
-        comes: take the first. Where concurrent claims may hold some (replicas), a few
-        are read, and each is yielded only if its thread's lock is free and it is still
-        its thread's claimable head under the lock; where none can, the first is read
-        with its run in one statement.
+    ) -> Run | None:
+        """The run of the first claimable head, in claim order, made safe to claim: None
+        if there is none. Where concurrent claims may hold some (replicas), a few heads
+        are read, and the first whose thread's lock is free and that is still its
+        thread's claimable head under the lock is taken; where none can, the first is
+        read with its run in one statement.
         """
-        limit = self._dialect.claim_candidates
         if self._dialect.serial_writes:
             query, params = self._claimable(
                 _first_claimable_run_query, now, namespaces, assistant_ids, 1
             )
-            if query is not None:
-                yield from map(fields.from_row, self._conn.execute(query, params))
-            return
-        for head in self.claimable(now, namespaces, assistant_ids, limit):
-            thread = scoped_key(head.namespace, head.thread_id)
-            if not self._dialect.try_lock(self._conn, Lock.THREAD, thread):
-                continue  # another transaction is changing its thread, or took it
+        else:
+            heads = self.claimable(now, namespaces, assistant_ids, self._dialect.claim_candidates)
+            query = _CLAIM_HEAD if heads else None
             params = {
-                "namespace": head.namespace,
-                "thread_id": head.thread_id,
-                "run_id": head.run_id,
+                "lock": int(Lock.THREAD),
+                "keys": [lock_key(scoped_key(head.namespace, head.thread_id)) for head in heads],
+                "namespaces": [head.namespace for head in heads],
+                "thread_ids": [head.thread_id for head in heads],
+                "run_ids": [head.run_id for head in heads],
                 "now": now,
             }
-            row = self._conn.execute(_STILL_CLAIMABLE, params).first()
-            if row is not None:
-                yield fields.from_row(row)
+        row = None if query is None else self._conn.execute(query, params).first()
+        return None if row is None else fields.from_row(row)
 
     @staticmethod
     def _claimable(

@@ -21,7 +21,7 @@ from runplane.server.store import fields, held_rows
 from runplane.server.store.dialects import Dialect
 from runplane.server.store.event_log import EventLog
 from runplane.server.store.metadata_index import MetadataIndex
-from runplane.server.store.run_store import RunStore
+from runplane.server.store.run_store import KnownThreads, RunStore
 from runplane.server.store.schema import StoreSecretRow
 from runplane.server.store.thread_heads import ThreadHeads
 
@@ -61,10 +61,13 @@ class LeaseRenewal:
 class UnitOfWork:
     __slots__ = ("_connection", "_dialect", "_metadata", "heads", "log", "runs")
 
-    def __init__(self, connection: Connection, dialect: Dialect) -> None:
+    def __init__(
+        self, connection: Connection, dialect: Dialect, known: KnownThreads | None = None
+    ) -> None:
+        """`known`: the threads of runs written before, which the writer keeps."""
         self._connection = connection
         self._dialect = dialect
-        self.runs = RunStore(connection, dialect)
+        self.runs = RunStore(connection, dialect, known)
         self.heads = ThreadHeads(connection, dialect)
         self.log = EventLog(connection, dialect)
         self._metadata = MetadataIndex(connection)
