@@ -36,6 +36,7 @@ from runplane.server.requests import CreateRun
 from runplane.server.runs import RunService
 from runplane.server.store.database import Database
 from runplane.server.store.migrate import upgrade
+from runplane.server.store.run_store import LockBusy
 from runplane.server.store.unit_of_work import UnitOfWork
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from tests.support.databases import fresh_postgres_database
@@ -432,9 +433,9 @@ def test_cancel_runs_on_one_replica_racing_claims_on_another(tmp_path: Path) -> 
 
 
 @pytest.mark.postgres
-def test_a_thread_another_transaction_holds_makes_the_cancel_try_again() -> None:
-    """On PostgreSQL the cancel first only tries its threads' locks: one held elsewhere
-    (by a replica's claim, say) gives no runs and no wait; its last try waits for it."""
+def test_a_thread_another_transaction_holds_is_waited_for_only_where_the_unit_may() -> None:
+    """A group's later member only tries its threads' locks: one held elsewhere (by a
+    replica's claim, say) is LockBusy at once. Where it may wait, it waits."""
     with fresh_postgres_database() as url:
         database = Database(url)
         try:
@@ -445,20 +446,20 @@ def test_a_thread_another_transaction_holds_makes_the_cancel_try_again() -> None
                 asyncio.run(service.create(CreateRun("agent", thread_id=thread_id, access=ADMIN)))
             run_filter = RunFilter(assistant_id="agent", namespaces=None)
 
-            def matching(*, wait: bool) -> list[Run] | None:
+            def matching(*, wait: bool) -> list[Run]:
                 with database.engine.begin() as connection:
                     unit = UnitOfWork(connection, database._dialect)
-                    return unit.runs.inflight_matching(run_filter, 10, wait=wait)
+                    unit.runs.wait_for_locks = wait
+                    return unit.runs.inflight_matching(run_filter, 10)
 
             with database.engine.begin() as holder:
                 UnitOfWork(holder, database._dialect).runs.lock_thread("default", thread_ids[1])
-                assert matching(wait=False) is None
-                # Its last try waits for the holder instead.
+                with pytest.raises(LockBusy):
+                    matching(wait=False)
                 waiting = ThreadPoolExecutor(1).submit(matching, wait=True)
                 time.sleep(0.3)
                 assert not waiting.done()
             found = waiting.result(timeout=20)
-            assert found is not None
             assert [run.thread_id for run in found] == thread_ids
         finally:
             database.dispose()

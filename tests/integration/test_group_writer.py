@@ -404,3 +404,45 @@ def test_a_write_postgresql_undoes_to_break_a_deadlock_runs_again() -> None:
         finally:
             replica.dispose()
             database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_later_member_that_finds_a_lock_taken_goes_first_in_the_next_group() -> None:
+    """Another replica holds a thread's lock. The group's first member creates a run and
+    so holds the revision counter; the second needs the thread. Waiting there would hold
+    the counter from every other writer, the lock's holder included (a deadlock if it
+    wants the counter): it gives way instead, the first member commits at once, and the
+    second waits for the lock as the first member of the next group."""
+    with fresh_postgres_database() as url:
+        database = Database(url)
+        upgrade(database.engine)
+        replica = create_engine(normalize_url(url))
+        try:
+            with replica.connect() as theirs:
+                theirs.begin()
+                UnitOfWork(theirs, dialect_of(normalize_url(url))).runs.lock_thread("ns", "t")
+
+                def lock_then_create(unit: UnitOfWork) -> str:
+                    unit.runs.lock_thread("ns", "t")
+                    return _create("waited")(unit)
+
+                async def scenario() -> list[object]:
+                    release = threading.Event()
+                    blocker = asyncio.ensure_future(database.write(_blocker(release)))
+                    await asyncio.sleep(0.1)  # the writer is busy: the next two queue up
+                    first = asyncio.ensure_future(database.write(_create("first")))
+                    second = asyncio.ensure_future(database.write(lock_then_create))
+                    await asyncio.sleep(0.1)
+                    release.set()
+                    await blocker
+                    # Committed while the thread's lock is still held elsewhere.
+                    done = await asyncio.wait_for(first, timeout=10)
+                    assert not second.done()
+                    await asyncio.to_thread(theirs.commit)
+                    return [done, await second]
+
+                assert asyncio.run(scenario()) == ["runplane-db-write"] * 2
+            assert _stored(database) == {"first", "waited"}
+        finally:
+            replica.dispose()
+            database.dispose()

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, event
 from runplane.server.records import Change, ChangeType, MultitaskStrategy, Run, RunStatus, now_us
 from runplane.server.store.database import Database
 from runplane.server.store.dialects import Lock, lock_key, scoped_key
+from runplane.server.store.run_store import LockBusy
 from runplane.server.store.unit_of_work import UnitOfWork
 from tests.support.databases import postgres_replicas
 
@@ -143,3 +144,27 @@ def test_a_claim_passes_over_a_head_whose_thread_is_busy(
     first = _write(this, lambda unit: unit.heads.first_claimable(now_us(), None, ()))
     assert first is not None
     assert first.run_id == "first"
+
+
+def test_a_change_that_may_not_wait_finds_its_threads_lock_taken(
+    replicas: tuple[Database, Database],
+) -> None:
+    """A group's later member (see GroupWriter) gives way rather than wait for a lock."""
+    this, other = replicas
+    _write(this, _create("contended", "held"))
+
+    def change_without_waiting(unit: UnitOfWork) -> str:
+        unit.runs.wait_for_locks = False
+        with other.engine.connect() as holder:
+            holder.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(%(lock)s, %(key)s)",
+                {"lock": int(Lock.THREAD), "key": lock_key(scoped_key("default", "held"))},
+            )
+            with pytest.raises(LockBusy):
+                unit.runs.get_locked("contended")
+            holder.rollback()
+        run = unit.runs.get_locked("contended")  # free again
+        assert run is not None
+        return run.run_id
+
+    assert _write(this, change_without_waiting) == "contended"

@@ -428,8 +428,7 @@ def test_a_bulk_cancel_of_a_thread_reads_and_hands_over_by_index(
 
     def cancel_thread(unit: UnitOfWork) -> None:
         run_filter = RunFilter(thread_id="thread-7", namespaces=frozenset({"ns-1"}))
-        runs = unit.runs.inflight_matching(run_filter, 5001, wait=True)
-        assert runs is not None
+        runs = unit.runs.inflight_matching(run_filter, 5001)
         assert len(runs) == 2
         at = now_us()
         unit.apply(
@@ -689,9 +688,7 @@ def test_a_thread_and_a_request_id_are_sought_within_their_namespace(empty: Data
 def test_a_bulk_cancel_seeks_its_runs(empty: Database, run_filter: RunFilter) -> None:
     """CancelRuns reads the thread's runs, the assistant's, or the inflight ones: never
     every run there is."""
-    plans = _sqlite_plans_of(
-        empty, lambda runs: runs.inflight_matching(run_filter, 5001, wait=False)
-    )
+    plans = _sqlite_plans_of(empty, lambda runs: runs.inflight_matching(run_filter, 5001))
     assert len(plans) == 1
     assert plans[0].startswith("SEARCH runs USING INDEX "), plans
     assert "SCAN" not in plans[0], plans

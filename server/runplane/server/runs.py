@@ -12,7 +12,6 @@ is asked of the request's `access`, right where the rules read them.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
@@ -57,10 +56,6 @@ cancelled. Its one transaction holds the writer, so every other write waits for 
 (tests/bench/cancel_runs.py on PostgreSQL, on a busy 2-core machine: 0.5 to 1 s for
 1000 runs, 4.3 s for 5000), and on PostgreSQL it takes an advisory lock per thread from
 a lock table all connections share."""
-
-BUSY_PAUSES = (0.001, 0.005, 0.02, 0.05)
-"""Seconds CancelRuns pauses before each new try while other transactions (replicas'
-claims and completions) hold some of its threads; its last try waits for them."""
 
 RunLookup = Callable[[str, Access], Awaitable[Run]]
 """GetRun's read: the run with this id, if the access reaches it; else RunNotFound (or
@@ -259,10 +254,8 @@ class RunService:
             request.run_filter, namespaces=request.access.namespaces(request.namespace)
         )
 
-        def cancel_matching(unit: UnitOfWork, wait: bool) -> Cancellation | None:
-            runs = unit.runs.inflight_matching(run_filter, MAX_CANCELLED + 1, wait=wait)
-            if runs is None:
-                return None  # a thread is busy: nothing written, try again
+        def cancel_matching(unit: UnitOfWork) -> Cancellation:
+            runs = unit.runs.inflight_matching(run_filter, MAX_CANCELLED + 1)
             if len(runs) > MAX_CANCELLED:
                 raise TooManyRuns(MAX_CANCELLED)
             at = now_us()
@@ -271,14 +264,7 @@ class RunService:
                 return Cancellation(0, unit.log.state().revision)
             return Cancellation(len(changes), unit.apply(changes)[-1].revision)
 
-        for pause in BUSY_PAUSES:
-            done = await self._db.write(lambda unit: cancel_matching(unit, wait=False))
-            if done is not None:
-                return done
-            await asyncio.sleep(pause)
-        waited = await self._db.write(lambda unit: cancel_matching(unit, wait=True))
-        assert waited is not None
-        return waited
+        return await self._db.write(cancel_matching)
 
     async def delete(self, request: requests.DeleteRun) -> None:
         await self._db.write(lambda unit: self._delete(unit, request))

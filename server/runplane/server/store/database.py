@@ -40,7 +40,7 @@ from runplane.server.store import held_rows
 from runplane.server.store.dialects import Dialect, dialect_of, normalize_url
 from runplane.server.store.lookups import RunLookups
 from runplane.server.store.notifications import ChangeListener, OwnSessions
-from runplane.server.store.run_store import KnownThreads
+from runplane.server.store.run_store import KnownThreads, LockBusy
 from runplane.server.store.unit_of_work import WRITTEN, UnitOfWork, Written
 
 T = TypeVar("T")
@@ -224,9 +224,9 @@ def _settle(future: asyncio.Future[T], outcome: T | BaseException) -> None:
 
 
 DEADLOCK_RETRIES = 2
-"""Times a transaction PostgreSQL undid to break a deadlock runs again. One replica's
-group holds the revision counter while a later member waits for a thread lock, and
-another replica may hold that lock while it waits for the counter."""
+"""Times a transaction PostgreSQL undid to break a deadlock runs again. Advisory locks
+cannot deadlock a group (see GroupWriter), but row locks can: a lease renewal waits for
+a run's row where it cannot first try it."""
 
 
 class GroupWriter:
@@ -238,6 +238,12 @@ class GroupWriter:
     A transaction that fails with a RunplaneError before writing (a rule said no)
     simply contributes nothing to its group. Any other failure, or a failure after
     writing, rolls the group back and runs each of its transactions alone.
+
+    Only a group's first transaction waits for a lock another one holds (another
+    replica's). A later one could be waiting with the revision counter held, taken by
+    a member before it, while the lock's holder waits for the counter: a deadlock,
+    which PostgreSQL breaks after a second by undoing one side. So a later member that
+    finds a lock taken (LockBusy) contributes nothing, and goes first in the next group.
     """
 
     MAX_GROUP = 64
@@ -258,6 +264,8 @@ class GroupWriter:
         self._timer = timer
         self._faults = faults
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._deferred: list[_Job[Any]] = []
+        """Members that found a lock taken, for the next group, ahead of the queue."""
         self._thread = threading.Thread(target=self._serve, name="runplane-db-write", daemon=True)
         self._thread.start()
 
@@ -272,8 +280,14 @@ class GroupWriter:
         self._thread.join()
 
     def _serve(self) -> None:
-        while (job := self._queue.get()) is not None:
-            group = [job]
+        while True:
+            group = self._deferred[: self.MAX_GROUP]
+            del self._deferred[: len(group)]
+            if not group:
+                job = self._queue.get()
+                if job is None:
+                    return
+                group.append(job)
             while len(group) < self.MAX_GROUP:
                 try:
                     queued = self._queue.get_nowait()
@@ -286,12 +300,19 @@ class GroupWriter:
             started = time.perf_counter()
             outcomes, written = self._commit(group)
             self._timer.write(time.perf_counter() - started, len(group))
-            group[0].loop.call_soon_threadsafe(self._deliver, group, outcomes, written)
+            answered = []
+            for member, outcome in zip(group, outcomes, strict=True):
+                if outcome is _DEFERRED:
+                    self._deferred.append(member)
+                else:
+                    answered.append((member, outcome))
+            # The first member waits for its locks: it is always answered.
+            group[0].loop.call_soon_threadsafe(self._deliver, answered, written)
 
-    def _deliver(self, group: list[_Job[Any]], outcomes: list[Any], written: Written) -> None:
+    def _deliver(self, answered: list[tuple[_Job[Any], Any]], written: Written) -> None:
         """On the event loop: tell the listeners, then answer the callers."""
         self._publish(written)
-        for member, outcome in zip(group, outcomes, strict=True):
+        for member, outcome in answered:
             _settle(member.future, outcome)
 
     def _commit(
@@ -305,7 +326,10 @@ class GroupWriter:
                 unit = UnitOfWork(connection, self._dialect, self._known)
                 try:
                     with connection.begin():
-                        outcomes = [self._attempt(unit, connection, member) for member in group]
+                        outcomes = [
+                            self._attempt(unit, connection, member, first=index == 0)
+                            for index, member in enumerate(group)
+                        ]
                         unit.finish()
                 finally:
                     # Rows held by a transaction that rolled back are never sent, even
@@ -325,14 +349,17 @@ class GroupWriter:
             return outcomes, written
 
     @staticmethod
-    def _attempt(unit: UnitOfWork, connection: Connection, member: _Job[Any]) -> Any:
+    def _attempt(
+        unit: UnitOfWork, connection: Connection, member: _Job[Any], *, first: bool
+    ) -> Any:
         written = len(connection.info[WRITTEN])
+        unit.runs.wait_for_locks = first
         try:
             return member.work(unit)
-        except RunplaneError as refusal:
+        except (RunplaneError, LockBusy) as refusal:
             if len(connection.info[WRITTEN]) > written:
                 raise _GroupFailed from refusal
-            return refusal
+            return _DEFERRED if isinstance(refusal, LockBusy) else refusal
 
 
 def _undone_by_server(error: BaseException) -> bool:
@@ -340,6 +367,10 @@ def _undone_by_server(error: BaseException) -> bool:
     serialization conflict (SQLSTATE class 40): it may simply run again."""
     orig = getattr(error.__cause__, "orig", None)
     return str(getattr(orig, "sqlstate", "") or "").startswith("40")
+
+
+_DEFERRED = object()
+"""The outcome of a group member that found a lock taken: it runs again, first."""
 
 
 class _GroupFailed(Exception):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Case,
     ColumnElement,
     Connection,
@@ -92,8 +93,16 @@ _LOCK_RUN = fields.returned_runs(
         cast(bindparam("lock"), Integer),
         cast(bindparam("key"), Integer),
         cast(bindparam("run_id"), Text),
+        cast(bindparam("may_wait"), Boolean),
     )
 )
+
+
+class LockBusy(Exception):
+    """A lock this transaction may not wait for is held by another (`RunStore.wait_for_locks`):
+    nothing was written, and the work should run again where it may wait."""
+
+
 # Only RUNNING runs have a lease or a timeout_at: each kind of stuck run is an ordered
 # range read of its partial index, up to the limit (an OR of the two conditions, or a
 # status condition, lets the planner pick a scan of the table).
@@ -232,6 +241,9 @@ class RunStore:
         self._dialect = dialect
         self._known = known
         self._new_ids: set[str] = set()
+        self.wait_for_locks = True
+        """Whether a lock another transaction holds is waited for; if not, taking it
+        raises LockBusy. A group's later members may not wait (see GroupWriter)."""
 
     def new_id(self) -> str:
         """A run id made now, that no run holds: its row's insert cannot fail, so it waits
@@ -244,11 +256,17 @@ class RunStore:
 
     def lock_thread(self, namespace: str, thread_id: str) -> None:
         """Serialize writers of one thread until commit."""
-        self._dialect.lock(self._conn, Lock.THREAD, scoped_key(namespace, thread_id))
+        self._lock(Lock.THREAD, scoped_key(namespace, thread_id))
 
     def lock_request(self, namespace: str, request_id: str) -> None:
         """Serialize creates that carry the same idempotency key until commit."""
-        self._dialect.lock(self._conn, Lock.REQUEST, scoped_key(namespace, request_id))
+        self._lock(Lock.REQUEST, scoped_key(namespace, request_id))
+
+    def _lock(self, lock: Lock, value: str) -> None:
+        if self.wait_for_locks:
+            self._dialect.lock(self._conn, lock, value)
+        elif not self._dialect.try_lock(self._conn, lock, value):
+            raise LockBusy
 
     def try_lock_thread(self, namespace: str, thread_id: str) -> bool:
         """Like `lock_thread`, but give up at once if another transaction holds it."""
@@ -283,10 +301,17 @@ class RunStore:
                 return None
             key = lock_key(scoped_key(thread.namespace, thread.thread_id))
         while True:
-            params = {"lock": int(Lock.THREAD), "key": key, "run_id": run_id}
+            params = {
+                "lock": int(Lock.THREAD),
+                "key": key,
+                "run_id": run_id,
+                "may_wait": self.wait_for_locks,
+            }
             row = self._conn.execute(_LOCK_RUN, params).first()
             if row is None:
                 return None
+            if row.run_id is None:
+                raise LockBusy
             run = fields.from_row(row)
             locked, key = key, lock_key(scoped_key(run.namespace, run.thread_id))
             if key == locked:
@@ -307,18 +332,11 @@ class RunStore:
         )
         return [fields.from_row(row) for row in rows]
 
-    def inflight_matching(
-        self, run_filter: RunFilter, limit: int, *, wait: bool
-    ) -> list[Run] | None:
+    def inflight_matching(self, run_filter: RunFilter, limit: int) -> list[Run]:
         """Up to `limit` inflight runs matching the filter (its statuses narrow PENDING
         and RUNNING), oldest first, each locked for change as `get_locked` locks one.
         (More than `limit` match: which ones come is left to the plan, as the caller
-        refuses them.)
-
-        Without `wait`, their threads' locks are only tried, and None says another
-        transaction is changing one of them: waiting may deadlock when a transaction
-        of the same group holds the revision counter, which a claim holding one of the
-        threads waits for (PostgreSQL then fails one of the two)."""
+        refuses them.)"""
         statuses = (run_filter.statuses or INFLIGHT) & INFLIGHT
         if not statuses:
             return []
@@ -335,10 +353,10 @@ class RunStore:
         locked: set[tuple[str, str]] = set()
         while threads := {(run.namespace, run.thread_id) for run in runs} - locked:
             keys = [scoped_key(namespace, thread_id) for namespace, thread_id in threads]
-            if wait:
+            if self.wait_for_locks:
                 self._dialect.lock_all(self._conn, Lock.THREAD, keys)
             elif not self._dialect.try_lock_all(self._conn, Lock.THREAD, keys):
-                return None
+                raise LockBusy
             locked |= threads
             runs = self._in_creation_order(query.with_for_update())
         return runs

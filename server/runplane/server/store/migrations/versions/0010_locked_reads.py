@@ -10,7 +10,8 @@ head), one after another in the writer's single transaction.
 In a PL/pgSQL function each statement takes its own snapshot, so these functions take
 the lock and then read, in one call:
 
-- `runplane_lock_run` locks a thread and reads one run of it, for change;
+- `runplane_lock_run` locks a thread and reads one run of it, for change (or, told not
+  to wait, says that another transaction holds the lock);
 - `runplane_claim_head` tries the lock of each candidate head in turn and returns the
   run of the first one that is still its thread's claimable head.
 
@@ -31,10 +32,20 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 LOCK_RUN = """
-CREATE FUNCTION runplane_lock_run(lock_class integer, lock_key integer, wanted text)
+CREATE FUNCTION runplane_lock_run(
+    lock_class integer, lock_key integer, wanted text, may_wait boolean
+)
 RETURNS SETOF runs LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    busy runs;  -- every field NULL
 BEGIN
-    PERFORM pg_advisory_xact_lock(lock_class, lock_key);
+    IF may_wait THEN
+        PERFORM pg_advisory_xact_lock(lock_class, lock_key);
+    ELSIF NOT pg_try_advisory_xact_lock(lock_class, lock_key) THEN
+        -- Another transaction holds the lock: one row of NULLs says so.
+        RETURN NEXT busy;
+        RETURN;
+    END IF;
     RETURN QUERY SELECT * FROM runs WHERE run_id = wanted FOR UPDATE;
 END
 $$
