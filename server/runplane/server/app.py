@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from runplane.server import identity, logs, transport, validation
-from runplane.server.cache import RunCache
+from runplane.server.cache import ReplicaCache, RunCache
 from runplane.server.claims import ClaimService
 from runplane.server.config import ServerConfig
 from runplane.server.errors import CannotStart
@@ -105,7 +105,7 @@ class RunningServer:
             await task.stop()
         if self.listener is not None:
             await self.listener.close()
-        await asyncio.to_thread(self.database.dispose)
+        await self.database.close()
         await asyncio.to_thread(self.telemetry.close)
 
 
@@ -194,6 +194,19 @@ def _retention(
     return retention
 
 
+def _run_cache(database: Database, hub: WatchHub) -> RunCache | ReplicaCache:
+    """GetRun's cache: fed by this process's writer when it is the store's only one, by
+    the watch hub (every replica's commits) on a shared database."""
+    if database.shared:
+        replica = ReplicaCache()
+        hub.follow(replica)
+        return replica
+    cache = RunCache()
+    database.on_commit(cache.apply)
+    database.on_renewal(cache.renewed)
+    return cache
+
+
 async def _start(
     config: ServerConfig, edges: _Edges, telemetry: Telemetry, database: Database
 ) -> RunningServer:
@@ -224,10 +237,7 @@ async def _start(
     if listener is not None:
         background.append(PeriodicTask("change-listener", listener.listen, interval=0))
     telemetry.attach(database, hub, compactor)
-    cache = None if database.shared else RunCache()
-    if cache is not None:
-        database.on_commit(cache.apply)
-        database.on_renewal(cache.renewed)
+    cache = _run_cache(database, hub)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
     runs = RunService(database, tokens, cache)
     claims = ClaimService(database, wakeups, limits, max_attempts=config.max_attempts)

@@ -1,24 +1,36 @@
 """Memory the server keeps for speed, bounded in bytes as well as in entries.
 
 `SizedCache` is the bound: least recently used entries go first once either limit
-is passed. `RunCache` keeps runs recently read or written, for GetRun on a
-single-process (SQLite) store.
+is passed. `RunCache` keeps runs recently read or written, for GetRun (and a watch's
+first look at its run).
 
 On SQLite every write goes through this process's writer, which hands each
 committed change to `RunCache.apply`, and each lease renewed in place to
 `RunCache.renewed`, before the writer's caller is answered; so the cache is never
 behind a write anyone has seen. A lookup still costs a SQLite read when it misses.
-PostgreSQL replicas write behind each other's backs: no cache there.
+
+PostgreSQL replicas write behind each other's backs, so a replica's cache
+(`ReplicaCache`) has to check that it is not behind before it answers: see there.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from runplane.server.records import Change, ChangeType, JSONObject, Run
+from runplane.server.records import Change, ChangeType, JSONObject, Run, RunEvent, RunStatus
 
 Key = TypeVar("Key")
+
+
+class RunReads(Protocol):
+    """What a cache reads through when it cannot answer (`Database`)."""
+
+    async def read_run(self, run_id: str) -> Run | None: ...
+
+    async def read_revision(self) -> int: ...
+
+
 Value = TypeVar("Value")
 
 RUN_BYTES = 1024
@@ -89,6 +101,16 @@ class RunCache:
     def __init__(self, capacity: int = 50_000, max_bytes: int = 128 << 20) -> None:
         self._runs: SizedCache[str, Run] = SizedCache(capacity, max_bytes)
 
+    async def lookup(self, run_id: str, database: RunReads) -> Run | None:
+        """The run with this id, from here when it is kept (this process is the store's
+        only writer)."""
+        run = self.get(run_id)
+        if run is None:
+            run = await database.read_run(run_id)
+            if run is not None:
+                self.remember(run)
+        return run
+
     def __len__(self) -> int:
         return len(self._runs)
 
@@ -119,3 +141,54 @@ class RunCache:
             kept = self._runs.get(run.run_id)
             if kept is not None and kept.revision <= run.revision:
                 self._runs.replace(run.run_id, run)  # only its lease differs
+
+
+class ReplicaCache:
+    """Runs as this replica's watch hub last published them, for lookups on a shared
+    (PostgreSQL) database, where other replicas write too.
+
+    The hub publishes every committed change, this replica's and the others', in
+    revision order and without gaps (`published`); `through` is the last revision it
+    published. A lookup of a run kept here first reads the store's revision, together
+    with the other lookups (`Database.read_revision`): the run kept answers only if the
+    hub is through that revision, and so through every write committed before the call
+    came, on any replica. Otherwise, and for runs not kept, the run is read from the
+    database.
+
+    RUNNING runs are always read: another replica's heartbeat extends a lease in place,
+    with no revision and no event. A run read is kept only if the hub published nothing
+    while it was read: a deletion published meanwhile could be older than the read.
+    """
+
+    def __init__(self, capacity: int = 50_000, max_bytes: int = 128 << 20) -> None:
+        self._size = (capacity, max_bytes)
+        self._runs = RunCache(*self._size)
+        self.through = 0
+        """The hub's last published revision: every change up to it is applied here."""
+
+    def published(self, events: list[RunEvent]) -> None:
+        self._runs.apply([Change(ChangeType(event.type.value), event.run) for event in events])
+        self.through = events[-1].revision
+
+    def restarted(self, revision: int) -> None:
+        """The hub goes on from `revision` without the changes before it (it fell behind
+        the log's compaction, or starts): nothing kept may answer any more."""
+        self._runs = RunCache(*self._size)
+        self.through = revision
+
+    async def lookup(self, run_id: str, database: RunReads) -> Run | None:
+        """The run with this id as committed when the call came, or later; or None."""
+        if self._kept(run_id) is not None:
+            revision = await database.read_revision()
+            kept = self._kept(run_id)  # as it is now
+            if kept is not None and self.through >= revision:
+                return kept
+        through = self.through
+        run = await database.read_run(run_id)
+        if run is not None and self.through == through:
+            self._runs.remember(run)
+        return run
+
+    def _kept(self, run_id: str) -> Run | None:
+        run = self._runs.get(run_id)
+        return None if run is None or run.status is RunStatus.RUNNING else run

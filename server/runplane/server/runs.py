@@ -20,7 +20,7 @@ from typing import Any
 
 from runplane.server import pages, requests
 from runplane.server.access import Access
-from runplane.server.cache import RunCache, run_bytes
+from runplane.server.cache import ReplicaCache, RunCache, run_bytes
 from runplane.server.errors import (
     RevisionMismatch,
     RunAlreadyExists,
@@ -100,7 +100,10 @@ def _check_revision(run: Run, expected: int) -> None:
 
 class RunService:
     def __init__(
-        self, database: Database, tokens: pages.PageTokens, cache: RunCache | None = None
+        self,
+        database: Database,
+        tokens: pages.PageTokens,
+        cache: RunCache | ReplicaCache | None = None,
     ) -> None:
         self._db = database
         self._tokens = tokens
@@ -172,12 +175,11 @@ class RunService:
         return await self.lookup(request.run_id, request.access)
 
     async def lookup(self, run_id: str, access: Access) -> Run:
-        """The run with this id (RunLookup), from the cache when it has it."""
-        run = self._cache.get(run_id) if self._cache is not None else None
-        if run is None:
+        """The run with this id (RunLookup), from the cache when it may answer."""
+        if self._cache is None:
             run = await self._db.read_run(run_id)
-            if run is not None and self._cache is not None:
-                self._cache.remember(run)
+        else:
+            run = await self._cache.lookup(run_id, self._db)
         return access.found(run_id, run)
 
     async def list(self, query: requests.ListRuns) -> RunPage:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Protocol
 
 from runplane.server.errors import RevisionCompacted, ServerShuttingDown
 from runplane.server.periodic import PeriodicTask
@@ -37,11 +38,22 @@ PAGE_SIZE = 256
 """Events per read of the log, by the tailer and by catching-up streams."""
 
 
+class Follower(Protocol):
+    """Kept in step with the hub: told every revision it publishes, in order."""
+
+    def published(self, events: list[RunEvent]) -> None:
+        """`events` follow the last ones told, with no gap."""
+
+    def restarted(self, revision: int) -> None:
+        """The hub goes on from `revision`, without the changes before it."""
+
+
 class WatchHub:
     def __init__(self, database: Database, *, poll_interval: float = 1.0) -> None:
         self._db = database
         self._watchers: set[Watcher] = set()
         self._live: set[Watcher] = set()
+        self._followers: list[Follower] = []
         self._tailer = PeriodicTask(
             "watch-tailer", self._publish_new_events, interval=poll_interval
         )
@@ -72,6 +84,11 @@ class WatchHub:
                 [RunEvent(EventType(c.type), c.run.revision, c.run, c.previous) for c in changes]
             )
         self.ring(last)
+
+    def follow(self, follower: Follower) -> None:
+        """Tell `follower` of every revision published from now on."""
+        follower.restarted(self.head)
+        self._followers.append(follower)
 
     def ring(self, revision: int = 0) -> None:
         """Tell the tailer the log grew to `revision` (0: may have grown)."""
@@ -168,6 +185,8 @@ class WatchHub:
                 watcher.wake()
         self.head = upto
         self.known = max(self.known, upto)
+        for follower in self._followers:
+            follower.published(events)
 
     def _lost_history(self, state: LogState) -> None:
         """The tailer stalled for longer than the retention: its live watchers would get a
@@ -179,3 +198,5 @@ class WatchHub:
             watcher.end(RevisionCompacted(self.head + 1, state.compact_revision, state.revision))
         self._live.clear()
         self.head = state.compact_revision
+        for follower in self._followers:
+            follower.restarted(self.head)
