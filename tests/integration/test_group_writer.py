@@ -8,12 +8,13 @@ changes undoes the group and reruns each member alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 
 from runplane.server.errors import RunNotFound
 from runplane.server.records import (
@@ -369,11 +370,9 @@ def test_a_run_created_and_changed_in_one_transaction_reads_back_changed(
     assert stored == claimed
 
 
-@pytest.mark.postgres
-def test_a_write_postgresql_undoes_to_break_a_deadlock_runs_again() -> None:
-    """This writer takes the revision counter and then waits for a thread lock that
-    another replica holds while it waits for the counter. PostgreSQL undoes one of the
-    two; undone, the write runs again once the other has committed."""
+@contextlib.contextmanager
+def _thread_held_by_another_replica() -> Iterator[tuple[Database, Connection]]:
+    """A database, and another replica's transaction that holds thread ("ns", "t")."""
     with fresh_postgres_database() as url:
         database = Database(url)
         upgrade(database.engine)
@@ -382,28 +381,37 @@ def test_a_write_postgresql_undoes_to_break_a_deadlock_runs_again() -> None:
             with replica.connect() as theirs:
                 theirs.begin()
                 UnitOfWork(theirs, dialect_of(normalize_url(url))).runs.lock_thread("ns", "t")
-
-                def create_then_lock(unit: UnitOfWork) -> str:
-                    _create("contended")(unit)  # holds the counter from here to commit
-                    unit.runs.lock_thread("ns", "t")
-                    return "written"
-
-                async def scenario() -> str:
-                    write = asyncio.ensure_future(database.write(create_then_lock))
-                    await asyncio.sleep(0.3)  # it waits for the thread lock
-                    # This waits for the counter: a deadlock, which the writer's side
-                    # detects first, having waited longer.
-                    await asyncio.to_thread(
-                        theirs.exec_driver_sql, "UPDATE store_state SET revision = revision"
-                    )
-                    await asyncio.to_thread(theirs.commit)
-                    return await write
-
-                assert asyncio.run(scenario()) == "written"
-            assert _stored(database) == {"contended"}
+                yield database, theirs
         finally:
             replica.dispose()
             database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_write_postgresql_undoes_to_break_a_deadlock_runs_again() -> None:
+    """This writer takes the revision counter and then waits for a thread lock that
+    another replica holds while it waits for the counter. PostgreSQL undoes one of the
+    two; undone, the write runs again once the other has committed."""
+    with _thread_held_by_another_replica() as (database, theirs):
+
+        def create_then_lock(unit: UnitOfWork) -> str:
+            _create("contended")(unit)  # holds the counter from here to commit
+            unit.runs.lock_thread("ns", "t")
+            return "written"
+
+        async def scenario() -> str:
+            write = asyncio.ensure_future(database.write(create_then_lock))
+            await asyncio.sleep(0.3)  # it waits for the thread lock
+            # This waits for the counter: a deadlock, which the writer's side
+            # detects first, having waited longer.
+            await asyncio.to_thread(
+                theirs.exec_driver_sql, "UPDATE store_state SET revision = revision"
+            )
+            await asyncio.to_thread(theirs.commit)
+            return await write
+
+        assert asyncio.run(scenario()) == "written"
+        assert _stored(database) == {"contended"}
 
 
 @pytest.mark.postgres
@@ -413,36 +421,26 @@ def test_a_later_member_that_finds_a_lock_taken_goes_first_in_the_next_group() -
     the counter from every other writer, the lock's holder included (a deadlock if it
     wants the counter): it gives way instead, the first member commits at once, and the
     second waits for the lock as the first member of the next group."""
-    with fresh_postgres_database() as url:
-        database = Database(url)
-        upgrade(database.engine)
-        replica = create_engine(normalize_url(url))
-        try:
-            with replica.connect() as theirs:
-                theirs.begin()
-                UnitOfWork(theirs, dialect_of(normalize_url(url))).runs.lock_thread("ns", "t")
+    with _thread_held_by_another_replica() as (database, theirs):
 
-                def lock_then_create(unit: UnitOfWork) -> str:
-                    unit.runs.lock_thread("ns", "t")
-                    return _create("waited")(unit)
+        def lock_then_create(unit: UnitOfWork) -> str:
+            unit.runs.lock_thread("ns", "t")
+            return _create("waited")(unit)
 
-                async def scenario() -> list[object]:
-                    release = threading.Event()
-                    blocker = asyncio.ensure_future(database.write(_blocker(release)))
-                    await asyncio.sleep(0.1)  # the writer is busy: the next two queue up
-                    first = asyncio.ensure_future(database.write(_create("first")))
-                    second = asyncio.ensure_future(database.write(lock_then_create))
-                    await asyncio.sleep(0.1)
-                    release.set()
-                    await blocker
-                    # Committed while the thread's lock is still held elsewhere.
-                    done = await asyncio.wait_for(first, timeout=10)
-                    assert not second.done()
-                    await asyncio.to_thread(theirs.commit)
-                    return [done, await second]
+        async def scenario() -> list[object]:
+            release = threading.Event()
+            blocker = asyncio.ensure_future(database.write(_blocker(release)))
+            await asyncio.sleep(0.1)  # the writer is busy: the next two queue up
+            first = asyncio.ensure_future(database.write(_create("first")))
+            second = asyncio.ensure_future(database.write(lock_then_create))
+            await asyncio.sleep(0.1)
+            release.set()
+            await blocker
+            # Committed while the thread's lock is still held elsewhere.
+            done = await asyncio.wait_for(first, timeout=10)
+            assert not second.done()
+            await asyncio.to_thread(theirs.commit)
+            return [done, await second]
 
-                assert asyncio.run(scenario()) == ["runplane-db-write"] * 2
-            assert _stored(database) == {"first", "waited"}
-        finally:
-            replica.dispose()
-            database.dispose()
+        assert asyncio.run(scenario()) == ["runplane-db-write"] * 2
+        assert _stored(database) == {"first", "waited"}

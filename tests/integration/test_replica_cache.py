@@ -3,8 +3,7 @@ database: the cache answers only when its watch hub is through the store's revis
 as of the call, so a write acknowledged by one replica is seen at once by a GetRun on
 the other; a RUNNING run is always read, its lease being renewed with no event.
 
-Also the cache's own rule for runs it reads (`ReplicaCache`), and the event loop's
-revision reads (`RevisionReads`) on a real database.
+Also the event loop's revision reads (`RevisionReads`) on a real database.
 """
 
 from __future__ import annotations
@@ -18,15 +17,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from runplane.server.cache import ReplicaCache
 from runplane.server.errors import StoreUnavailable
-from runplane.server.records import (
-    EventType,
-    MultitaskStrategy,
-    Run,
-    RunEvent,
-    RunStatus,
-)
 from runplane.server.store.revisions import RevisionReads
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from tests.support.databases import fresh_postgres_database, postgres_replicas
@@ -111,75 +102,6 @@ def test_a_running_runs_lease_renewed_on_one_replica_is_current_on_the_other(
 
 def _get(stub: run_service_pb2_grpc.RunServiceStub, run_id: str) -> run_pb2.Run:
     return stub.GetRun(run_service_pb2.GetRunRequest(run_id=run_id))
-
-
-def _run(run_id: str, revision: int) -> Run:
-    return Run(
-        run_id,
-        "thread",
-        "agent",
-        RunStatus.PENDING,
-        MultitaskStrategy.ENQUEUE,
-        0,
-        0,
-        revision=revision,
-    )
-
-
-class _Store:
-    """What the cache reads through, standing in for the database: each read of a run
-    waits until the test lets it end."""
-
-    def __init__(self, run: Run | None, revision: int) -> None:
-        self.run = run
-        self.revision = revision
-        self.reading = asyncio.Event()
-        self.finish = asyncio.Event()
-        self.reads = 0
-
-    async def read_run(self, run_id: str) -> Run | None:
-        self.reads += 1
-        self.reading.set()
-        await self.finish.wait()
-        return self.run
-
-    async def read_revision(self) -> int:
-        return self.revision
-
-
-def test_a_run_read_while_the_hub_published_is_not_kept() -> None:
-    """The read began before the run's deletion was published and ended after it: kept,
-    its older state would answer for a run that no longer exists."""
-
-    async def scenario() -> tuple[Run | None, Run | None, int]:
-        cache = ReplicaCache()
-        cache.restarted(10)
-        store = _Store(_run("r", 10), revision=10)
-        lookup = asyncio.ensure_future(cache.lookup("r", store))
-        await store.reading.wait()
-        cache.published([RunEvent(EventType.DELETED, 11, _run("r", 11), None)])
-        store.finish.set()
-        first = await lookup
-        store.run, store.revision = None, 11
-        return first, await cache.lookup("r", store), store.reads
-
-    first, second, reads = asyncio.run(scenario())
-    assert first is not None  # the read answers its own call all the same
-    assert second is None  # read again: the deleted run was not kept
-    assert reads == 2
-
-
-def test_a_run_read_while_nothing_was_published_answers_the_next_lookups() -> None:
-    async def scenario() -> int:
-        cache = ReplicaCache()
-        cache.restarted(10)
-        store = _Store(_run("r", 10), revision=10)
-        store.finish.set()
-        for _ in range(3):
-            assert await cache.lookup("r", store) == _run("r", 10)
-        return store.reads
-
-    assert asyncio.run(scenario()) == 1
 
 
 def test_revision_reads_share_reads_and_see_every_earlier_commit() -> None:

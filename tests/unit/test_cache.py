@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
-from runplane.server.cache import RunCache
+from runplane.server.cache import ReplicaCache, RunCache
 from runplane.server.records import (
     Change,
     ChangeType,
@@ -84,3 +85,59 @@ def test_watch_messages_are_bounded_in_bytes() -> None:
         (response,) = messages.responses(Delivery([event], revision))
         assert response.events[0].run.metadata["blob"] == "x" * 400_000
     assert messages.bytes <= 8 * 1024 * 1024
+
+
+class _Store:
+    """What the cache reads through, standing in for the database: each read of a run
+    waits until the test lets it end."""
+
+    def __init__(self, run: Run | None, revision: int) -> None:
+        self.run = run
+        self.revision = revision
+        self.reading = asyncio.Event()
+        self.finish = asyncio.Event()
+        self.reads = 0
+
+    async def read_run(self, run_id: str) -> Run | None:
+        self.reads += 1
+        self.reading.set()
+        await self.finish.wait()
+        return self.run
+
+    async def read_revision(self) -> int:
+        return self.revision
+
+
+def test_a_run_read_while_the_hub_published_is_not_kept() -> None:
+    """The read began before the run's deletion was published and ended after it: kept,
+    its older state would answer for a run that no longer exists."""
+
+    async def scenario() -> tuple[Run | None, Run | None, int]:
+        cache = ReplicaCache()
+        cache.restarted(10)
+        store = _Store(_run("r", 10), revision=10)
+        lookup = asyncio.ensure_future(cache.lookup("r", store))
+        await store.reading.wait()
+        cache.published([RunEvent(EventType.DELETED, 11, _run("r", 11), None)])
+        store.finish.set()
+        first = await lookup
+        store.run, store.revision = None, 11
+        return first, await cache.lookup("r", store), store.reads
+
+    first, second, reads = asyncio.run(scenario())
+    assert first is not None  # the read answers its own call all the same
+    assert second is None  # read again: the deleted run was not kept
+    assert reads == 2
+
+
+def test_a_run_read_while_nothing_was_published_answers_the_next_lookups() -> None:
+    async def scenario() -> int:
+        cache = ReplicaCache()
+        cache.restarted(10)
+        store = _Store(_run("r", 10), revision=10)
+        store.finish.set()
+        for _ in range(3):
+            assert await cache.lookup("r", store) == _run("r", 10)
+        return store.reads
+
+    assert asyncio.run(scenario()) == 1
