@@ -21,16 +21,6 @@ from typing import Generic, Protocol, TypeVar
 from runplane.server.records import Change, ChangeType, JSONObject, Run, RunEvent, RunStatus
 
 Key = TypeVar("Key")
-
-
-class RunReads(Protocol):
-    """What a cache reads through when it cannot answer (`Database`)."""
-
-    async def read_run(self, run_id: str) -> Run | None: ...
-
-    async def read_revision(self) -> int: ...
-
-
 Value = TypeVar("Value")
 
 RUN_BYTES = 1024
@@ -97,6 +87,14 @@ def run_bytes(run: Run) -> int:
     )
 
 
+class RunReads(Protocol):
+    """What a cache reads through when it cannot answer (`Database`)."""
+
+    async def read_run(self, run_id: str) -> Run | None: ...
+
+    async def read_revision(self) -> int: ...
+
+
 class RunCache:
     def __init__(self, capacity: int = 50_000, max_bytes: int = 128 << 20) -> None:
         self._runs: SizedCache[str, Run] = SizedCache(capacity, max_bytes)
@@ -149,10 +147,10 @@ class ReplicaCache:
 
     The hub publishes every committed change, this replica's and the others', in
     revision order and without gaps (`published`); `through` is the last revision it
-    published. A lookup of a run kept here first reads the store's revision, together
-    with the other lookups (`Database.read_revision`): the run kept answers only if the
-    hub is through that revision, and so through every write committed before the call
-    came, on any replica. Otherwise, and for runs not kept, the run is read from the
+    published. A lookup of a run kept here first reads the store's revision as of after
+    the call came (`Database.read_revision`): the run kept answers only if the hub is
+    through that revision, and so through every write committed before the call came,
+    on any replica. Otherwise, and for runs not kept, the run is read from the
     database.
 
     RUNNING runs are always read: another replica's heartbeat extends a lease in place,
