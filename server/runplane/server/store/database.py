@@ -184,10 +184,10 @@ class Database:
 
     async def read_revision(self) -> int:
         """The store's revision, read after the call came: no write committed before the
-        call has a later one. On PostgreSQL read on the event loop, with the other calls
-        that came while a read was in flight (`RevisionReads`)."""
-        if self._revisions is None:
-            return await self.read(lambda unit: unit.log.state().revision)
+        call has a later one. Read on the event loop, with the other calls that came
+        while a read was in flight (`RevisionReads`); asked only of a shared database,
+        whose cache must learn whether other replicas wrote since."""
+        assert self._revisions is not None, "only a shared database has other writers"
         return await self._revisions.read()
 
     def _point_reader(self) -> UnitOfWork:

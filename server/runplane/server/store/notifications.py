@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg.rows import TupleRow
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 
@@ -28,6 +29,16 @@ from runplane.server.store.dialects import CHANGES_CHANNEL
 PROBE_INTERVAL = 10.0
 """Seconds without a notification after which the connection is checked to be alive."""
 CONNECT_TIMEOUT = 5
+"""Seconds a connection of the event loop's may take to (re)connect."""
+
+
+async def connect_on_loop(url: URL) -> psycopg.AsyncConnection[TupleRow]:
+    """A connection of the event loop's own (no pool, no thread), in autocommit, to the
+    database `url` names."""
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+    )
 
 
 class OwnSessions:
@@ -69,19 +80,17 @@ class ChangeListener:
     """
 
     def __init__(self, url: URL, ring: Callable[[int], None], own: OwnSessions) -> None:
-        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._url = url
         self._ring = ring
         self._own = own
-        self._connection: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self._connection: psycopg.AsyncConnection[TupleRow] | None = None
 
     async def listen(self) -> None:
         """Connect if need be, pass on notifications for up to PROBE_INTERVAL, then make
         sure a quiet connection is alive. A lost connection is StoreUnavailable."""
         try:
             if self._connection is None:
-                connection = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-                )
+                connection = await connect_on_loop(self._url)
                 self._connection = connection
                 await connection.execute(f"LISTEN {CHANGES_CHANNEL}")
                 self._ring(0)  # for whatever was committed while nobody listened

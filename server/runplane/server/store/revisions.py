@@ -15,20 +15,19 @@ import asyncio
 import contextlib
 
 import psycopg
+from psycopg.rows import TupleRow
 from sqlalchemy.engine import URL
 
 from runplane.server.errors import StoreUnavailable
-
-CONNECT_TIMEOUT = 5
-"""Seconds a (re)connection may take; then the read fails as unavailable."""
+from runplane.server.store.notifications import connect_on_loop
 
 _REVISION = "SELECT revision FROM store_state"
 
 
 class RevisionReads:
     def __init__(self, url: URL) -> None:
-        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._connection: psycopg.AsyncConnection[tuple[int]] | None = None
+        self._url = url
+        self._connection: psycopg.AsyncConnection[TupleRow] | None = None
         self._reading = False
         self._next: asyncio.Future[int] | None = None
         """What the calls that came since the read in flight began wait for."""
@@ -69,16 +68,14 @@ class RevisionReads:
     async def _query(self) -> int:
         try:
             if self._connection is None:
-                self._connection = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-                )
+                self._connection = await connect_on_loop(self._url)
             cursor = await self._connection.execute(_REVISION)
             row = await cursor.fetchone()
         except psycopg.Error as error:
             await self.close_connection()
             raise StoreUnavailable("unreachable") from error
         assert row is not None, "store_state has its one row from the first migration"
-        return row[0]
+        return int(row[0])
 
     async def close_connection(self) -> None:
         if self._connection is not None:
