@@ -18,6 +18,7 @@ import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from runplane.server.errors import StoreUnavailable
+from runplane.server.store.database import Database
 from runplane.server.store.revisions import RevisionReads
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from tests.support.databases import fresh_postgres_database, postgres_replicas
@@ -121,6 +122,17 @@ def test_revision_reads_share_reads_and_see_every_earlier_commit() -> None:
         assert revisions[1:] == [before + 1] * 50
 
 
+def _end_revision_sessions(other: Database) -> None:
+    """End the sessions that read the store's revision, from another connection."""
+    with other.engine.connect() as admin:
+        admin.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND query LIKE '%%SELECT revision FROM store_state'"
+        )
+        admin.commit()
+
+
 def test_revision_reads_go_on_after_the_connection_is_lost() -> None:
     with postgres_replicas() as (this, other):
 
@@ -128,16 +140,29 @@ def test_revision_reads_go_on_after_the_connection_is_lost() -> None:
             reads = RevisionReads(this.url)
             try:
                 first = await reads.read()
-                with other.engine.connect() as admin:
-                    admin.exec_driver_sql(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                        "AND query = 'SELECT revision FROM store_state'"
-                    )
-                    admin.commit()
+                _end_revision_sessions(other)  # the loop does not run: the read finds out
                 with pytest.raises(StoreUnavailable):
                     await reads.read()
                 return first, await reads.read()  # on a new connection
+            finally:
+                await reads.close()
+
+        first, again = asyncio.run(scenario())
+        assert again == first
+
+
+def test_revision_reads_notice_a_connection_lost_while_idle() -> None:
+    """The loop watches the connection between reads: when the server ends it, the next
+    call's read goes to a new connection and does not fail."""
+    with postgres_replicas() as (this, other):
+
+        async def scenario() -> tuple[int, int]:
+            reads = RevisionReads(this.url)
+            try:
+                first = await reads.read()
+                _end_revision_sessions(other)
+                await asyncio.sleep(0.5)
+                return first, await reads.read()
             finally:
                 await reads.close()
 
