@@ -8,7 +8,7 @@ missed; the calls that arrive while a read is in flight share the next one.
 Under load the calls come one per turn of the event loop and hardly ever share a read,
 so what one read costs the loop is what matters. Through psycopg's asyncio connection
 it cost about 150 µs of CPU: a task, a reader added and removed, a timer. Here the
-statement is prepared once and sent through libpq's non-blocking interface
+statement is prepared once and sent through libpq's asynchronous interface
 (`psycopg.pq`), on a connection whose socket the loop watches for as long as it is
 open: about 60 µs, most of it the loop's wake-up.
 """
@@ -63,8 +63,8 @@ class RevisionReads:
 
     def _send(self, connection: psycopg.AsyncConnection[TupleRow]) -> None:
         try:
+            # A few bytes: libpq sends them at once (it waits only for a full socket).
             connection.pgconn.send_query_prepared(_STATEMENT, None)
-            connection.pgconn.flush()
         except psycopg.Error:
             self._lost()
 
@@ -81,7 +81,6 @@ class RevisionReads:
             self._lost()
             return
         self._connecting = None
-        connection.pgconn.nonblocking = 1
         self._socket = connection.pgconn.socket  # not to be asked of a lost connection
         asyncio.get_running_loop().add_reader(self._socket, self._readable)
         self._connection = connection
