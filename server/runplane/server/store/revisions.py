@@ -40,7 +40,9 @@ class RevisionReads:
         self._next: asyncio.Future[int] | None = None
         """What the calls that came since the read in flight began wait for."""
         self._revision: int | None = None
+        """The read in flight's value, once its row has come."""
         self._socket = -1
+        """The connection's socket, which the loop watches while it is open."""
 
     async def read(self) -> int:
         """The store's revision, read after the call came."""
