@@ -13,7 +13,7 @@ from runplane.server.records import (
     RunEvent,
     RunStatus,
 )
-from runplane.server.servicer import EventMessages
+from runplane.server.servicer import EventMessages, RunMessages
 from runplane.server.watch.watcher import Delivery
 
 
@@ -85,6 +85,21 @@ def test_watch_messages_are_bounded_in_bytes() -> None:
         (response,) = messages.responses(Delivery([event], revision))
         assert response.events[0].run.metadata["blob"] == "x" * 400_000
     assert messages.bytes <= 8 * 1024 * 1024
+
+
+def test_a_run_message_is_built_once_per_run_object_and_anew_for_a_changed_run() -> None:
+    messages = RunMessages(capacity=2)
+    run = _run("a", 1)
+    first = messages.message(run)
+    assert messages.message(run) is first
+    changed = dataclasses.replace(run, revision=2, metadata={"step": 2})
+    again = messages.message(changed)
+    assert (again.revision, dict(again.metadata)) == (2, {"step": 2.0})
+    assert messages.message(run) is first  # the unchanged object still has its own
+    messages.message(_run("b", 3))
+    messages.message(_run("c", 4))  # capacity 2: the oldest message goes
+    assert messages.message(run) is not first
+    assert messages.message(run) == first
 
 
 class _Store:

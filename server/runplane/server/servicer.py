@@ -29,7 +29,7 @@ from runplane.server.access import Access
 from runplane.server.cache import SizedCache
 from runplane.server.claims import ClaimService
 from runplane.server.errors import FieldViolation, InvalidInput, RunplaneError, ServerShuttingDown
-from runplane.server.records import EventType, RunEvent
+from runplane.server.records import EventType, Run, RunEvent
 from runplane.server.runs import RunService
 from runplane.server.stats import StatsService
 from runplane.server.watch.streams import WatchService
@@ -318,6 +318,28 @@ class EventMessages:
         return found
 
 
+class RunMessages:
+    """GetRun's messages, built once for each run the caches hand out.
+
+    A run cache answers with the very same `Run` while the run stays as it is, and
+    with another object once it changed; converting its documents to Structs is most of
+    what GetRun costs runplane's own code. So a message is kept for the object it was
+    made from (held, so that its id is not reused) and sent again while the cache
+    answers with that object.
+    """
+
+    def __init__(self, capacity: int = 4096, max_bytes: int = CACHE_BYTES) -> None:
+        self._messages: SizedCache[int, tuple[Run, run_pb2.Run]] = SizedCache(capacity, max_bytes)
+
+    def message(self, run: Run) -> run_pb2.Run:
+        found = self._messages.get(id(run))
+        if found is not None and found[0] is run:
+            return found[1]
+        message = convert.run_to_proto(run)
+        self._messages.put(id(run), (run, message), message.ByteSize())
+        return message
+
+
 def _batched(
     encoded: Iterable[tuple[run_pb2.RunEvent, int]], revision: int
 ) -> Iterator[tuple[run_service_pb2.WatchRunsResponse, int]]:
@@ -351,6 +373,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self._stats = stats
         self._limits = limits
         self._event_messages = EventMessages()
+        self._run_messages = RunMessages()
         self.calls = Calls()
 
     def drain(self) -> None:
@@ -371,7 +394,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     @_rpc
     async def GetRun(self, request: run_service_pb2.GetRunRequest, access: Access) -> run_pb2.Run:
         run = await self._runs.get(validation.get_run(request, access=access))
-        return convert.run_to_proto(run)
+        return self._run_messages.message(run)
 
     @_rpc
     async def ListRuns(
