@@ -206,7 +206,7 @@ def _in_list_order(
 
 
 class KnownThreads:
-    """The thread lock key of the runs this process wrote last, for `get_locked`.
+    """The thread of the runs this process wrote last, for `get_locked`.
 
     A run never moves to another thread, so knowing its thread spares the read that
     finds it. Its id may be taken again once it is deleted, though, by a run on
@@ -217,18 +217,20 @@ class KnownThreads:
 
     def __init__(self, capacity: int = 50_000) -> None:
         self._capacity = capacity
-        self._keys: dict[str, int] = {}
+        self._threads: dict[str, str] = {}
+        """Each run's thread, as `scoped_key` names it; its lock key is hashed only when
+        the run is locked, not at every write."""
 
-    def get(self, run_id: str) -> int | None:
-        return self._keys.get(run_id)
+    def get(self, run_id: str) -> str | None:
+        return self._threads.get(run_id)
 
     def remember(self, run: Run) -> None:
-        self._keys[run.run_id] = lock_key(scoped_key(run.namespace, run.thread_id))
-        if len(self._keys) > self._capacity:
-            del self._keys[next(iter(self._keys))]  # the longest known
+        self._threads[run.run_id] = scoped_key(run.namespace, run.thread_id)
+        if len(self._threads) > self._capacity:
+            del self._threads[next(iter(self._threads))]  # the longest known
 
     def forget(self, run_id: str) -> None:
-        self._keys.pop(run_id, None)
+        self._threads.pop(run_id, None)
 
 
 class RunStore:
@@ -294,16 +296,16 @@ class RunStore:
         """
         if self._dialect.serial_writes:
             return self.get(run_id)
-        key = self._known.get(run_id) if self._known is not None else None
-        if key is None:
-            thread = self._conn.execute(_THREAD_OF, {"run_id": run_id}).first()
-            if thread is None:
+        thread = self._known.get(run_id) if self._known is not None else None
+        if thread is None:
+            found = self._conn.execute(_THREAD_OF, {"run_id": run_id}).first()
+            if found is None:
                 return None
-            key = lock_key(scoped_key(thread.namespace, thread.thread_id))
+            thread = scoped_key(found.namespace, found.thread_id)
         while True:
             params = {
                 "lock": int(Lock.THREAD),
-                "key": key,
+                "key": lock_key(thread),
                 "run_id": run_id,
                 "may_wait": self.wait_for_locks,
             }
@@ -313,8 +315,8 @@ class RunStore:
             if row.run_id is None:
                 raise LockBusy
             run = fields.from_row(row)
-            locked, key = key, lock_key(scoped_key(run.namespace, run.thread_id))
-            if key == locked:
+            locked, thread = thread, scoped_key(run.namespace, run.thread_id)
+            if thread == locked:
                 return run
             # The id was deleted and taken again by a run on another thread: lock that
             # one too, and read again.
