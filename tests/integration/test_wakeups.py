@@ -1,16 +1,27 @@
-"""Claim wake-ups when a long-polling claim is cancelled (its caller went away) and,
-before its task runs again to leave the line, the server drains or a run is rung for:
-the cancelled claim is passed over, never answered twice."""
+"""Claim wake-ups: when a long-polling claim is cancelled (its caller went away) and,
+before its task runs again to leave the line, the server drains or a run is rung for,
+the cancelled claim is passed over, never answered twice; and a run created while
+claims wait is claimed in the commit that creates it, waking no other claim."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from runplane.server import requests
+from runplane.server.access import Access
+from runplane.server.claims import ClaimService
+from runplane.server.pages import PageTokens
+from runplane.server.policy import ANONYMOUS, Role
+from runplane.server.runs import RunService
 from runplane.server.store.database import Database
+from runplane.server.store.migrate import upgrade
+from runplane.server.validation import Limits
 from runplane.server.wakeups import ClaimScope, ClaimWakeups
+from tests.support.databases import database_url
 
 SCOPE = ClaimScope(None, ())
 
@@ -64,3 +75,70 @@ def test_a_ring_skips_a_claim_cancelled_in_line(database: Database) -> None:
         assert await waiting is None
 
     asyncio.run(scenario())
+
+
+class CommitCounter:
+    """A TransactionTimer that keeps the size of every write group committed."""
+
+    def __init__(self) -> None:
+        self.groups: list[int] = []
+
+    def read(self, seconds: float) -> None:
+        pass
+
+    def write(self, seconds: float, group_size: int) -> None:
+        self.groups.append(group_size)
+
+
+@pytest.fixture
+def counted(backend: str, tmp_path: Path) -> Iterator[tuple[Database, CommitCounter]]:
+    commits = CommitCounter()
+    with database_url(backend, tmp_path) as url:
+        database = Database(url, timer=commits)
+        upgrade(database.engine)
+        try:
+            yield database, commits
+        finally:
+            database.dispose()
+
+
+def test_a_run_created_while_claims_wait_is_claimed_in_its_own_commit(
+    counted: tuple[Database, CommitCounter],
+) -> None:
+    """Two claims wait; each new run is claimed by one of them in the create's commit
+    (one commit of two transactions), and the other claim is not woken to look in
+    vain: no further commit."""
+    database, commits = counted
+    access = Access(ANONYMOUS, Role.ADMIN)
+    wakeups = ClaimWakeups(database)
+    runs = RunService(database, PageTokens(b"k" * 32), wakeups=wakeups)
+    claims = ClaimService(database, wakeups, Limits(), max_attempts=3)
+    creates = 5
+
+    def waiting_claim(worker: str) -> asyncio.Task[object]:
+        request = requests.ClaimRun(worker, ("a",), 10**7, 30.0, access=access)
+        return asyncio.ensure_future(claims.claim(request))
+
+    async def scenario() -> list[tuple[str, str]]:
+        waiting = [waiting_claim("w1"), waiting_claim("w2")]
+        await asyncio.sleep(0.1)  # both looked, found nothing, and wait in line
+        claimed = []
+        for _ in range(creates):
+            commits.groups.clear()
+            run = await runs.create(requests.CreateRun("a", access=access))
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            (task,) = done
+            taken = task.result()
+            assert taken is not None
+            claimed.append((run.run_id, getattr(taken, "run_id", "")))
+            await asyncio.sleep(0.1)  # time for a needless look to commit
+            assert commits.groups == [2], (len(claimed), commits.groups)
+            worker = waiting.index(task)
+            waiting[worker] = waiting_claim(f"w{worker + 1}")
+            await asyncio.sleep(0.05)
+        wakeups.drain()
+        await asyncio.gather(*waiting)
+        return claimed
+
+    claimed = asyncio.run(scenario())
+    assert all(created == taken for created, taken in claimed)

@@ -239,7 +239,7 @@ async def _start(
     telemetry.attach(database, hub, compactor)
     cache = _run_cache(database, hub)
     limits = validation.Limits(max_struct_bytes=config.max_struct_bytes)
-    runs = RunService(database, tokens, cache)
+    runs = RunService(database, tokens, cache, wakeups)
     claims = ClaimService(database, wakeups, limits, max_attempts=config.max_attempts)
     watches = WatchService(database, hub, runs.lookup, max_buffered=config.watch_buffer)
     stats = StatsService(database, lambda: hub.watcher_count)

@@ -42,6 +42,7 @@ from runplane.server.records import (
 )
 from runplane.server.store.database import Database
 from runplane.server.store.unit_of_work import UnitOfWork
+from runplane.server.wakeups import ClaimWakeups
 
 PAGE_BYTES = 1 << 20
 """About how much of the runs table a ListRuns page reads (as `run_bytes` sizes runs):
@@ -104,14 +105,19 @@ class RunService:
         database: Database,
         tokens: pages.PageTokens,
         cache: RunCache | ReplicaCache | None = None,
+        wakeups: ClaimWakeups | None = None,
     ) -> None:
         self._db = database
         self._tokens = tokens
         self._cache = cache
+        self._wakeups = wakeups
 
     # -- create ------------------------------------------------------------------------------
 
     async def create(self, new: requests.CreateRun) -> Run:
+        if self._wakeups is not None:
+            # Before the write: a waiting claim then commits with it (`ClaimWakeups`).
+            self._wakeups.creating(new.namespace, new.assistant_id, new.start_after)
         return await self._db.write(lambda unit: self._create(unit, new))
 
     def _create(self, unit: UnitOfWork, new: requests.CreateRun) -> Run:

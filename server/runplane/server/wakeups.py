@@ -26,6 +26,13 @@ scope takes that queue is woken, and as it is all but sure to find the run, its 
 can skip the read that would tell it so (`until_found` tells the look). If it finds
 nothing after all (the run waits behind its thread's), the waiters the round goes on
 to look as usual.
+
+A new run rings before its create is written, not after (`creating`), and if that
+woke a claim, the database holds the create until the claim has looked
+(`Database.gather_writes`): both commit together, and the run is claimed one commit
+sooner. A run claimed in the commit that created it needs no ring at its commit; any
+other new run is rung for there as well, so a create whose claim did not commit with
+it (a refusal, a run behind its thread's) is never missed.
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ class _Waiter:
 
 class ClaimWakeups:
     def __init__(self, database: Database) -> None:
+        self._database = database
         self._waiting: list[_Waiter] = []
         self._draining = False
         self._poll_s = REPLICA_POLL_S if database.shared else None
@@ -140,11 +148,22 @@ class ClaimWakeups:
         longest-waiting claim that could take it."""
         self._wake(_Round(queue))
 
+    def creating(self, namespace: str, assistant_id: str, start_after: int | None) -> None:
+        """A run of this queue is about to be written: if it may be claimed at once,
+        ring now, and if that woke a claim, gather the writes until it has looked, so
+        that its claim commits with the create."""
+        claimable = start_after is None or start_after <= now_us()
+        if claimable and self._wake(_Round((namespace, assistant_id))):
+            self._database.gather_writes()
+
     def _committed(self, changes: list[Change]) -> None:
-        """This process committed `changes`: ring for each that may have freed a run."""
+        """This process committed `changes`: ring for each that may have freed a run,
+        but not for a new run claimed in the same commit."""
+        claimed = {change.run.run_id for change in changes if _claims(change)}
         for change in changes:
             if change.type is ChangeType.CREATED:
-                self.ring((change.run.namespace, change.run.assistant_id))
+                if change.run.run_id not in claimed:
+                    self.ring((change.run.namespace, change.run.assistant_id))
             elif _may_free_a_run(change):
                 self.ring()  # the next run of its thread: of any assistant
 
@@ -188,7 +207,8 @@ class ClaimWakeups:
             if round_ is not None:
                 self._pass_on(round_, None)
 
-    def _wake(self, round_: _Round) -> None:
+    def _wake(self, round_: _Round) -> bool:
+        """Wake the first waiter in line that may use the round; whether there was one."""
         for waiter in self._waiting:
             if waiter.woken.done():
                 continue  # its claim was cancelled and leaves the line when it next runs
@@ -197,13 +217,24 @@ class ClaimWakeups:
             ):
                 self._waiting.remove(waiter)
                 waiter.woken.set_result(round_)
-                return
+                return True
+        return False
 
 
 def _surely(round_: _Round | None) -> bool:
     """Whether the round that woke a waiter is all but sure to have work for it: a new
     run in its scope that nobody looked for yet."""
     return round_ is not None and round_.queue is not None and not round_.tried
+
+
+def _claims(change: Change) -> bool:
+    """Whether `change` is the claim of a run that was waiting to be claimed."""
+    before = change.previous
+    return (
+        before is not None
+        and before.status is RunStatus.PENDING
+        and change.run.status is RunStatus.RUNNING
+    )
 
 
 def _may_free_a_run(change: Change) -> bool:

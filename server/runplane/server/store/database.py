@@ -149,6 +149,11 @@ class Database:
         """
         return await self._writer.submit(work)
 
+    def gather_writes(self) -> None:
+        """Hold this event loop's writes until the callbacks scheduled on it so far have
+        run, then commit them together (see `GroupWriter.gather`)."""
+        self._writer.gather()
+
     async def read(self, work: Work[T], *, snapshot: bool = False, lookup: bool = True) -> T:
         """Run `work`, a read.
 
@@ -279,49 +284,79 @@ class GroupWriter:
         self._publish = publish
         self._timer = timer
         self._faults = faults
-        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
-        self._deferred: list[_Job[Any]] = []
-        """Members that found a lock taken, for the next group, ahead of the queue."""
+        self._queue: queue.SimpleQueue[list[_Job[Any]] | None] = queue.SimpleQueue()
+        """Writes, in the order submitted (a list of those gathered together); None to
+        stop."""
+        self._gathering: dict[asyncio.AbstractEventLoop, list[_Job[Any]]] = {}
+        """Per event loop, the writes it gathers (`gather`); touched by its thread only."""
+        self._waiting: list[_Job[Any]] = []
+        """Taken from the queue but in no group yet: members that found a lock taken
+        first, then those a full group left over."""
         self._thread = threading.Thread(target=self._serve, name="runplane-db-write", daemon=True)
         self._thread.start()
 
     async def submit(self, work: Work[T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(work, future, loop))
+        job = _Job(work, future, loop)
+        gathered = self._gathering.get(loop)
+        if gathered is None:
+            self._queue.put([job])
+        else:
+            gathered.append(job)
         return await future
+
+    def gather(self) -> None:
+        """Hold the writes submitted on this event loop until the callbacks scheduled
+        on it so far have run, then hand them to the writer together, in order: so
+        that a write one of those callbacks submits commits with the writes before it."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._gathering:
+            self._gathering[loop] = []
+            loop.call_soon(self._hand_over, loop)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        gathered = self._gathering.pop(loop)
+        if gathered:
+            self._queue.put(gathered)
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
 
+    def _next_group(self) -> list[_Job[Any]] | None:
+        """Up to MAX_GROUP transactions to commit together, waiting for the first; None
+        when the writer is to stop."""
+        if not self._waiting:
+            writes = self._queue.get()
+            if writes is None:
+                return None
+            self._waiting.extend(writes)
+        while len(self._waiting) < self.MAX_GROUP:
+            try:
+                writes = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if writes is None:
+                self._queue.put(None)  # finish what was taken, then stop
+                break
+            self._waiting.extend(writes)
+        group = self._waiting[: self.MAX_GROUP]
+        del self._waiting[: len(group)]
+        return group
+
     def _serve(self) -> None:
-        while True:
-            group = self._deferred[: self.MAX_GROUP]
-            del self._deferred[: len(group)]
-            if not group:
-                job = self._queue.get()
-                if job is None:
-                    return
-                group.append(job)
-            while len(group) < self.MAX_GROUP:
-                try:
-                    queued = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if queued is None:
-                    self._queue.put(None)  # finish this group, then stop
-                    break
-                group.append(queued)
+        while (group := self._next_group()) is not None:
             started = time.perf_counter()
             outcomes, written = self._commit(group)
             self._timer.write(time.perf_counter() - started, len(group))
-            answered = []
+            answered, deferred = [], []
             for member, outcome in zip(group, outcomes, strict=True):
                 if outcome is _DEFERRED:
-                    self._deferred.append(member)
+                    deferred.append(member)
                 else:
                     answered.append((member, outcome))
+            self._waiting[:0] = deferred  # they go first in the next group
             # The first member waits for its locks: it is always answered.
             group[0].loop.call_soon_threadsafe(self._deliver, answered, written)
 
