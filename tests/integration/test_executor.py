@@ -211,6 +211,74 @@ def test_claim_race_hands_each_run_to_exactly_one_worker(
     assert set(claimed) == created
 
 
+def test_runs_created_while_workers_wait_are_each_claimed_once_and_none_missed(
+    server_address: str, assistant: str
+) -> None:
+    """Creates race with long-polling workers: runs on new threads, runs queued behind
+    their thread's, and creates refused on a busy thread. Every run created is claimed
+    exactly once, each soon after it became claimable (no wake-up lost: the fallback
+    poll comes only after 5 s), and a refused create hands nothing out."""
+    shared = [str(uuid.uuid4()) for _ in range(4)]
+
+    async def scenario() -> tuple[set[str], list[str], float]:
+        async with grpc.aio.insecure_channel(server_address) as channel:
+            stub = run_service_pb2_grpc.RunServiceStub(channel)
+            claimed: list[str] = []
+            created: set[str] = set()
+            refused: list[grpc.StatusCode] = []
+            done = asyncio.Event()
+
+            async def worker(name: str) -> None:
+                request = run_service_pb2.ClaimRunRequest(
+                    worker_id=name, assistant_ids=[assistant], wait=seconds(10)
+                )
+                while not done.is_set():
+                    response = await stub.ClaimRun(request)
+                    if response.HasField("run"):
+                        claimed.append(response.run.run_id)
+                        await stub.CompleteRun(
+                            run_service_pb2.CompleteRunRequest(
+                                run_id=response.run.run_id,
+                                worker_id=name,
+                                status=run_pb2.RUN_STATUS_SUCCESS,
+                            )
+                        )
+                        if len(claimed) == 40:
+                            done.set()
+
+            async def create(**fields: object) -> None:
+                request = run_service_pb2.CreateRunRequest(assistant_id=assistant, **fields)  # type: ignore[arg-type]
+                try:
+                    created.add((await stub.CreateRun(request)).run_id)
+                except grpc.aio.AioRpcError as error:
+                    refused.append(error.code())
+
+            workers = [asyncio.ensure_future(worker(f"w{i}")) for i in range(8)]
+            await asyncio.sleep(0.3)  # every worker waits
+            busy = run_service_pb2.CreateRunRequest(assistant_id=f"{assistant}-other")
+            busy_thread = (await stub.CreateRun(busy)).thread_id  # never claimed here
+            reject = run_pb2.MULTITASK_STRATEGY_REJECT
+            await asyncio.gather(
+                *(create() for _ in range(24)),
+                *(create(thread_id=shared[i % 4]) for i in range(16)),
+                *(create(thread_id=busy_thread, multitask_strategy=reject) for _ in range(6)),
+            )
+            started = time.monotonic()
+            await asyncio.wait_for(done.wait(), 30)
+            waited = time.monotonic() - started
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            assert refused == [grpc.StatusCode.FAILED_PRECONDITION] * 6  # the busy thread's
+            return created, claimed, waited
+
+    created, claimed, waited = asyncio.run(scenario())
+    assert len(created) == 40
+    assert Counter(claimed).most_common(1)[0][1] == 1
+    assert set(claimed) == created
+    assert waited < 4
+
+
 def test_heartbeat_extends_lease(stub: Stub, assistant: str) -> None:
     create(stub, assistant)
     running = claim(stub, assistant, lease=5)

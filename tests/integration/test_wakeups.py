@@ -1,7 +1,8 @@
 """Claim wake-ups: when a long-polling claim is cancelled (its caller went away) and,
 before its task runs again to leave the line, the server drains or a run is rung for,
-the cancelled claim is passed over, never answered twice; and a run created while
-claims wait is claimed in the commit that creates it, waking no other claim."""
+the cancelled claim is passed over, never answered twice; a run created while claims
+wait is claimed in the commit that creates it, waking no other claim; and a run that no
+claim took in that commit is rung for there."""
 
 from __future__ import annotations
 
@@ -75,6 +76,34 @@ def test_a_ring_skips_a_claim_cancelled_in_line(database: Database) -> None:
         assert await waiting is None
 
     asyncio.run(scenario())
+
+
+def test_a_new_run_is_rung_for_at_its_commit_when_no_claim_took_it_there(
+    database: Database,
+) -> None:
+    """A claim that starts waiting after a create went to the writer was not there to
+    be woken before it; the create's commit rings for it."""
+
+    async def scenario() -> int:
+        wakeups = ClaimWakeups(database)
+        looks = 0
+
+        async def counted(surely: bool) -> tuple[str | None, int | None]:
+            nonlocal looks
+            looks += 1
+            return None, None
+
+        # Without wake-ups, the service rings nobody before writing: as if the claim
+        # came in just after the create.
+        runs = RunService(database, PageTokens(b"k" * 32))
+        waiting = await _parked(wakeups, look=counted)
+        await runs.create(requests.CreateRun("a", access=Access(ANONYMOUS, Role.ADMIN)))
+        await asyncio.sleep(0.05)
+        wakeups.drain()
+        assert await waiting is None
+        return looks
+
+    assert asyncio.run(scenario()) == 2  # parked after one look, rung for the new run
 
 
 class CommitCounter:
