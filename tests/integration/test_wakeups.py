@@ -34,6 +34,17 @@ async def _nothing(surely: bool) -> tuple[str | None, int | None]:
 Look = Callable[[bool], Awaitable[tuple[str | None, int | None]]]
 
 
+class CountedLooks:
+    """A look that finds nothing, counting how often it is called."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def __call__(self, surely: bool) -> tuple[str | None, int | None]:
+        self.count += 1
+        return None, None
+
+
 async def _parked(wakeups: ClaimWakeups, look: Look = _nothing) -> asyncio.Task[str | None]:
     task = asyncio.ensure_future(wakeups.until_found(look, SCOPE, wait_s=30))
     await asyncio.sleep(0.05)  # it looked, found nothing and waits in line
@@ -57,21 +68,15 @@ def test_drain_passes_over_a_claim_cancelled_in_line(database: Database) -> None
 def test_a_ring_skips_a_claim_cancelled_in_line(database: Database) -> None:
     async def scenario() -> None:
         wakeups = ClaimWakeups(database)
-        looks = 0
-
-        async def counted(surely: bool) -> tuple[str | None, int | None]:
-            nonlocal looks
-            looks += 1
-            return None, None
-
+        looks = CountedLooks()
         cancelled = await _parked(wakeups)
-        waiting = await _parked(wakeups, look=counted)
+        waiting = await _parked(wakeups, look=looks)
         cancelled.cancel()
         wakeups.ring()  # must reach the claim still waiting, not the cancelled one
         await asyncio.sleep(0.05)
         with pytest.raises(asyncio.CancelledError):
             await cancelled
-        assert looks == 2  # rung, it looked again (found nothing) and waits on
+        assert looks.count == 2  # rung, it looked again (found nothing) and waits on
         wakeups.drain()
         assert await waiting is None
 
@@ -86,22 +91,16 @@ def test_a_new_run_is_rung_for_at_its_commit_when_no_claim_took_it_there(
 
     async def scenario() -> int:
         wakeups = ClaimWakeups(database)
-        looks = 0
-
-        async def counted(surely: bool) -> tuple[str | None, int | None]:
-            nonlocal looks
-            looks += 1
-            return None, None
-
+        looks = CountedLooks()
         # Without wake-ups, the service rings nobody before writing: as if the claim
         # came in just after the create.
         runs = RunService(database, PageTokens(b"k" * 32))
-        waiting = await _parked(wakeups, look=counted)
+        waiting = await _parked(wakeups, look=looks)
         await runs.create(requests.CreateRun("a", access=Access(ANONYMOUS, Role.ADMIN)))
         await asyncio.sleep(0.05)
         wakeups.drain()
         assert await waiting is None
-        return looks
+        return looks.count
 
     assert asyncio.run(scenario()) == 2  # parked after one look, rung for the new run
 
