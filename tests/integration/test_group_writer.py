@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, create_engine, text
 
 from runplane.server.errors import RunNotFound
 from runplane.server.records import (
@@ -387,6 +388,15 @@ def _thread_held_by_another_replica() -> Iterator[tuple[Database, Connection]]:
             database.dispose()
 
 
+async def _until_a_session_waits_for_a_lock(connection: Connection) -> None:
+    """Until some session waits for an advisory lock (however slow its start)."""
+    waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    deadline = time.monotonic() + 30
+    while not connection.execute(waiting).scalar_one():
+        assert time.monotonic() < deadline, "no session came to wait for the lock"
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.postgres
 def test_a_write_postgresql_undoes_to_break_a_deadlock_runs_again() -> None:
     """This writer takes the revision counter and then waits for a thread lock that
@@ -401,7 +411,10 @@ def test_a_write_postgresql_undoes_to_break_a_deadlock_runs_again() -> None:
 
         async def scenario() -> str:
             write = asyncio.ensure_future(database.write(create_then_lock))
-            await asyncio.sleep(0.3)  # it waits for the thread lock
+            await _until_a_session_waits_for_a_lock(theirs)
+            # PostgreSQL's deadlock check runs a second after a session starts waiting:
+            # the writer's must come well before theirs.
+            await asyncio.sleep(0.3)
             # This waits for the counter: a deadlock, which the writer's side
             # detects first, having waited longer.
             await asyncio.to_thread(
