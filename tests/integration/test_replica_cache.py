@@ -116,7 +116,7 @@ def test_revision_reads_share_reads_and_see_every_earlier_commit() -> None:
                 burst = await asyncio.gather(*(reads.read() for _ in range(50)))
                 return [before, *burst], before
             finally:
-                await reads.close()
+                reads.close()
 
         revisions, before = asyncio.run(scenario())
         assert revisions[1:] == [before + 1] * 50
@@ -145,7 +145,7 @@ def test_revision_reads_go_on_after_the_connection_is_lost() -> None:
                     await reads.read()
                 return first, await reads.read()  # on a new connection
             finally:
-                await reads.close()
+                reads.close()
 
         first, again = asyncio.run(scenario())
         assert again == first
@@ -164,7 +164,7 @@ def test_revision_reads_notice_a_connection_lost_while_idle() -> None:
                 await asyncio.sleep(0.5)
                 return first, await reads.read()
             finally:
-                await reads.close()
+                reads.close()
 
         first, again = asyncio.run(scenario())
         assert again == first

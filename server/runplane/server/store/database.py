@@ -211,7 +211,7 @@ class Database:
     async def close(self) -> None:
         """Release the event loop's connection, then the rest (`dispose`)."""
         if self._revisions is not None:
-            await self._revisions.close()
+            self._revisions.close()
         await asyncio.to_thread(self.dispose)
 
     def dispose(self, *, discard_new_files: bool = False) -> None:

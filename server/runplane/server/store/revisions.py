@@ -16,7 +16,6 @@ open: about 60 µs, most of it the loop's wake-up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import psycopg
 from psycopg import pq
@@ -139,8 +138,9 @@ class RevisionReads:
             asyncio.get_running_loop().remove_reader(self._socket)
             connection.pgconn.finish()
 
-    async def close(self) -> None:
-        """Stop reading (at shutdown): calls still waiting are cancelled."""
+    def close(self) -> None:
+        """Stop reading (at shutdown): calls still waiting are cancelled, and the
+        connection is closed (`_drop`)."""
         if self._connecting is not None:
             self._connecting.cancel()
             self._connecting = None
@@ -148,8 +148,4 @@ class RevisionReads:
             if future is not None:
                 future.cancel()
         self._reading = self._next = None
-        connection = self._connection
         self._drop()
-        if connection is not None:
-            with contextlib.suppress(psycopg.Error):
-                await connection.close()
