@@ -241,6 +241,9 @@ def test_domain_series_follow_a_scripted_lifecycle(metered: ServerThread) -> Non
     # Every committed transaction is in some group: at least the changes made here.
     assert value(samples, "runplane_db_group_commit_size_sum") >= 13
     assert value(samples, "runplane_db_transaction_seconds_count", kind="read") >= 1
+    # The writer ran for part of its groups' time, never longer than they took.
+    cpu = value(samples, "runplane_db_writer_cpu_seconds_total")
+    assert 0 < cpu <= value(samples, "runplane_db_transaction_seconds_sum", kind="write") + 0.01
 
 
 QUEUE_SERIES = ("runplane_queue_depth", "runplane_queue_oldest_age_seconds", "runplane_runs")

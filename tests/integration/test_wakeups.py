@@ -114,7 +114,7 @@ class CommitCounter:
     def read(self, seconds: float) -> None:
         pass
 
-    def write(self, seconds: float, group_size: int) -> None:
+    def write(self, seconds: float, cpu_seconds: float, group_size: int) -> None:
         self.groups.append(group_size)
 
 

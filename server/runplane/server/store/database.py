@@ -57,15 +57,17 @@ class TransactionTimer(Protocol):
 
     def read(self, seconds: float) -> None: ...
 
-    def write(self, seconds: float, group_size: int) -> None:
-        """One commit of `group_size` write transactions grouped together."""
+    def write(self, seconds: float, cpu_seconds: float, group_size: int) -> None:
+        """One commit of `group_size` write transactions grouped together, for
+        `cpu_seconds` of which the writer thread ran: the rest it waited, for the
+        database or for the interpreter lock."""
 
 
 class _Untimed:
     def read(self, seconds: float) -> None:
         pass
 
-    def write(self, seconds: float, group_size: int) -> None:
+    def write(self, seconds: float, cpu_seconds: float, group_size: int) -> None:
         pass
 
 
@@ -347,9 +349,9 @@ class GroupWriter:
 
     def _serve(self) -> None:
         while (group := self._next_group()) is not None:
-            started = time.perf_counter()
+            started, ran = time.perf_counter(), time.thread_time()
             outcomes, written = self._commit(group)
-            self._timer.write(time.perf_counter() - started, len(group))
+            self._timer.write(time.perf_counter() - started, time.thread_time() - ran, len(group))
             answered, deferred = [], []
             for member, outcome in zip(group, outcomes, strict=True):
                 if outcome is _DEFERRED:

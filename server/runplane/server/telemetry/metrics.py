@@ -262,6 +262,12 @@ class Metrics:
         )
         self._read_seconds = transaction_seconds.labels("read")
         self._write_seconds = transaction_seconds.labels("write")
+        self._writer_cpu = Counter(
+            "runplane_db_writer_cpu_seconds",
+            "CPU time the writer thread ran during write groups; the rest of their time "
+            "it waited, for the database or for the interpreter lock.",
+            registry=registry,
+        )
         self._group_size = Histogram(
             "runplane_db_group_commit_size",
             "Write transactions committed together in one database transaction.",
@@ -303,9 +309,10 @@ class Metrics:
         """`TransactionTimer`: one read transaction."""
         self._read_seconds.observe(seconds)
 
-    def write(self, seconds: float, group_size: int) -> None:
+    def write(self, seconds: float, cpu_seconds: float, group_size: int) -> None:
         """`TransactionTimer`: one committed group of write transactions."""
         self._write_seconds.observe(seconds)
+        self._writer_cpu.inc(cpu_seconds)
         self._group_size.observe(group_size)
 
 
