@@ -146,6 +146,64 @@ def test_a_claim_passes_over_a_head_whose_thread_is_busy(
     assert first.run_id == "first"
 
 
+def test_a_claim_is_one_statement(replicas: tuple[Database, Database]) -> None:
+    this, _ = replicas
+    _write(this, _create("first", "t-first", created_at=1))
+    _write(this, _create("second", "t-second", created_at=2))
+
+    claimed, statements = _statements_of(
+        this, lambda unit: unit.heads.first_claimable(now_us(), None, ())
+    )
+    assert claimed is not None
+    assert claimed.run_id == "first"
+    assert len(statements) == 1, statements
+
+
+def _forget_lock_keys(database: Database) -> None:
+    """Make every head look written by a replica of an earlier version (before 0011)."""
+    with database.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE thread_heads SET lock_key = NULL")
+
+
+def test_a_head_written_without_its_lock_key_is_given_it_and_claimed(
+    replicas: tuple[Database, Database],
+) -> None:
+    this, other = replicas
+    _write(other, _create("old", "t-old"))
+    _forget_lock_keys(other)
+
+    def claim(unit: UnitOfWork) -> tuple[str | None, bool]:
+        run = unit.heads.first_claimable(now_us(), None, ())
+        return None if run is None else run.run_id, _thread_held_elsewhere(this, "t-old")
+
+    assert _write(this, claim) == ("old", True)
+    with this.engine.connect() as connection:
+        keys = connection.exec_driver_sql("SELECT lock_key FROM thread_heads").scalars().all()
+    assert keys == [lock_key(scoped_key("default", "t-old"))]
+
+
+def test_a_claim_never_takes_a_head_without_its_lock_key_unlocked(
+    replicas: tuple[Database, Database],
+) -> None:
+    """Another replica changes the thread of a head that has no key yet: the claim must
+    find the thread's lock taken, not claim past it."""
+    this, other = replicas
+    _write(other, _create("contended", "busy", created_at=1))
+    _forget_lock_keys(other)
+
+    def claim_while_busy(unit: UnitOfWork) -> str | None:
+        with other.engine.connect() as holder:
+            holder.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(%(lock)s, %(key)s)",
+                {"lock": int(Lock.THREAD), "key": lock_key(scoped_key("default", "busy"))},
+            )
+            run = unit.heads.first_claimable(now_us(), None, ())
+            holder.rollback()
+        return None if run is None else run.run_id
+
+    assert _write(this, claim_while_busy) is None
+
+
 def test_a_change_that_may_not_wait_finds_its_threads_lock_taken(
     replicas: tuple[Database, Database],
 ) -> None:

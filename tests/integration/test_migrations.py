@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from runplane.server.config import ServerConfig
 from runplane.server.store.database import Database
+from runplane.server.store.dialects import lock_key, scoped_key
 from runplane.server.store.migrate import upgrade
 from runplane.server.store.schema import Base
 from runplane.v1 import run_service_pb2
@@ -309,3 +310,64 @@ def test_0008_indexes_the_metadata_of_every_run_of_an_0007_database(
                 assert len(listed(i=0)) == len(range(0, 6000, 7))
         finally:
             server.stop()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_0011_gives_every_head_of_an_0010_database_its_lock_key(
+    backend: str, tmp_path: Path
+) -> None:
+    """More heads than one batch of the migration; afterwards a worker claims them in
+    claim order (on PostgreSQL, through the keys)."""
+    threads = [f"thread-{i:05}" for i in range(6000)]
+    with database_url(backend, tmp_path) as url:
+        database = Database(url)
+        try:
+            upgrade(database.engine, "0010")
+            with database.engine.begin() as connection:
+                rows = [
+                    {"n": n, "thread": thread, "run": f"run-{thread}"}
+                    for n, thread in enumerate(threads, start=1)
+                ]
+                connection.execute(
+                    text(
+                        "INSERT INTO runs (run_id, thread_id, assistant_id, status, "
+                        "multitask_strategy, metadata, kwargs, created_at_us, updated_at_us, "
+                        "revision, create_revision, attempt, error, cancel_reason, worker_id, "
+                        "namespace, priority) VALUES ('run-' || :thread, :thread, 'agent', "
+                        "'pending', 'enqueue', '{}', '{}', :n, :n, :n, :n, 0, '', '', '', "
+                        "'ns', 5)"
+                    ),
+                    rows,
+                )
+                connection.execute(
+                    text(
+                        "INSERT INTO thread_heads (namespace, thread_id, run_id, assistant_id, "
+                        "queue, priority, due_us, state) VALUES ('ns', :thread, :run, 'agent', "
+                        "'ns/agent', 5, :n, 'ready')"
+                    ),
+                    rows,
+                )
+                connection.execute(text(f"UPDATE store_state SET revision = {len(threads)}"))
+            upgrade(database.engine)
+            with database.engine.connect() as connection:
+                keys: dict[str, int] = dict(
+                    connection.execute(text("SELECT thread_id, lock_key FROM thread_heads")).all()
+                )
+        finally:
+            database.dispose()
+        assert keys == {thread: lock_key(scoped_key("ns", thread)) for thread in threads}
+
+        server = ServerThread(ServerConfig(address="127.0.0.1:0", database_url=url)).start()
+        try:
+            with run_service(server.address) as stub:
+                claimed = [
+                    stub.ClaimRun(
+                        run_service_pb2.ClaimRunRequest(worker_id="w", namespace="ns")
+                    ).run.run_id
+                    for _ in range(3)
+                ]
+        finally:
+            server.stop()
+    assert claimed == ["run-thread-00000", "run-thread-00001", "run-thread-00002"]

@@ -338,7 +338,6 @@ def test_a_claim_reads_ranges_of_the_ready_heads(
     def claim_look(unit: UnitOfWork) -> None:
         now = now_us()
         assert unit.heads.look(now, namespaces, assistants)[0]  # a worker's look
-        assert unit.heads.claimable(now, namespaces, assistants, 8)  # candidates
         assert unit.heads.first_claimable(now, namespaces, assistants)  # the claim
 
     plans = _plans_of(backlog, claim_look)

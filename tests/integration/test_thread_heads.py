@@ -41,6 +41,7 @@ from runplane.server.records import (
 )
 from runplane.server.runs import RunService
 from runplane.server.store.database import Database
+from runplane.server.store.dialects import lock_key, scoped_key
 from runplane.server.store.unit_of_work import UnitOfWork
 from runplane.server.sweeper import Sweeper
 from runplane.server.validation import Limits
@@ -116,12 +117,15 @@ def _check_heads(database: Database) -> None:
     assert actual.keys() == expected.keys()
     for key, run in expected.items():
         row = actual[key]
-        assert (row["run_id"], row["assistant_id"], row["priority"], row["due_us"]) == (
-            run.run_id,
-            run.assistant_id,
-            run.priority,
-            _due(run),
-        ), key
+        assert (
+            row["run_id"],
+            row["assistant_id"],
+            row["priority"],
+            row["due_us"],
+            row["lock_key"],
+        ) == (run.run_id, run.assistant_id, run.priority, _due(run), lock_key(scoped_key(*key))), (
+            key
+        )
         if run.status is RunStatus.RUNNING:
             assert row["state"] == "running", key
         elif _due(run) > checked_at:

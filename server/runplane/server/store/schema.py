@@ -140,6 +140,10 @@ class ThreadHeadRow(Base):
     due_us: Mapped[int] = mapped_column(BigInteger)
     """When the run may start: its creation, or its start_after when later."""
     state: Mapped[str] = mapped_column(String(8))
+    lock_key: Mapped[int | None] = mapped_column(Integer)
+    """The key of the thread's advisory lock (`dialects.lock_key`), so that a claim on
+    PostgreSQL finds its candidates and takes a lock in one statement. NULL only in a
+    head that a replica of an earlier version wrote: a claim that meets one fills it in."""
 
 
 # Claim order is priority (highest first), then due time: one ready index per shape of

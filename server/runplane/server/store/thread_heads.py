@@ -27,13 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     BigInteger,
     CompoundSelect,
     Connection,
     Integer,
     Select,
-    Text,
     bindparam,
     cast,
     delete,
@@ -44,6 +42,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from runplane.server.records import (
     Change,
@@ -94,6 +93,7 @@ _HEAD_COLUMNS = (
     _heads.c.run_id,
     _heads.c.priority,
     _heads.c.due_us,
+    _heads.c.lock_key,
 )
 _ON_THREAD = (
     _heads.c.namespace == bindparam("namespace"),
@@ -102,17 +102,10 @@ _ON_THREAD = (
 
 _NEXT_DUE = select(func.min(_heads.c.due_us)).where(_IS_DELAYED, _heads.c.due_us > bindparam("now"))
 _SELECT_RUN = select(*(_runs.c[column] for column in fields.COLUMNS))
-# PostgreSQL (migration 0010): the run of the first candidate head whose thread's lock
-# is free and that is still its thread's claimable head under the lock, in one call.
-_CLAIM_HEAD = fields.returned_runs(
-    func.runplane_claim_head(
-        cast(bindparam("lock"), Integer),
-        cast(bindparam("keys"), ARRAY(Integer)),
-        cast(bindparam("namespaces"), ARRAY(Text)),
-        cast(bindparam("thread_ids"), ARRAY(Text)),
-        cast(bindparam("run_ids"), ARRAY(Text)),
-        cast(bindparam("now"), BigInteger),
-    )
+# A head an earlier version wrote, without its lock's key, gets it (see `first_claimable`).
+_SET_LOCK_KEY = update(_heads).where(
+    _heads.c.namespace == bindparam("head_namespace"),
+    _heads.c.thread_id == bindparam("head_thread_id"),
 )
 _FIRST_INFLIGHT = (
     select(
@@ -191,17 +184,6 @@ _FALLEN_DUE_SIZES = select(_heads.c.queue, literal(1), _heads.c.due_us).where(
 _IN_NAMESPACES = _heads.c.namespace.in_(bindparam("namespaces", expanding=True))
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    """A claimable head, as a claim reads it."""
-
-    namespace: str
-    thread_id: str
-    run_id: str
-    priority: int
-    due_us: int
-
-
 def due_us(created_at: int, start_after: int | None) -> int:
     """When a run may start: its creation, or its start_after when later."""
     return created_at if start_after is None or start_after < created_at else start_after
@@ -252,6 +234,7 @@ class _HeadRun:
             "priority": self.priority,
             "due_us": due,
             "state": _state(self.status, due, now),
+            "lock_key": lock_key(scoped_key(namespace, thread_id)),
         }
 
 
@@ -336,6 +319,30 @@ def _first_claimable_run_query(namespaces: int, assistants: int) -> Select[Any]:
     return _SELECT_RUN.join_from(head, _runs, _runs.c.run_id == head.c.run_id)
 
 
+@functools.lru_cache(maxsize=64)
+def _claim_query(namespaces: int, assistants: int) -> Select[Any]:
+    """PostgreSQL (migrations 0010, 0011): the run of the first of `_claimable_query`'s
+    heads whose thread's lock is free and that is still its thread's claimable head
+    under the lock, in one statement. `runplane_claim_head` takes the candidates as
+    arrays, each in claim order, ties broken by the head's key so that the arrays agree.
+    """
+    heads = _claimable_query(namespaces, assistants).cte("candidates")
+    order = (heads.c.priority.desc(), heads.c.due_us, heads.c.namespace, heads.c.thread_id)
+
+    def each(column: Any) -> Any:
+        return select(func.array_agg(aggregate_order_by(column, *order))).scalar_subquery()
+
+    claim = func.runplane_claim_head(
+        cast(bindparam("lock"), Integer),
+        each(heads.c.lock_key),
+        each(heads.c.namespace),
+        each(heads.c.thread_id),
+        each(heads.c.run_id),
+        cast(bindparam("now"), BigInteger),
+    )
+    return fields.returned_runs(claim).add_cte(heads)
+
+
 @functools.cache
 def _upserts(dialect: type[Dialect]) -> tuple[Any, Any]:
     """(insert unless the thread has a head, insert or replace the thread's head)."""
@@ -362,21 +369,6 @@ class ThreadHeads:
 
     # -- claims ------------------------------------------------------------------------------
 
-    def claimable(
-        self,
-        now: int,
-        namespaces: NamespaceSet,
-        assistant_ids: Sequence[str],
-        limit: int,
-    ) -> list[Head]:
-        """Up to `limit` heads a worker may claim now, in claim order: highest priority,
-        then earliest due. `namespaces` None means every namespace; no `assistant_ids`
-        means any assistant."""
-        query, params = self._claimable(_claimable_query, now, namespaces, assistant_ids, limit)
-        if query is None:
-            return []
-        return [Head(*row) for row in self._conn.execute(query, params)]
-
     def look(
         self, now: int, namespaces: NamespaceSet, assistant_ids: Sequence[str]
     ) -> tuple[bool, int | None]:
@@ -396,28 +388,38 @@ class ThreadHeads:
         self, now: int, namespaces: NamespaceSet, assistant_ids: Sequence[str]
     ) -> Run | None:
         """The run of the first claimable head, in claim order, made safe to claim: None
-        if there is none. Where concurrent claims may hold some (replicas), a few heads
-        are read, and the first whose thread's lock is free and that is still its
-        thread's claimable head under the lock is taken; where none can, the first is
-        read with its run in one statement.
+        if there is none. Where concurrent claims may hold some (replicas), the first
+        few heads are candidates, and the first whose thread's lock is free and that is
+        still its thread's claimable head under the lock is taken, in one statement;
+        where none can, the first is read with its run.
         """
         if self._dialect.serial_writes:
             query, params = self._claimable(
                 _first_claimable_run_query, now, namespaces, assistant_ids, 1
             )
-        else:
-            heads = self.claimable(now, namespaces, assistant_ids, self._dialect.claim_candidates)
-            query = _CLAIM_HEAD if heads else None
-            params = {
-                "lock": int(Lock.THREAD),
-                "keys": [lock_key(scoped_key(head.namespace, head.thread_id)) for head in heads],
-                "namespaces": [head.namespace for head in heads],
-                "thread_ids": [head.thread_id for head in heads],
-                "run_ids": [head.run_id for head in heads],
-                "now": now,
-            }
-        row = None if query is None else self._conn.execute(query, params).first()
-        return None if row is None else fields.from_row(row)
+            row = None if query is None else self._conn.execute(query, params).first()
+            return None if row is None else fields.from_row(row)
+        query, params = self._claimable(
+            _claim_query, now, namespaces, assistant_ids, self._dialect.claim_candidates
+        )
+        if query is None:
+            return None
+        params["lock"] = int(Lock.THREAD)
+        for _ in range(self._dialect.claim_candidates + 1):
+            row = self._conn.execute(query, params).first()
+            if row is None or row.run_id is not None:
+                return None if row is None else fields.from_row(row)
+            # The candidate has no lock key (a replica of an earlier version wrote its
+            # head), and nothing was locked: give it its key, and ask again.
+            self._conn.execute(
+                _SET_LOCK_KEY,
+                {
+                    "head_namespace": row.namespace,
+                    "head_thread_id": row.thread_id,
+                    "lock_key": lock_key(scoped_key(row.namespace, row.thread_id)),
+                },
+            )
+        return None
 
     @staticmethod
     def _claimable(
