@@ -121,6 +121,22 @@ def test_a_run_id_taken_again_on_another_thread_locks_that_thread(
     assert not _thread_held_elsewhere(this, "b")  # released at commit
 
 
+def _claim_while_held(this: Database, other: Database, thread_id: str) -> str | None:
+    """The run id a claim on `this` takes while `other` holds the lock of `thread_id`."""
+
+    def claim(unit: UnitOfWork) -> str | None:
+        with other.engine.connect() as holder:
+            holder.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(%(lock)s, %(key)s)",
+                {"lock": int(Lock.THREAD), "key": lock_key(scoped_key("default", thread_id))},
+            )
+            run = unit.heads.first_claimable(now_us(), None, ())
+            holder.rollback()
+        return None if run is None else run.run_id
+
+    return _write(this, claim)
+
+
 def test_a_claim_passes_over_a_head_whose_thread_is_busy(
     replicas: tuple[Database, Database],
 ) -> None:
@@ -128,18 +144,8 @@ def test_a_claim_passes_over_a_head_whose_thread_is_busy(
     _write(this, _create("first", "busy", created_at=1))  # due first
     _write(this, _create("second", "free", created_at=2))
 
-    def claim_while_busy(unit: UnitOfWork) -> str | None:
-        assert _thread_held_elsewhere(this, "busy") is False
-        with other.engine.connect() as holder:
-            holder.exec_driver_sql(
-                "SELECT pg_advisory_xact_lock(%(lock)s, %(key)s)",
-                {"lock": int(Lock.THREAD), "key": lock_key(scoped_key("default", "busy"))},
-            )
-            run = unit.heads.first_claimable(now_us(), None, ())
-            holder.rollback()
-        return None if run is None else run.run_id
-
-    assert _write(this, claim_while_busy) == "second"
+    assert _thread_held_elsewhere(this, "busy") is False
+    assert _claim_while_held(this, other, "busy") == "second"
     # Its thread free again, the first head is the first claimed.
     first = _write(this, lambda unit: unit.heads.first_claimable(now_us(), None, ()))
     assert first is not None
@@ -191,17 +197,7 @@ def test_a_claim_never_takes_a_head_without_its_lock_key_unlocked(
     _write(other, _create("contended", "busy", created_at=1))
     _forget_lock_keys(other)
 
-    def claim_while_busy(unit: UnitOfWork) -> str | None:
-        with other.engine.connect() as holder:
-            holder.exec_driver_sql(
-                "SELECT pg_advisory_xact_lock(%(lock)s, %(key)s)",
-                {"lock": int(Lock.THREAD), "key": lock_key(scoped_key("default", "busy"))},
-            )
-            run = unit.heads.first_claimable(now_us(), None, ())
-            holder.rollback()
-        return None if run is None else run.run_id
-
-    assert _write(this, claim_while_busy) is None
+    assert _claim_while_held(this, other, "busy") is None
 
 
 def test_a_change_that_may_not_wait_finds_its_threads_lock_taken(
