@@ -102,11 +102,6 @@ _ON_THREAD = (
 
 _NEXT_DUE = select(func.min(_heads.c.due_us)).where(_IS_DELAYED, _heads.c.due_us > bindparam("now"))
 _SELECT_RUN = select(*(_runs.c[column] for column in fields.COLUMNS))
-# A head an earlier version wrote, without its lock's key, gets it (see `first_claimable`).
-_SET_LOCK_KEY = update(_heads).where(
-    _heads.c.namespace == bindparam("head_namespace"),
-    _heads.c.thread_id == bindparam("head_thread_id"),
-)
 _FIRST_INFLIGHT = (
     select(
         _runs.c.run_id,
@@ -124,12 +119,14 @@ _FIRST_INFLIGHT = (
     .order_by(_runs.c.create_revision)
     .limit(1)
 )
-# Parameters named after columns set them; the key's have other names.
-_MOVE_HEAD = update(_heads).where(
+# Updates of one head: parameters named after columns set them; the key's have other names.
+_AT_HEAD = (
     _heads.c.namespace == bindparam("head_namespace"),
     _heads.c.thread_id == bindparam("head_thread_id"),
-    _heads.c.run_id == bindparam("head_run_id"),
 )
+_MOVE_HEAD = update(_heads).where(*_AT_HEAD, _heads.c.run_id == bindparam("head_run_id"))
+# A head an earlier version wrote, without its lock's key, gets it (see `first_claimable`).
+_SET_LOCK_KEY = update(_heads).where(*_AT_HEAD)
 _INFLIGHT_ON_THREAD = (
     select(_runs.c.run_id)
     .where(
