@@ -3,7 +3,9 @@
 Measures runplane against a bare grpc.aio echo server on the same machine, the same way:
 each target server is started fresh as a child process, every scenario in ``SCENARIOS``
 (from ``tests.bench.scenarios`` and ``tests.bench.watch_scenarios``) drives it from a
-separate load process, and the server is stopped before the next target starts. Progress
+separate load process, and the server is stopped before the next target starts. The
+``scale`` scenario, whose figures are of everything stored, gets a fresh server (and
+database) of its own after the others. Progress
 goes to stderr; stdout gets one JSON document: the machine, every result, runplane/echo
 ratios and the performance goals judged.
 
@@ -125,10 +127,31 @@ def _select_targets(args: argparse.Namespace) -> list[Target]:
     return [available[name] for name in names]
 
 
+OWN_DATABASE = frozenset({"scale"})
+"""Scenarios whose figures are of everything stored (runs at each stage, bytes per run):
+each gets a fresh server of its own, after the others, so that what they wrote does not
+count."""
+
+
 def measure_target(
     target: Target, scenarios: tuple[str, ...], options: BenchOptions
 ) -> list[Result]:
-    """Runs every scenario against one fresh server; the server is gone when this returns."""
+    """Runs every scenario against fresh servers (one for all but those in OWN_DATABASE,
+    one for each of those); every server is gone when this returns."""
+    if target.baseline is not None:
+        # A variant is there to price its feature on unary calls.
+        scenarios = tuple(name for name in scenarios if name == "unary")
+    shared = tuple(name for name in scenarios if name not in OWN_DATABASE)
+    groups = ([shared] if shared else []) + [(name,) for name in scenarios if name in OWN_DATABASE]
+    results: list[Result] = []
+    for group in groups:
+        results.extend(_measure_on_fresh_server(target, group, options))
+    return results
+
+
+def _measure_on_fresh_server(
+    target: Target, scenarios: tuple[str, ...], options: BenchOptions
+) -> list[Result]:
     _log(f"{target.name}: starting")
     with (
         tempfile.TemporaryDirectory(prefix=f"runplane-bench-{target.name}-") as workdir,
@@ -137,8 +160,6 @@ def measure_target(
         _log(f"{target.name}: ready at {server.address}")
         results: list[Result] = []
         for name in scenarios:
-            if target.baseline is not None and name != "unary":
-                continue  # a variant is there to price its feature on unary calls
             results.extend(SCENARIOS[name](target, server, options))
         return results
 

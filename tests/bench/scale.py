@@ -26,11 +26,13 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from itertools import islice
 
 import grpc
 from google.protobuf import duration_pb2, struct_pb2
+from sqlalchemy import Connection
 
 from runplane.server.records import Change, ChangeType, Run, RunStatus, now_us
 from runplane.server.store.database import Database
@@ -156,28 +158,37 @@ _SIZES = {
 }
 
 
-def _storage(database_url: str) -> dict[str, object]:
-    """Bytes of each table with its indexes, and per stored run or logged change."""
+@contextmanager
+def _connected(database_url: str) -> Iterator[Connection]:
     database = Database(database_url)
     try:
         with database.engine.connect() as connection:
-            backend = connection.dialect.name
-            sizes = {
-                table: int(size)
-                for table, size in connection.exec_driver_sql(_SIZES[backend])
-                if table in TABLES
-            }
-            runs = connection.exec_driver_sql("SELECT count(*) FROM runs").scalar_one()
-            events = connection.exec_driver_sql("SELECT count(*) FROM run_events").scalar_one()
-            # An event's JSON, as the database keeps it: the run, and what of the run
-            # before a filter needs.
-            length = "length(CAST({} AS blob))" if backend == "sqlite" else "pg_column_size({})"
-            run_json, event_json = connection.exec_driver_sql(
-                f"SELECT avg({length.format('run')}), avg({length.format('run')} + "
-                f"COALESCE({length.format('previous')}, 0)) FROM run_events"
-            ).one()
+            yield connection
     finally:
         database.dispose()
+
+
+def _count(connection: Connection, table: str) -> int:
+    return int(connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one())
+
+
+def _storage(database_url: str) -> dict[str, object]:
+    """Bytes of each table with its indexes, and per stored run or logged change."""
+    with _connected(database_url) as connection:
+        backend = connection.dialect.name
+        sizes = {
+            table: int(size)
+            for table, size in connection.exec_driver_sql(_SIZES[backend])
+            if table in TABLES
+        }
+        runs, events = _count(connection, "runs"), _count(connection, "run_events")
+        # An event's JSON, as the database keeps it: the run, and what of the run before
+        # a filter needs.
+        length = "length(CAST({} AS blob))" if backend == "sqlite" else "pg_column_size({})"
+        run_json, event_json = connection.exec_driver_sql(
+            f"SELECT avg({length.format('run')}), avg({length.format('run')} + "
+            f"COALESCE({length.format('previous')}, 0)) FROM run_events"
+        ).one()
     per_run = {table: round(sizes[table] / runs) for table in TABLES if table != "run_events"}
     return {
         "bytes": sizes,
@@ -200,6 +211,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200, help="timed calls of each RPC")
     parser.add_argument("--server-pid", type=int, default=None, help="wait for it to be idle")
     args = parser.parse_args()
+    with _connected(args.database_url) as connection:
+        already = _count(connection, "runs")
+    if already:
+        # The stages and the bytes per run count every run stored: they must all be ours.
+        parser.error(f"the database already holds {already:,} runs; scale needs an empty one")
     stored = Stored()
     results: list[tuple[int, Cell]] = []
     written = 0

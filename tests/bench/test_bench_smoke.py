@@ -10,9 +10,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from runplane.server.config import ServerConfig
+from runplane.v1 import run_service_pb2, run_service_pb2_grpc
+from tests.support.databases import database_url
 from tests.support.servers import ServerThread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -120,11 +126,23 @@ def test_claim_and_heartbeat_benchmarks_run_against_a_server(server: ServerThrea
     assert (heartbeats["database_cpu_percent"] is None) == url.startswith("sqlite")
 
 
-def test_the_scale_benchmark_runs_against_a_server(server: ServerThread) -> None:
+@pytest.fixture
+def empty_server(backend: str, tmp_path: Path) -> Iterator[ServerThread]:
+    """A server of the test's own, on a database that holds no run yet."""
+    with database_url(backend, tmp_path) as url:
+        running = ServerThread(ServerConfig(address="127.0.0.1:0", database_url=url)).start()
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+def test_the_scale_benchmark_runs_against_a_server(empty_server: ServerThread) -> None:
     """Two small stages of stored runs, a few calls of each RPC at each."""
+    url = empty_server.config.database_url
     document = _run_json(
         "scale",
-        *("--address", server.address, "--database-url", server.config.database_url),
+        *("--address", empty_server.address, "--database-url", url),
         *("--runs", "1200", "--stages", "600", "--samples", "5"),
     )
     assert [stage["stored_runs"] for stage in document["stages"]] == [600, 1200]
@@ -146,3 +164,39 @@ def test_cancel_runs_benchmark_runs_against_a_server(server: ServerThread) -> No
     assert (found["runs"], found["threads"], found["cancelled"]) == (40, 8, 40)
     assert found["cancel_ms"] > 0
     assert found["slowest_concurrent_create_ms"] > 0
+
+
+def test_the_scale_benchmark_refuses_a_database_that_already_holds_runs(
+    server: ServerThread, stub: run_service_pb2_grpc.RunServiceStub
+) -> None:
+    """Its stages and bytes per run count every stored run: others' runs would skew them."""
+    stub.CreateRun(run_service_pb2.CreateRunRequest(assistant_id="not-the-benchmark"))
+    url = server.config.database_url
+    completed = subprocess.run(
+        [
+            *(sys.executable, "-m", "tests.bench.scale", "--address", server.address),
+            *("--database-url", url, "--runs", "100"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "already holds" in completed.stderr
+    assert "scale needs an empty one" in completed.stderr
+
+
+def test_the_harness_gives_the_scale_benchmark_a_server_of_its_own() -> None:
+    """Run after the unary calls, which store runs, it still finds an empty database."""
+    document = _run_json(
+        "run",
+        *("--targets", "runplane-sqlite", "--scenarios", "unary,scale", "--runs", "3000"),
+        *("--seconds", "0.3", "--concurrency", "2", "--rpcs", "create"),
+    )
+    assert document["failures"] == []
+    scenarios = [r["scenario"] for r in document["results"]]
+    assert scenarios == ["unary", "scale"]
+    (scale,) = [r for r in document["results"] if r["scenario"] == "scale"]
+    assert [stage["stored_runs"] for stage in scale["stages"]] == [3000]
