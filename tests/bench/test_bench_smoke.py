@@ -39,9 +39,9 @@ RESULT_KEYS = {
 }
 
 
-def _run_json(module: str, *args: str) -> dict[str, Any]:
-    """What `python -m tests.bench.<module> ARGS` prints, parsed; it must succeed."""
-    completed = subprocess.run(
+def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m tests.bench.<module> ARGS`, finished."""
+    return subprocess.run(
         [sys.executable, "-m", f"tests.bench.{module}", *args],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -49,6 +49,11 @@ def _run_json(module: str, *args: str) -> dict[str, Any]:
         timeout=120,
         check=False,
     )
+
+
+def _run_json(module: str, *args: str) -> dict[str, Any]:
+    """What `python -m tests.bench.<module> ARGS` prints, parsed; it must succeed."""
+    completed = _run(module, *args)
     assert completed.returncode == 0, completed.stderr
     document: dict[str, Any] = json.loads(completed.stdout)
     return document
@@ -171,17 +176,10 @@ def test_the_scale_benchmark_refuses_a_database_that_already_holds_runs(
 ) -> None:
     """Its stages and bytes per run count every stored run: others' runs would skew them."""
     stub.CreateRun(run_service_pb2.CreateRunRequest(assistant_id="not-the-benchmark"))
-    url = server.config.database_url
-    completed = subprocess.run(
-        [
-            *(sys.executable, "-m", "tests.bench.scale", "--address", server.address),
-            *("--database-url", url, "--runs", "100"),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    completed = _run(
+        "scale",
+        *("--address", server.address, "--database-url", server.config.database_url),
+        *("--runs", "100"),
     )
     assert completed.returncode == 2
     assert "already holds" in completed.stderr
