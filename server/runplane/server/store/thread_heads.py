@@ -31,6 +31,7 @@ from sqlalchemy import (
     CompoundSelect,
     Connection,
     Integer,
+    Row,
     Select,
     bindparam,
     cast,
@@ -395,7 +396,15 @@ class ThreadHeads:
                 _first_claimable_run_query, now, namespaces, assistant_ids, 1
             )
             row = None if query is None else self._conn.execute(query, params).first()
-            return None if row is None else fields.from_row(row)
+        else:
+            row = self._claim_under_lock(now, namespaces, assistant_ids)
+        return None if row is None else fields.from_row(row)
+
+    def _claim_under_lock(
+        self, now: int, namespaces: NamespaceSet, assistant_ids: Sequence[str]
+    ) -> Row[Any] | None:
+        """The row of the run `_claim_query` takes, its thread's lock held; None if no
+        candidate could be taken."""
         query, params = self._claimable(
             _claim_query, now, namespaces, assistant_ids, self._dialect.claim_candidates
         )
@@ -405,7 +414,7 @@ class ThreadHeads:
         for _ in range(self._dialect.claim_candidates + 1):
             row = self._conn.execute(query, params).first()
             if row is None or row.run_id is not None:
-                return None if row is None else fields.from_row(row)
+                return row
             # The candidate has no lock key (a replica of an earlier version wrote its
             # head), and nothing was locked: give it its key, and ask again.
             self._conn.execute(
