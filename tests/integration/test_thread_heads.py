@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from runplane.server import requests
 from runplane.server.access import Access
@@ -318,6 +318,47 @@ def test_a_thread_whose_head_ends_hands_over_to_its_next_run(database: Database)
 
     created, claimed = asyncio.run(scenario())
     assert claimed == created
+
+
+def test_the_last_run_of_a_thread_drops_its_head_before_its_own_row_is_written(
+    database: Database,
+) -> None:
+    """A completion of the thread's last run: the head goes first, so that the DELETE,
+    which reads the runs, finds none of the transaction's rows held to send before it.
+    The ended run's row then goes with its event at the commit, not alone ahead of them."""
+
+    async def scenario() -> list[str]:
+        runs, claims = (
+            RunService(database, TOKENS),
+            ClaimService(database, ClaimWakeups(database), Limits(), max_attempts=3),
+        )
+        await runs.create(requests.CreateRun("a", thread_id="t", access=ACCESS))
+        claimed = await claims.claim(requests.ClaimRun("w", ("a",), 10**7, 0.0, access=ACCESS))
+        assert claimed is not None
+        statements: list[str] = []
+
+        def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            statements.append(" ".join(statement.split()))
+
+        event.listen(database.engine, "before_cursor_execute", seen)
+        try:
+            await claims.complete(
+                requests.CompleteRun(claimed.run_id, "w", RunStatus.SUCCESS, access=ACCESS)
+            )
+        finally:
+            event.remove(database.engine, "before_cursor_execute", seen)
+        return statements
+
+    statements = asyncio.run(scenario())
+    assert _heads(database) == {}
+    dropped = [i for i, s in enumerate(statements) if s.startswith("DELETE FROM thread_heads")]
+    run_written = [i for i, s in enumerate(statements) if "UPDATE runs SET" in s]
+    event_logged = [i for i, s in enumerate(statements) if "INSERT INTO run_events" in s]
+    assert len(dropped) == 1, statements
+    assert len(run_written) == len(event_logged) == 1, statements
+    # Without the early DELETE the run's row is sent ahead of it, and its event after it.
+    assert dropped[0] < run_written[0], statements
+    assert dropped[0] < event_logged[0], statements
 
 
 def test_a_retried_head_keeps_its_place_and_waits_for_its_new_due_time(

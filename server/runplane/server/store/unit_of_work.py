@@ -93,6 +93,7 @@ class UnitOfWork:
             return []
         # Recorded before any statement: a transaction that fails past here wrote something.
         self._written().changes.extend(changes)
+        released = self.heads.release(changes)
         first = self.log.reserve(len(changes))
         committed_at = now_us()
         entries = []
@@ -101,7 +102,7 @@ class UnitOfWork:
             stored = fields.stored_values(change.run)
             self.runs.write(change, stored)
             entries.append(self.log.entry(change, stored, committed_at))
-        self.heads.follow(changes)
+        self.heads.follow(changes, released)
         self._metadata.follow(changes)
         # Held: sent before the next read, or by `finish`. Other replicas' watch hubs and
         # claims hear of the commit through the notification `reserve` made; this
