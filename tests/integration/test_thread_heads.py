@@ -320,19 +320,25 @@ def test_a_thread_whose_head_ends_hands_over_to_its_next_run(database: Database)
     assert claimed == created
 
 
-def test_the_last_run_of_a_thread_drops_its_head_before_its_own_row_is_written(
-    database: Database,
+@pytest.mark.parametrize("behind", [0, 1])
+def test_a_head_that_ends_is_dropped_before_its_own_row_is_written(
+    database: Database, behind: int
 ) -> None:
-    """A completion of the thread's last run: the head goes first, so that the DELETE,
-    which reads the runs, finds none of the transaction's rows held to send before it.
-    The ended run's row then goes with its event at the commit, not alone ahead of them."""
+    """A completion of a thread's head, with `behind` runs queued after it: the head's
+    DELETE goes first, so that it finds none of the transaction's rows held to send
+    before it, and it is the only DELETE of the head: when it leaves a run behind, that
+    run takes over without a second try."""
 
-    async def scenario() -> list[str]:
+    async def scenario() -> tuple[list[str], str]:
         runs, claims = (
             RunService(database, TOKENS),
             ClaimService(database, ClaimWakeups(database), Limits(), max_attempts=3),
         )
-        await runs.create(requests.CreateRun("a", thread_id="t", access=ACCESS))
+        thread_id = str(uuid.uuid4())
+        created = [
+            await runs.create(requests.CreateRun("a", thread_id=thread_id, access=ACCESS))
+            for _ in range(1 + behind)
+        ]
         claimed = await claims.claim(requests.ClaimRun("w", ("a",), 10**7, 0.0, access=ACCESS))
         assert claimed is not None
         statements: list[str] = []
@@ -347,18 +353,26 @@ def test_the_last_run_of_a_thread_drops_its_head_before_its_own_row_is_written(
             )
         finally:
             event.remove(database.engine, "before_cursor_execute", seen)
-        return statements
+        return statements, created[-1].run_id
 
-    statements = asyncio.run(scenario())
-    assert _heads(database) == {}
+    statements, last = asyncio.run(scenario())
+    _check_heads(database)
+    assert [head["run_id"] for head in _heads(database).values()] == ([last] if behind else [])
     dropped = [i for i, s in enumerate(statements) if s.startswith("DELETE FROM thread_heads")]
     run_written = [i for i, s in enumerate(statements) if "UPDATE runs SET" in s]
-    event_logged = [i for i, s in enumerate(statements) if "INSERT INTO run_events" in s]
     assert len(dropped) == 1, statements
-    assert len(run_written) == len(event_logged) == 1, statements
-    # Without the early DELETE the run's row is sent ahead of it, and its event after it.
+    assert len(run_written) == 1, statements
+    # Without the early DELETE, the ended run's row is sent ahead of it.
     assert dropped[0] < run_written[0], statements
-    assert dropped[0] < event_logged[0], statements
+    (logged,) = [i for i, s in enumerate(statements) if "INSERT INTO run_events" in s]
+    # The event goes with the run's row: not alone ahead of the DELETE (no run behind), nor
+    # alone after the next run is made the head.
+    assert dropped[0] < logged, statements
+    if behind:
+        (handed_over,) = [
+            i for i, s in enumerate(statements[dropped[0] + 1 :]) if "INTO thread_heads" in s
+        ]
+        assert logged < dropped[0] + 1 + handed_over, statements
 
 
 def test_a_retried_head_keeps_its_place_and_waits_for_its_new_due_time(

@@ -8,11 +8,11 @@ row per thread with inflight runs: the head's run id, assistant, priority, due t
 order (priority, then due time) that stops at its LIMIT, however long the backlog
 behind the heads and whatever the planner's statistics say.
 
-`UnitOfWork.apply` hands every batch of changes to `follow`, in the transaction that
-writes them, so no rule has to remember the heads. Time moves heads too: a delayed
-head becomes claimable at its due time. Claims read the delayed heads that fell due
-along with the ready ones, and the sweeper moves them into the ready index
-(`promote_due`), so the fallen-due heads a claim reads stay few.
+`UnitOfWork.apply` hands every batch of changes to `release` and `follow`, in the
+transaction that writes them, so no rule has to remember the heads. Time moves heads
+too: a delayed head becomes claimable at its due time. Claims read the delayed heads
+that fell due along with the ready ones, and the sweeper moves them into the ready
+index (`promote_due`), so the fallen-due heads a claim reads stay few.
 
 The same heads answer how deep each queue is (`queues`): the claimable runs are the
 ready heads and the fallen-due delayed ones, counted per queue over their indexes.
@@ -496,16 +496,17 @@ class ThreadHeads:
 
     # -- upkeep ------------------------------------------------------------------------------
 
-    def release(self, changes: Sequence[Change]) -> set[tuple[str, str]]:
+    def release(self, changes: Sequence[Change]) -> dict[tuple[str, str], bool]:
         """Before the runs rows of `changes` are written: drop the head of each thread
-        whose last inflight run one change alone ends. Returns those threads, which
-        `follow` then leaves as they are.
+        whose inflight run one change alone ends, unless others of the thread are still
+        inflight. Returns, for each such thread, whether its head went; `follow` takes
+        it from there.
 
         Run before them, the DELETE has none of the transaction's rows to send first
         (`held_rows`): the ended run's row and its event go with the next statement,
         so that a completion costs the writer two statements instead of four.
         """
-        released = set()
+        looked = {}
         for thread, line in _lines(changes).items():
             change, before = line[0], line[0].previous
             if (
@@ -517,17 +518,21 @@ class ThreadHeads:
             ):
                 namespace, thread_id = thread
                 ending = {"namespace": namespace, "thread_id": thread_id, "run_id": before.run_id}
-                if self._conn.execute(_DROP_HEAD_OF_LAST, ending).rowcount:
-                    released.add(thread)
-        return released
+                looked[thread] = bool(self._conn.execute(_DROP_HEAD_OF_LAST, ending).rowcount)
+        return looked
 
-    def follow(self, changes: Sequence[Change], released: set[tuple[str, str]]) -> None:
-        """Bring the heads of the threads `changes` touched, but those `release` dropped,
-        in step with their runs; the runs rows are written already."""
+    def follow(self, changes: Sequence[Change], released: dict[tuple[str, str], bool]) -> None:
+        """Bring the heads of the threads `changes` touched in step with their runs; the
+        runs rows are written already. `released`: what `release` did before."""
         now = now_us()
         for (namespace, thread_id), line in _lines(changes).items():
-            if (namespace, thread_id) not in released and not self._follow_in_place(line, now):
-                self._find_head(namespace, thread_id, now)
+            dropped = released.get((namespace, thread_id))
+            if dropped is None:
+                if not self._follow_in_place(line, now):
+                    self._find_head(namespace, thread_id, now)
+            elif not dropped:
+                # Other runs of the thread are inflight: the first of them is its head.
+                self._find_head(namespace, thread_id, now, maybe_done=False)
 
     def _follow_in_place(self, line: list[Change], now: int) -> bool:
         """Follow changes that need no look at the thread's line; False if they do."""
@@ -551,10 +556,13 @@ class ThreadHeads:
             return True
         return False  # it ended: if it was the head, the next run in line takes over
 
-    def _find_head(self, namespace: str, thread_id: str, now: int) -> None:
-        """Make the thread's first inflight run its head, or drop the head if none is left."""
+    def _find_head(
+        self, namespace: str, thread_id: str, now: int, *, maybe_done: bool = True
+    ) -> None:
+        """Make the thread's first inflight run its head, or drop the head if none is left
+        (which, without `maybe_done`, is known not to be the case)."""
         key = {"namespace": namespace, "thread_id": thread_id}
-        if self._conn.execute(_DROP_HEAD_IF_DONE, key).rowcount:
+        if maybe_done and self._conn.execute(_DROP_HEAD_IF_DONE, key).rowcount:
             return
         first = self._conn.execute(_FIRST_INFLIGHT, key).first()
         if first is None:

@@ -102,12 +102,12 @@ class UnitOfWork:
             stored = fields.stored_values(change.run)
             self.runs.write(change, stored)
             entries.append(self.log.entry(change, stored, committed_at))
-        self.heads.follow(changes, released)
-        self._metadata.follow(changes)
         # Held: sent before the next read, or by `finish`. Other replicas' watch hubs and
         # claims hear of the commit through the notification `reserve` made; this
         # process's through Database.on_commit.
         self.log.append(entries)
+        self.heads.follow(changes, released)
+        self._metadata.follow(changes)
         return [change.run for change in changes]
 
     def finish(self) -> None:
