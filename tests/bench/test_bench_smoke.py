@@ -18,6 +18,7 @@ import pytest
 
 from runplane.server.config import ServerConfig
 from runplane.v1 import run_service_pb2, run_service_pb2_grpc
+from tests.bench import watch
 from tests.support.databases import database_url
 from tests.support.servers import ServerThread
 
@@ -140,6 +141,28 @@ def empty_server(backend: str, tmp_path: Path) -> Iterator[ServerThread]:
             yield running
         finally:
             running.stop()
+
+
+def test_the_watch_benchmark_opens_more_streams_than_a_connection_holds(tmp_path: Path) -> None:
+    """Its channels each open a connection of their own: sharing one, the streams past the
+    server's limit per connection would wait for ever, as 5,000 idle streams once did."""
+    with database_url("sqlite", tmp_path) as url:
+        # As many as one channel of the benchmark opens.
+        limit = watch.STREAMS_PER_CHANNEL
+        config = ServerConfig(
+            address="127.0.0.1:0", database_url=url, max_streams_per_connection=limit
+        )
+        running = ServerThread(config).start()
+        try:
+            found = _run_json(
+                "watch",
+                *("idle", "--address", running.address, "--watchers", "250"),
+                *("--server-pid", str(os.getpid())),
+            )
+        finally:
+            running.stop()
+    assert found["watchers"] == 250
+    assert found["rss_mb"] > 0
 
 
 def test_the_scale_benchmark_runs_against_a_server(empty_server: ServerThread) -> None:

@@ -51,7 +51,10 @@ def _rss_mb(pid: int) -> float | None:
 @contextlib.asynccontextmanager
 async def _channels(address: str, streams: int) -> AsyncIterator[list[grpc.aio.Channel]]:
     count = max(1, -(-streams // STREAMS_PER_CHANNEL))
-    channels = [grpc.aio.insecure_channel(address) for _ in range(count)]
+    # Each channel its own connection: channels to one address otherwise share one, which
+    # holds no more streams at once than the server lets a connection hold.
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(address, options=own) for _ in range(count)]
     try:
         yield channels
     finally:
