@@ -127,22 +127,22 @@ def _select_targets(args: argparse.Namespace) -> list[Target]:
     return [available[name] for name in names]
 
 
-OWN_DATABASE = frozenset({"scale"})
-"""Scenarios whose figures are of everything stored (runs at each stage, bytes per run):
-each gets a fresh server of its own, after the others, so that what they wrote does not
-count."""
+OWN_SERVER = frozenset({"scale", "watch_idle"})
+"""Scenarios whose figures are of everything the server stores or holds (runs at each
+stage, bytes per run, its memory): each gets a fresh server of its own, after the
+others, so that what they wrote or left in memory does not count."""
 
 
 def measure_target(
     target: Target, scenarios: tuple[str, ...], options: BenchOptions
 ) -> list[Result]:
-    """Runs every scenario against fresh servers (one for all but those in OWN_DATABASE,
+    """Runs every scenario against fresh servers (one for all but those in OWN_SERVER,
     one for each of those); every server is gone when this returns."""
     if target.baseline is not None:
         # A variant is there to price its feature on unary calls.
         scenarios = tuple(name for name in scenarios if name == "unary")
-    shared = tuple(name for name in scenarios if name not in OWN_DATABASE)
-    groups = ([shared] if shared else []) + [(name,) for name in scenarios if name in OWN_DATABASE]
+    shared = tuple(name for name in scenarios if name not in OWN_SERVER)
+    groups = ([shared] if shared else []) + [(name,) for name in scenarios if name in OWN_SERVER]
     results: list[Result] = []
     for group in groups:
         results.extend(_measure_on_fresh_server(target, group, options))
