@@ -4,10 +4,9 @@ Measures runplane against a bare grpc.aio echo server on the same machine, the s
 each target server is started fresh as a child process, every scenario in ``SCENARIOS``
 (from ``tests.bench.scenarios`` and ``tests.bench.watch_scenarios``) drives it from a
 separate load process, and the server is stopped before the next target starts. The
-``scale`` scenario, whose figures are of everything stored, gets a fresh server (and
-database) of its own after the others. Progress
-goes to stderr; stdout gets one JSON document: the machine, every result, runplane/echo
-ratios and the performance goals judged.
+scenarios in ``OWN_SERVER`` each get a fresh server (and database) of their own after the
+others. Progress goes to stderr; stdout gets one JSON document: the machine, every
+result, runplane/echo ratios and the performance goals judged.
 
     python -m tests.bench.run [--seconds 5] [--targets echo,runplane-sqlite,...] [--rounds 3]
         [--tls] [--auth]

@@ -6,6 +6,7 @@ harness is noticed before someone needs its numbers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -132,35 +133,35 @@ def test_claim_and_heartbeat_benchmarks_run_against_a_server(server: ServerThrea
     assert (heartbeats["database_cpu_percent"] is None) == url.startswith("sqlite")
 
 
-@pytest.fixture
-def empty_server(backend: str, tmp_path: Path) -> Iterator[ServerThread]:
+@contextlib.contextmanager
+def _own_server(backend: str, folder: Path, **settings: Any) -> Iterator[ServerThread]:
     """A server of the test's own, on a database that holds no run yet."""
-    with database_url(backend, tmp_path) as url:
-        running = ServerThread(ServerConfig(address="127.0.0.1:0", database_url=url)).start()
+    with database_url(backend, folder) as url:
+        config = ServerConfig(address="127.0.0.1:0", database_url=url, **settings)
+        running = ServerThread(config).start()
         try:
             yield running
         finally:
             running.stop()
 
 
+@pytest.fixture
+def empty_server(backend: str, tmp_path: Path) -> Iterator[ServerThread]:
+    with _own_server(backend, tmp_path) as running:
+        yield running
+
+
 def test_the_watch_benchmark_opens_more_streams_than_a_connection_holds(tmp_path: Path) -> None:
     """Its channels each open a connection of their own: sharing one, the streams past the
     server's limit per connection would wait for ever, as 5,000 idle streams once did."""
-    with database_url("sqlite", tmp_path) as url:
-        # As many as one channel of the benchmark opens.
-        limit = watch.STREAMS_PER_CHANNEL
-        config = ServerConfig(
-            address="127.0.0.1:0", database_url=url, max_streams_per_connection=limit
+    # As many as one channel of the benchmark opens.
+    limit = watch.STREAMS_PER_CHANNEL
+    with _own_server("sqlite", tmp_path, max_streams_per_connection=limit) as running:
+        found = _run_json(
+            "watch",
+            *("idle", "--address", running.address, "--watchers", "250"),
+            *("--server-pid", str(os.getpid())),
         )
-        running = ServerThread(config).start()
-        try:
-            found = _run_json(
-                "watch",
-                *("idle", "--address", running.address, "--watchers", "250"),
-                *("--server-pid", str(os.getpid())),
-            )
-        finally:
-            running.stop()
     assert found["watchers"] == 250
     assert found["rss_mb"] > 0
 

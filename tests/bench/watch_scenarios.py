@@ -91,5 +91,5 @@ def cross_replica_latency(
 WATCH_SCENARIOS: dict[str, Scenario] = {
     "watch_latency": watch_latency,
     "watch_cross_replica": cross_replica_latency,
-    "watch_idle": idle_watch_memory,  # last: it leaves the most behind in the server
+    "watch_idle": idle_watch_memory,  # on a server of its own (run.OWN_SERVER)
 }
