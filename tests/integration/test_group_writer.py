@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, create_engine, event, text
 
 from runplane.server.errors import RunNotFound
 from runplane.server.records import (
@@ -137,6 +137,20 @@ def test_many_queued_writes_all_commit(database: Database) -> None:
     assert _stored(database) == set(run_ids)
     assert sorted(run_id for _, run_id in _logged(database)) == run_ids
     assert [revision for revision, _ in _logged(database)] == list(range(1, 501))
+
+
+def test_the_writer_keeps_its_connection_from_group_to_group(database: Database) -> None:
+    checkouts: list[object] = []
+    event.listen(database.engine, "checkout", lambda *_: checkouts.append(None))
+
+    async def one_by_one() -> None:
+        for index in range(5):
+            await database.write(_create(f"k{index}"))
+
+    asyncio.run(one_by_one())
+    # Five groups, one after another: the first may check a connection out, no later one.
+    assert len(checkouts) <= 1
+    assert _stored(database) == {f"k{index}" for index in range(5)}
 
 
 def _log_revision(unit: UnitOfWork) -> str:

@@ -99,8 +99,8 @@ class Database:
         # Each point read on PostgreSQL costs a thread hop and a round trip.
         self._lookups = RunLookups(self.read, together=not self._dialect.point_reads_on_loop)
         self._revisions = RevisionReads(self.url) if self._dialect.shared else None
-        self._point_unit: UnitOfWork | None = None
-        self._point_connection: Connection | None = None
+        self._point_connection = KeptConnection(self._read_engine, point_read=True)
+        self._point_unit: tuple[Connection, UnitOfWork] | None = None
         self._faults = FaultLog()
         self._writer = GroupWriter(
             self._write_engine, self._dialect, self._publish, self._timer, self._faults
@@ -200,15 +200,10 @@ class Database:
     def _point_reader(self) -> UnitOfWork:
         """The event loop's own connection, kept open: checking a connection out of the
         pool per read costs more than the read (73 us against 32 us on SQLite)."""
-        if (
-            self._point_unit is None
-            or self._point_connection is None
-            or self._point_connection.invalidated
-        ):
-            self._point_connection = self._read_engine.connect()
-            self._point_connection.execution_options(point_read=True)
-            self._point_unit = UnitOfWork(self._point_connection, self._dialect)
-        return self._point_unit
+        connection = self._point_connection.get()
+        if self._point_unit is None or self._point_unit[0] is not connection:
+            self._point_unit = (connection, UnitOfWork(connection, self._dialect))
+        return self._point_unit[1]
 
     async def close(self) -> None:
         """Release the event loop's connection, then the rest (`dispose`)."""
@@ -220,14 +215,36 @@ class Database:
         """Release connections and threads; with `discard_new_files`, also remove the
         files this process created (a server that failed to start leaves nothing)."""
         self._writer.close()
-        if self._point_connection is not None:
-            self._point_connection.close()
+        self._point_connection.close()
         self._read_pool.shutdown(wait=True)
         self._write_engine.dispose()
         self._read_engine.dispose()
         if discard_new_files:
             for path in self._new_files:
                 path.unlink(missing_ok=True)
+
+
+class KeptConnection:
+    """A connection one thread keeps open from one transaction to the next, and opens
+    anew once SQLAlchemy has found it lost (invalidated)."""
+
+    def __init__(self, engine: Engine, **options: Any) -> None:
+        self._engine = engine
+        self._options = options
+        self._connection: Connection | None = None
+
+    def get(self) -> Connection:
+        if self._connection is None or self._connection.invalidated:
+            self.close()
+            self._connection = self._engine.connect()
+            if self._options:
+                self._connection.execution_options(**self._options)
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 @dataclass(slots=True)
@@ -279,7 +296,10 @@ class GroupWriter:
         timer: TransactionTimer,
         faults: FaultLog,
     ) -> None:
-        self._engine = engine
+        # Kept, not checked out of the pool and returned for each group; on PostgreSQL
+        # the writer's statements stay prepared on its one session (psycopg prepares a
+        # statement a connection has run five times).
+        self._connection = KeptConnection(engine)
         self._dialect = dialect
         # Where writers may run at once, a change locks its run's thread, found from here.
         self._known = None if dialect.serial_writes else KnownThreads()
@@ -348,6 +368,12 @@ class GroupWriter:
         return group
 
     def _serve(self) -> None:
+        try:
+            self._write_groups()
+        finally:
+            self._connection.close()
+
+    def _write_groups(self) -> None:
         while (group := self._next_group()) is not None:
             started, ran = time.perf_counter(), time.thread_time()
             outcomes, written = self._commit(group)
@@ -372,7 +398,8 @@ class GroupWriter:
         self, group: list[_Job[Any]], retries: int = DEADLOCK_RETRIES
     ) -> tuple[list[Any], Written]:
         try:
-            with _translate_errors(self._faults), self._engine.connect() as connection:
+            with _translate_errors(self._faults):
+                connection = self._connection.get()
                 connection.info[WRITTEN] = Written()
                 # One unit for the whole group: the events its members log and the heads
                 # of their new threads are sent together, before the commit.

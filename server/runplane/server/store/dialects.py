@@ -225,7 +225,8 @@ class SQLite(Dialect):
 
     def engines(self, url: URL) -> Engines:
         return Engines(
-            write=self._engine(url, pool_size=1, begin="BEGIN IMMEDIATE"),
+            # The writer keeps one connection; migrations take the other.
+            write=self._engine(url, pool_size=2, begin="BEGIN IMMEDIATE"),
             # One more connection than threads: point reads on the event loop use it.
             read=self._engine(url, pool_size=SQLITE_READ_THREADS + 1, begin="BEGIN"),
             read_threads=SQLITE_READ_THREADS,
@@ -335,10 +336,11 @@ class PostgreSQL(Dialect):
     serial_writes = False
 
     def engines(self, url: URL) -> Engines:
-        # As many connections as threads: no read waits for, or reconnects, a connection.
+        # As many connections as threads, and the one the writer keeps: no read waits
+        # for, or reconnects, a connection.
         engine = create_engine(
             url,
-            pool_size=POSTGRES_THREADS,
+            pool_size=POSTGRES_THREADS + 1,
             max_overflow=0,
             hide_parameters=True,  # errors carry no metadata, kwargs or tokens
             pool_pre_ping=False,
