@@ -7,15 +7,16 @@ sqlite3 costs a fraction of aiosqlite's CPU per statement, and one hop per
 transaction is cheaper than one await per statement.
 
 Writes go to one thread that commits queued transactions in groups
-(`GroupWriter`). SQLite takes one writer at a time anyway; on PostgreSQL every
-write holds the revision counter's row lock until its commit has flushed, so
-writes are serialized there too, and a group shares one flush (CreateRun at 32
-in flight: 323 -> 703/s). A point read is a single indexed lookup: on SQLite it
-runs on the event loop, since the hop to a worker thread costs more and WAL
-readers never wait for the writer. Other reads go to a read pool; PostgreSQL's
-is as large as its thread count, so no read waits for, or reconnects, a
-connection. On PostgreSQL, reads outside a snapshot run in autocommit (no BEGIN or
-COMMIT), and lookups by id that arrive together are read together (`RunLookups`).
+(`GroupWriter`), on a connection it keeps. SQLite takes one writer at a time
+anyway; on PostgreSQL every write holds the revision counter's row lock until its
+commit has flushed, so writes are serialized there too, and a group shares one
+flush (CreateRun at 32 in flight: 323 -> 703/s). A point read is a single indexed
+lookup: on SQLite it runs on the event loop, since the hop to a worker thread costs
+more and WAL readers never wait for the writer. Other reads go to a read pool;
+PostgreSQL's is as large as its thread count, so no read waits for, or reconnects,
+a connection. On PostgreSQL, reads outside a snapshot run in autocommit (no BEGIN
+or COMMIT), and lookups by id that arrive together are read together
+(`RunLookups`).
 """
 
 from __future__ import annotations
