@@ -4,7 +4,9 @@ The rules hand `Database.write` and `Database.read` a function of a `UnitOfWork`
 the database runs it in a transaction and never lets a connection out. Each whole
 transaction runs as one call over a synchronous SQLAlchemy engine:
 sqlite3 costs a fraction of aiosqlite's CPU per statement, and one hop per
-transaction is cheaper than one await per statement.
+transaction is cheaper than one await per statement. Its connections are
+`DirectConnection`s: a statement they have run before goes straight to the driver's
+cursor (`direct.py`).
 
 Writes go to one thread that commits queued transactions in groups
 (`GroupWriter`), on a connection it keeps. SQLite takes one writer at a time
@@ -39,6 +41,7 @@ from runplane.server.errors import RunplaneError, StoreUnavailable
 from runplane.server.records import Change, Run
 from runplane.server.store import held_rows
 from runplane.server.store.dialects import Dialect, dialect_of, normalize_url
+from runplane.server.store.direct import DirectConnection
 from runplane.server.store.lookups import RunLookups
 from runplane.server.store.notifications import ChangeListener, OwnSessions
 from runplane.server.store.revisions import RevisionReads
@@ -175,7 +178,10 @@ class Database:
         def transaction() -> T:
             started = time.perf_counter()
             try:
-                with _translate_errors(self._faults), self._read_engine.connect() as connection:
+                with (
+                    _translate_errors(self._faults),
+                    DirectConnection(self._read_engine) as connection,
+                ):
                     if snapshot:
                         self._dialect.begin_snapshot(connection)
                     with connection.begin():
@@ -237,7 +243,7 @@ class KeptConnection:
     def get(self) -> Connection:
         if self._connection is None or self._connection.invalidated:
             self.close()
-            self._connection = self._engine.connect()
+            self._connection = DirectConnection(self._engine)
             if self._options:
                 self._connection.execution_options(**self._options)
         return self._connection
