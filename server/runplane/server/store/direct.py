@@ -8,16 +8,16 @@ trip included). Nearly every statement the store runs is built once, at import o
 cached function, and run thousands of times a second.
 
 A `DirectConnection` runs such a statement itself once it has seen that statement
-object before: compiled once per dialect and set of parameter names, its parameters
-converted by their column types' bind processors, its rows by their result processors,
-exactly as SQLAlchemy would. Everything else goes through SQLAlchemy as before: a
-statement seen for the first time (one built for a single call stays there), text,
-expanding (IN) parameters, Python-side column defaults, statement execution options,
-and a statement outside a transaction (SQLAlchemy begins it). `before_execute` and
-`before_`/`after_cursor_execute` listeners still hear of every statement (`held_rows`
-relies on the first; the cursor events get no execution context), and a driver error
-is handed to SQLAlchemy's own handling: it is wrapped in the same exception, and a lost
-connection is invalidated.
+object before: compiled once per dialect and set of parameter names (with its result's
+columns), its parameters converted by their column types' bind processors and its rows
+by their result processors, as SQLAlchemy would. Everything else goes through
+SQLAlchemy as before: a statement seen for the first time (one built for a single call
+stays there), text, expanding (IN) parameters, Python-side column defaults, statement
+execution options, and a statement outside a transaction (SQLAlchemy begins it).
+`before_execute` and `before_`/`after_cursor_execute` listeners still hear of every
+statement (`held_rows` relies on the first; the cursor events get no execution
+context), and a driver error is handed to SQLAlchemy's own handling: it is wrapped in
+the same exception, and a lost connection is invalidated.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class _Plan:
     """Parameter names in the order of a positional driver's placeholders; None for a
     driver that takes them by name."""
     binds: Mapping[str, Processor]
-    keys: Sequence[str]
-    """The result's column names; empty for a statement that returns no rows."""
+    columns: SimpleResultMetaData | None
+    """The result's columns, by name; None for a statement that returns no rows."""
     results: Sequence[Processor | None]
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
@@ -82,6 +82,8 @@ _plans: weakref.WeakKeyDictionary[
 def _plan(
     dialect: Dialect, statement: SelectBase | UpdateBase, names: list[str], many: bool
 ) -> _Plan | None:
+    """How to run `statement` with parameters of these names, or None where only
+    SQLAlchemy knows how (see the module's note)."""
     compiled = statement.compile(dialect=dialect, column_keys=names, for_executemany=many)
     assert isinstance(compiled, SQLCompiler)
     if (
@@ -102,18 +104,23 @@ def _plan(
         sql=compiled.string,
         positions=compiled.positiontup if compiled.positional else None,
         binds=binds,
-        keys=[column.keyname for column in columns],
+        columns=SimpleResultMetaData([column.keyname for column in columns]) if columns else None,
         results=[
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
         ],
     )
 
 
+_NO_COLUMNS = SimpleResultMetaData([])
+
+
 class _Rows(IteratorResult[Any]):
     """Fetched rows, as a Result, with the row count the driver reported."""
 
-    def __init__(self, keys: Sequence[str], rows: Sequence[Sequence[Any]], rowcount: int):
-        super().__init__(SimpleResultMetaData(keys), iter(rows))
+    def __init__(
+        self, columns: SimpleResultMetaData, rows: Sequence[Sequence[Any]], rowcount: int
+    ) -> None:
+        super().__init__(columns, iter(rows))
         self.rowcount = rowcount
 
 
@@ -174,10 +181,11 @@ class DirectConnection(Connection):
             if events:
                 for after in self.dispatch.after_cursor_execute:
                     after(self, cursor, plan.sql, sent, None, many)
-            fetched = cursor.fetchall() if plan.keys else []
+            fetched = cursor.fetchall() if plan.columns is not None else []
             rowcount = cursor.rowcount
         except Exception as error:
             self._handle_dbapi_exception(error, plan.sql, sent, cursor, None)
         finally:
             cursor.close()
-        return _Rows(plan.keys, plan.rows(fetched), rowcount)
+        columns = _NO_COLUMNS if plan.columns is None else plan.columns
+        return _Rows(columns, plan.rows(fetched), rowcount)
