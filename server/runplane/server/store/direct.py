@@ -149,7 +149,9 @@ class DirectConnection(Connection):
     def _plan_for(
         self, statement: SelectBase | UpdateBase, each: list[Mapping[str, Any]]
     ) -> _Plan | None:
-        statements = _plans.setdefault(self.dialect, weakref.WeakKeyDictionary())
+        statements = _plans.get(self.dialect)
+        if statements is None:
+            statements = _plans.setdefault(self.dialect, weakref.WeakKeyDictionary())
         plans = statements.get(statement)
         if plans is None:
             statements[statement] = {}  # seen once: SQLAlchemy runs it this time
