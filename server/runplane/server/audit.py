@@ -33,14 +33,9 @@ _REQUESTED: dict[str, Callable[[Any], tuple[str, str]]] = {
     "CancelRuns": lambda request: (request.filter.namespace, ""),
     "DeleteRun": lambda request: ("", request.run_id),
     "ClaimRun": lambda request: (request.namespace, ""),
-    "HeartbeatRun": lambda request: ("", request.run_id),
     "CompleteRun": lambda request: ("", request.run_id),
 }
 """(namespace, run_id) as each audited method's request names them."""
-
-
-def audited(method: str) -> bool:
-    return method in _REQUESTED
 
 
 def record(
