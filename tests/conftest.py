@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from runplane.server.config import ServerConfig
 from runplane.server.store.database import Database
 from runplane.server.store.migrate import upgrade
 from runplane.v1 import run_service_pb2_grpc
 from tests.support.databases import database_url
-from tests.support.servers import ServerThread
+from tests.support.servers import ServerThread, own_server
 from tests.support.stubs import run_service
 
 BACKENDS = [
@@ -36,12 +35,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    with database_url(backend, tmp_path_factory.mktemp(backend)) as url:
-        running = ServerThread(ServerConfig(address="127.0.0.1:0", database_url=url)).start()
-        try:
-            yield running
-        finally:
-            running.stop()
+    with own_server(backend, tmp_path_factory.mktemp(backend)) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

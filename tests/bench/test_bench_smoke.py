@@ -6,7 +6,6 @@ harness is noticed before someone needs its numbers.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -17,11 +16,9 @@ from typing import Any
 
 import pytest
 
-from runplane.server.config import ServerConfig
 from runplane.v1 import run_service_pb2, run_service_pb2_grpc
 from tests.bench import watch
-from tests.support.databases import database_url
-from tests.support.servers import ServerThread
+from tests.support.servers import ServerThread, own_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT_KEYS = {
@@ -133,21 +130,9 @@ def test_claim_and_heartbeat_benchmarks_run_against_a_server(server: ServerThrea
     assert (heartbeats["database_cpu_percent"] is None) == url.startswith("sqlite")
 
 
-@contextlib.contextmanager
-def _own_server(backend: str, folder: Path, **settings: Any) -> Iterator[ServerThread]:
-    """A server of the test's own, on a database that holds no run yet."""
-    with database_url(backend, folder) as url:
-        config = ServerConfig(address="127.0.0.1:0", database_url=url, **settings)
-        running = ServerThread(config).start()
-        try:
-            yield running
-        finally:
-            running.stop()
-
-
 @pytest.fixture
 def empty_server(backend: str, tmp_path: Path) -> Iterator[ServerThread]:
-    with _own_server(backend, tmp_path) as running:
+    with own_server(backend, tmp_path) as running:
         yield running
 
 
@@ -156,7 +141,7 @@ def test_the_watch_benchmark_opens_more_streams_than_a_connection_holds(tmp_path
     server's limit per connection would wait for ever, as 5,000 idle streams once did."""
     # As many as one channel of the benchmark opens.
     limit = watch.STREAMS_PER_CHANNEL
-    with _own_server("sqlite", tmp_path, max_streams_per_connection=limit) as running:
+    with own_server("sqlite", tmp_path, max_streams_per_connection=limit) as running:
         found = _run_json(
             "watch",
             *("idle", "--address", running.address, "--watchers", "250"),

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from runplane.server.app import RunningServer, start_server
 from runplane.server.config import ServerConfig
+from tests.support.databases import database_url
 
 T = TypeVar("T")
 
@@ -49,3 +52,16 @@ class ServerThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+@contextmanager
+def own_server(backend: str, folder: Path, **settings: Any) -> Iterator[ServerThread]:
+    """A server on a database of its own that holds no run yet (`database_url`), with
+    any other `ServerConfig` settings given."""
+    with database_url(backend, folder) as url:
+        config = ServerConfig(address="127.0.0.1:0", database_url=url, **settings)
+        running = ServerThread(config).start()
+        try:
+            yield running
+        finally:
+            running.stop()
