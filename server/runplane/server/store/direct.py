@@ -47,9 +47,10 @@ class _Plan:
     """Parameter names in the order of a positional driver's placeholders; None for a
     driver that takes them by name."""
     binds: Mapping[str, Processor]
-    columns: SimpleResultMetaData | None
-    """The result's columns, by name; None for a statement that returns no rows."""
+    columns: SimpleResultMetaData
+    """The result's columns, by name: none for a statement that returns no rows."""
     results: Sequence[Processor | None]
+    """Each column's result processor, if it has one."""
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         full = self.compiled.construct_params(values, escape_names=False)
@@ -104,14 +105,11 @@ def _plan(
         sql=compiled.string,
         positions=compiled.positiontup if compiled.positional else None,
         binds=binds,
-        columns=SimpleResultMetaData([column.keyname for column in columns]) if columns else None,
+        columns=SimpleResultMetaData([column.keyname for column in columns]),
         results=[
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
         ],
     )
-
-
-_NO_COLUMNS = SimpleResultMetaData([])
 
 
 class _Rows(IteratorResult[Any]):
@@ -157,9 +155,10 @@ class DirectConnection(Connection):
             statements[statement] = {}  # seen once: SQLAlchemy runs it this time
             return None
         names = sorted(each[0]) if each else []
-        key = (tuple(names), len(each) > 1)
+        many = len(each) > 1
+        key = (tuple(names), many)
         if key not in plans:
-            plans[key] = _plan(self.dialect, statement, names, len(each) > 1)
+            plans[key] = _plan(self.dialect, statement, names, many)
         return plans[key]
 
     def _run(
@@ -183,11 +182,10 @@ class DirectConnection(Connection):
             if events:
                 for after in self.dispatch.after_cursor_execute:
                     after(self, cursor, plan.sql, sent, None, many)
-            fetched = cursor.fetchall() if plan.columns is not None else []
+            fetched = cursor.fetchall() if plan.results else []
             rowcount = cursor.rowcount
         except Exception as error:
             self._handle_dbapi_exception(error, plan.sql, sent, cursor, None)
         finally:
             cursor.close()
-        columns = _NO_COLUMNS if plan.columns is None else plan.columns
-        return _Rows(columns, plan.rows(fetched), rowcount)
+        return _Rows(plan.columns, plan.rows(fetched), rowcount)
