@@ -97,7 +97,9 @@ def _auth(workdir: Path) -> Setup:
         f'[[principal]]\nname = "bench"\ntokens_sha256 = ["{hash_token(token)}"]\n'
         'grants = [{ namespace = "*", role = "writer" }]\n'
     )
-    return Setup(("--auth-config", str(config)), ("--token", token))
+    # One argument, not two: a URL-safe token can begin with "-", which argparse would
+    # take for an option.
+    return Setup(("--auth-config", str(config)), (f"--token={token}",))
 
 
 @contextlib.contextmanager

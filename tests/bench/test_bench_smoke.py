@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from runplane.v1 import run_service_pb2, run_service_pb2_grpc
-from tests.bench import watch
+from tests.bench import targets, watch
 from tests.support.servers import ServerThread, own_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +108,21 @@ def test_tls_and_auth_variant_is_measured_against_its_plaintext_baseline() -> No
     cost = document["variant_cost"]["runplane-sqlite-tls-auth"]
     assert cost["baseline"] == "runplane-sqlite"
     assert isinstance(cost["unary"]["get_2"]["throughput_ratio"], float)
+
+
+def test_the_load_process_takes_a_token_that_begins_with_a_dash(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    """One made token in 64 begins with "-"; the auth variant must still hand it over."""
+    setup = next(
+        made
+        for made in (targets._auth(tmp_path) for _ in range(2_000))
+        if made.load[-1].removeprefix("--token=").startswith("-")
+    )
+    measured = _run_json(
+        "load", "--address", server.address, "--rpc", "get", "--seconds", "0.2", *setup.load
+    )
+    assert measured["calls"] > 0
 
 
 def test_claim_and_heartbeat_benchmarks_run_against_a_server(server: ServerThread) -> None:
