@@ -1,8 +1,9 @@
 """Claim wake-ups: when a long-polling claim is cancelled (its caller went away) and,
 before its task runs again to leave the line, the server drains or a run is rung for,
 the cancelled claim is passed over, never answered twice; a run created while claims
-wait is claimed in the commit that creates it, waking no other claim; and a run that no
-claim took in that commit is rung for there."""
+wait is claimed in the commit that creates it, waking no other claim; a run that no
+claim took in that commit is rung for there; and while the last look in a scope found
+a run, the next look there skips its read."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from runplane.server.runs import RunService
 from runplane.server.store.database import Database
 from runplane.server.store.migrate import upgrade
 from runplane.server.validation import Limits
-from runplane.server.wakeups import ClaimScope, ClaimWakeups
+from runplane.server.wakeups import BACKLOG_SCOPES, ClaimScope, ClaimWakeups
 from tests.support.databases import database_url
 
 SCOPE = ClaimScope(None, ())
@@ -106,13 +107,15 @@ def test_a_new_run_is_rung_for_at_its_commit_when_no_claim_took_it_there(
 
 
 class CommitCounter:
-    """A TransactionTimer that keeps the size of every write group committed."""
+    """A TransactionTimer that keeps the size of every write group committed, and
+    counts the reads."""
 
     def __init__(self) -> None:
         self.groups: list[int] = []
+        self.reads = 0
 
     def read(self, seconds: float) -> None:
-        pass
+        self.reads += 1
 
     def write(self, seconds: float, cpu_seconds: float, group_size: int) -> None:
         self.groups.append(group_size)
@@ -170,3 +173,89 @@ def test_a_run_created_while_claims_wait_is_claimed_in_its_own_commit(
 
     claimed = asyncio.run(scenario())
     assert all(created == taken for created, taken in claimed)
+
+
+class ToldLooks:
+    """A look that finds `found` (or nothing), keeping whether each call was told it is
+    all but sure to find a run."""
+
+    def __init__(self) -> None:
+        self.told: list[bool] = []
+        self.found: str | None = None
+
+    async def __call__(self, surely: bool) -> tuple[str | None, int | None]:
+        self.told.append(surely)
+        return self.found, None
+
+
+def test_a_look_after_one_that_found_a_run_in_its_scope_is_told_it_is_all_but_sure(
+    database: Database,
+) -> None:
+    other = ClaimScope(None, ("b",))
+
+    async def scenario() -> list[bool]:
+        wakeups = ClaimWakeups(database)
+        looks = ToldLooks()
+
+        async def look_once(scope: ClaimScope, found: str | None) -> None:
+            looks.found = found
+            assert await wakeups.until_found(looks, scope, wait_s=0) == found
+
+        await look_once(SCOPE, "r1")  # nothing known: unsure
+        await look_once(SCOPE, "r2")  # the last look here found one: sure
+        await look_once(other, None)  # another scope learns nothing from that
+        await look_once(SCOPE, None)  # still sure, but finds nothing...
+        await look_once(SCOPE, None)  # ...so the next is unsure again
+        return looks.told
+
+    assert asyncio.run(scenario()) == [False, True, False, True, False]
+
+
+def test_scopes_with_a_backlog_are_remembered_up_to_a_bound(database: Database) -> None:
+    """A caller naming ever new assistants cannot grow the server's memory: past
+    BACKLOG_SCOPES, the scope that found a run longest ago is forgotten."""
+
+    async def scenario() -> list[bool]:
+        wakeups = ClaimWakeups(database)
+        looks = ToldLooks()
+        looks.found = "r"
+
+        async def fill(count: int, prefix: str) -> None:
+            for index in range(count):
+                await wakeups.until_found(looks, ClaimScope(None, (f"{prefix}{index}",)), 0)
+
+        await wakeups.until_found(looks, SCOPE, wait_s=0)
+        await fill(BACKLOG_SCOPES - 1, "x")
+        told = len(looks.told)
+        await wakeups.until_found(looks, SCOPE, wait_s=0)  # still remembered
+        await fill(BACKLOG_SCOPES, "y")
+        await wakeups.until_found(looks, SCOPE, wait_s=0)  # forgotten by now
+        return [looks.told[told], looks.told[-1]]
+
+    assert asyncio.run(scenario()) == [True, False]
+
+
+def test_claims_under_a_backlog_skip_the_read_before_the_writer(
+    counted: tuple[Database, CommitCounter],
+) -> None:
+    """The first claim reads whether a run is there before it takes the writer's time;
+    the claims after it, while each finds a run, go to the writer at once; one that
+    finds none brings the read back."""
+    database, commits = counted
+    access = Access(ANONYMOUS, Role.ADMIN)
+    wakeups = ClaimWakeups(database)
+    runs = RunService(database, PageTokens(b"k" * 32), wakeups=wakeups)
+    claims = ClaimService(database, wakeups, Limits(), max_attempts=3)
+    request = requests.ClaimRun("w", ("a",), 10**7, 0.0, access=access)
+
+    async def scenario() -> list[tuple[bool, int]]:
+        for _ in range(3):
+            await runs.create(requests.CreateRun("a", access=access))
+        seen = []
+        for _ in range(5):
+            reads = commits.reads
+            claimed = await claims.claim(request)
+            seen.append((claimed is not None, commits.reads - reads))
+        return seen
+
+    assert asyncio.run(scenario()) == [(True, 1), (True, 0), (True, 0), (False, 0), (False, 1)]

@@ -27,6 +27,12 @@ can skip the read that would tell it so (`until_found` tells the look). If it fi
 nothing after all (the run waits behind its thread's), the waiters the round goes on
 to look as usual.
 
+A claim's first look skips that read too while the last look in its scope found a run:
+under a backlog the read would only say yes, a round trip on the way to every claim.
+The first look that finds nothing brings the read back. A look woken by a ring goes by
+the ring alone: after a claim, the ring for more wakes the next waiter, which would
+otherwise take the writer's time whenever the claim took the last run.
+
 A new run rings before its create is written, not after (`creating`), and if that
 woke a claim, the database holds the create until the claim has looked
 (`Database.gather_writes`): both commit together, and the run is claimed one commit
@@ -48,8 +54,12 @@ from runplane.server.store.database import Database
 T = TypeVar("T")
 
 Look = Callable[[bool], Awaitable[tuple[T | None, int | None]]]
-"""One look, told whether a ring named a run in its scope: what it found, or None and
-when the next delayed run is due (if any)."""
+"""One look, told whether it is all but sure to find a run (it may then skip the read
+that would tell it so): what it found, or None and when the next delayed run is due
+(if any)."""
+
+BACKLOG_SCOPES = 256
+"""Scopes whose last look found a run, remembered at most; the longest unused go first."""
 
 REPLICA_POLL_S = 5.0
 """Replicas ring each other through their notifications, and the listener rings after
@@ -92,6 +102,8 @@ class ClaimWakeups:
     def __init__(self, database: Database) -> None:
         self._database = database
         self._waiting: list[_Waiter] = []
+        self._backlogged: dict[ClaimScope, None] = {}
+        """Scopes whose last look found a run, least recently found first."""
         self._draining = False
         self._poll_s = REPLICA_POLL_S if database.shared else None
         database.on_commit(self._committed)
@@ -105,11 +117,17 @@ class ClaimWakeups:
         while not self._draining:
             waiter = self._park(scope)
             try:
-                found, next_due = await look(_surely(held))
+                # Woken by a ring, it trusts the ring; else the last look in its scope.
+                sure = _surely(held) if held is not None else scope in self._backlogged
+                found, next_due = await look(sure)
             except BaseException:
                 self._hand_on(self._leave(waiter), held)
                 raise
+            self._backlogged.pop(scope, None)
             if found is not None:
+                self._backlogged[scope] = None
+                if len(self._backlogged) > BACKLOG_SCOPES:
+                    del self._backlogged[next(iter(self._backlogged))]
                 self._leave(waiter)
                 self.ring()  # there may be more: let the next waiter look
                 return found
