@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from runplane.server.app import RunningServer, start_server
+from runplane.server.app import RunningServer, new_event_loop, start_server
 from runplane.server.config import ServerConfig
 from tests.support.databases import database_url
 
@@ -23,7 +23,8 @@ T = TypeVar("T")
 class ServerThread:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self._loop = asyncio.new_event_loop()
+        # The loop `runplane serve` would run it on, so that the tests cover that one.
+        self._loop = new_event_loop(config.event_loop)
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._running: RunningServer | None = None
 
