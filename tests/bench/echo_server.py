@@ -2,10 +2,11 @@
 
 It is the benchmark's yardstick: GetRun and CreateRun parse the request and answer with one
 prebuilt, realistically sized Run, so its figures are what grpc.aio and protobuf cost on this
-machine. runplane is measured the same way, and the ratio of the two is what runplane's own
-work (validation, SQL, revisions) costs. WatchRuns is a bare broadcast: each stream gets an
-opening bookmark, then every CreateRun as one event, through a queue per stream (no filter,
-no log, no bound). Every other method answers UNIMPLEMENTED.
+machine, on the event loop `runplane serve` runs on by default. runplane is measured the same
+way, and the ratio of the two is what runplane's own work (validation, SQL, revisions) costs.
+WatchRuns is a bare broadcast: each stream gets an opening bookmark, then every CreateRun as
+one event, through a queue per stream (no filter, no log, no bound). Every other method
+answers UNIMPLEMENTED.
 
     python -m tests.bench.echo_server [--address 127.0.0.1:0]
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +26,8 @@ from typing import Any
 
 import grpc
 
+from runplane.server.app import new_event_loop
+from runplane.server.config import DEFAULT_EVENT_LOOP
 from runplane.v1 import run_pb2, run_service_pb2
 from tests.bench.payloads import realistic_run
 
@@ -109,7 +113,10 @@ async def serve(address: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", default="127.0.0.1:0")
-    asyncio.run(serve(parser.parse_args().address))
+    address = parser.parse_args().address
+    loop_factory = functools.partial(new_event_loop, DEFAULT_EVENT_LOOP)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(address))
 
 
 if __name__ == "__main__":
