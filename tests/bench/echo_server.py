@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -26,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from runplane.server.app import new_event_loop
+from runplane.server.app import run_on
 from runplane.server.config import DEFAULT_EVENT_LOOP
 from runplane.v1 import run_pb2, run_service_pb2
 from tests.bench.payloads import realistic_run
@@ -113,10 +112,7 @@ async def serve(address: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", default="127.0.0.1:0")
-    address = parser.parse_args().address
-    loop_factory = functools.partial(new_event_loop, DEFAULT_EVENT_LOOP)
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(address))
+    run_on(DEFAULT_EVENT_LOOP, serve(parser.parse_args().address))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,19 @@ def serving(
             process.wait()
 
 
+def serve_until_it_exits(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`runplane serve` with these flags, which should not get as far as serving."""
+    return subprocess.run(
+        [RUNPLANE, "serve", *args],
+        cwd=workdir,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
     process.send_signal(signal.SIGTERM)
     _, rest = process.communicate(timeout=20)
@@ -121,14 +134,8 @@ def test_serve_runs_on_the_event_loop_it_is_told(
 def test_uvloop_missing_is_reported_with_the_way_out(tmp_path: Path) -> None:
     # Where uvloop cannot be imported (as on Windows, which it has no build for).
     (tmp_path / "uvloop.py").write_text("raise ImportError('no uvloop on this platform')\n")
-    result = subprocess.run(
-        [RUNPLANE, "serve", "--address", "127.0.0.1:0", "--event-loop", "uvloop"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    result = serve_until_it_exits(
+        tmp_path, "--address", "127.0.0.1:0", "--event-loop", "uvloop", PYTHONPATH=str(tmp_path)
     )
     assert result.returncode == 1
     assert "uvloop is not installed here; use --event-loop asyncio" in result.stderr
@@ -137,14 +144,7 @@ def test_uvloop_missing_is_reported_with_the_way_out(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_bad_flags_are_reported_without_a_traceback(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [RUNPLANE, "serve", "--event-retention", "forever"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = serve_until_it_exits(tmp_path, "--event-retention", "forever")
     assert result.returncode == 2
     assert "not a duration" in result.stderr
     assert "Traceback" not in result.stderr

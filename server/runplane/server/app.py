@@ -13,7 +13,9 @@ import gc
 import logging
 import signal
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -339,8 +341,12 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def run_on(kind: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` to its end on a new event loop of that kind, then close the loop."""
+    with asyncio.Runner(loop_factory=functools.partial(new_event_loop, kind)) as runner:
+        runner.run(main)
+
+
 def run(config: ServerConfig) -> None:
     logs.configure(config.log_level, config.log_format)
-    loop_factory = functools.partial(new_event_loop, config.event_loop)
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config))
+    run_on(config.event_loop, serve(config))
