@@ -35,15 +35,17 @@ async def _nothing(surely: bool) -> tuple[str | None, int | None]:
 Look = Callable[[bool], Awaitable[tuple[str | None, int | None]]]
 
 
-class CountedLooks:
-    """A look that finds nothing, counting how often it is called."""
+class ToldLooks:
+    """A look that finds `found` (or nothing), keeping for each call, in order, whether
+    it was told it is all but sure to find a run: how often it looked is `len(told)`."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.told: list[bool] = []
+        self.found: str | None = None
 
     async def __call__(self, surely: bool) -> tuple[str | None, int | None]:
-        self.count += 1
-        return None, None
+        self.told.append(surely)
+        return self.found, None
 
 
 async def _parked(wakeups: ClaimWakeups, look: Look = _nothing) -> asyncio.Task[str | None]:
@@ -69,7 +71,7 @@ def test_drain_passes_over_a_claim_cancelled_in_line(database: Database) -> None
 def test_a_ring_skips_a_claim_cancelled_in_line(database: Database) -> None:
     async def scenario() -> None:
         wakeups = ClaimWakeups(database)
-        looks = CountedLooks()
+        looks = ToldLooks()
         cancelled = await _parked(wakeups)
         waiting = await _parked(wakeups, look=looks)
         cancelled.cancel()
@@ -77,7 +79,7 @@ def test_a_ring_skips_a_claim_cancelled_in_line(database: Database) -> None:
         await asyncio.sleep(0.05)
         with pytest.raises(asyncio.CancelledError):
             await cancelled
-        assert looks.count == 2  # rung, it looked again (found nothing) and waits on
+        assert len(looks.told) == 2  # rung, it looked again (found nothing) and waits on
         wakeups.drain()
         assert await waiting is None
 
@@ -92,7 +94,7 @@ def test_a_new_run_is_rung_for_at_its_commit_when_no_claim_took_it_there(
 
     async def scenario() -> int:
         wakeups = ClaimWakeups(database)
-        looks = CountedLooks()
+        looks = ToldLooks()
         # Without wake-ups, the service rings nobody before writing: as if the claim
         # came in just after the create.
         runs = RunService(database, PageTokens(b"k" * 32))
@@ -101,7 +103,7 @@ def test_a_new_run_is_rung_for_at_its_commit_when_no_claim_took_it_there(
         await asyncio.sleep(0.05)
         wakeups.drain()
         assert await waiting is None
-        return looks.count
+        return len(looks.told)
 
     assert asyncio.run(scenario()) == 2  # parked after one look, rung for the new run
 
@@ -173,19 +175,6 @@ def test_a_run_created_while_claims_wait_is_claimed_in_its_own_commit(
 
     claimed = asyncio.run(scenario())
     assert all(created == taken for created, taken in claimed)
-
-
-class ToldLooks:
-    """A look that finds `found` (or nothing), keeping whether each call was told it is
-    all but sure to find a run."""
-
-    def __init__(self) -> None:
-        self.told: list[bool] = []
-        self.found: str | None = None
-
-    async def __call__(self, surely: bool) -> tuple[str | None, int | None]:
-        self.told.append(surely)
-        return self.found, None
 
 
 def test_a_look_after_one_that_found_a_run_in_its_scope_is_told_it_is_all_but_sure(
