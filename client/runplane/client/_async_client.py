@@ -11,12 +11,13 @@ import grpc
 
 from runplane.client import _requests, _tracing
 from runplane.client._channels import TLSConfig, connection
+from runplane.client._convert import run_event_from_proto
 from runplane.client._models import Run, RunEvent
 from runplane.client._pagers import AsyncRunPager
 from runplane.client._requests import RunListing, UnaryCall, client_method
 from runplane.client._retry import DEFAULT_RETRY, RetryPolicy
 from runplane.client._watching import WatchCall, finished_run, unfinished
-from runplane.v1 import run_service_pb2_grpc
+from runplane.v1 import run_pb2, run_service_pb2_grpc
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -46,7 +47,7 @@ def _watched(
     def method(
         self: AsyncClient, /, *args: _P.args, **kwargs: _P.kwargs
     ) -> AsyncIterator[RunEvent]:
-        return self._watch(definition(*args, **kwargs))
+        return self._watch(definition(*args, **kwargs), run_event_from_proto)
 
     return client_method(definition, method)
 
@@ -56,8 +57,8 @@ def _waited(
 ) -> Callable[Concatenate[AsyncClient, _P], Coroutine[Any, Any, Run]]:
     async def method(self: AsyncClient, /, *args: _P.args, **kwargs: _P.kwargs) -> Run:
         watch = definition(*args, **kwargs)
-        async for event in self._watch(watch):
-            if (run := finished_run(event)) is not None:
+        async for run in self._watch(watch, finished_run):
+            if run is not None:
                 return run
         raise unfinished(watch)
 
@@ -123,7 +124,10 @@ class AsyncClient:
                 else:
                     return call.convert(response)
 
-    async def _watch(self, watch: WatchCall) -> AsyncIterator[RunEvent]:
+    async def _watch(
+        self, watch: WatchCall, convert: Callable[[run_pb2.RunEvent], _T]
+    ) -> AsyncIterator[_T]:
+        """The watch's events, each as `convert` makes it, resuming after a drop."""
         resumption = watch.start(self._retry_policy)
         send = getattr(self._stub, watch.rpc)
         metadata = (*self._metadata, *_tracing.stream_metadata())
@@ -133,7 +137,7 @@ class AsyncClient:
                 resumption.headers(await call.initial_metadata())
                 async for response in call:
                     for event in resumption.receive(response):
-                        yield event
+                        yield convert(event)
                 return
             except grpc.RpcError as error:
                 await asyncio.sleep(resumption.pause_or_raise(error))

@@ -12,12 +12,13 @@ import grpc
 
 from runplane.client import _requests, _tracing
 from runplane.client._channels import TLSConfig, connection
+from runplane.client._convert import run_event_from_proto
 from runplane.client._models import Run, RunEvent
 from runplane.client._pagers import RunPager
 from runplane.client._requests import RunListing, UnaryCall, client_method
 from runplane.client._retry import DEFAULT_RETRY, RetryPolicy
 from runplane.client._watching import WatchCall, finished_run, unfinished
-from runplane.v1 import run_service_pb2_grpc
+from runplane.v1 import run_pb2, run_service_pb2_grpc
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -43,7 +44,7 @@ def _watched(
     definition: Callable[_P, WatchCall],
 ) -> Callable[Concatenate[Client, _P], Iterator[RunEvent]]:
     def method(self: Client, /, *args: _P.args, **kwargs: _P.kwargs) -> Iterator[RunEvent]:
-        return self._watch(definition(*args, **kwargs))
+        return self._watch(definition(*args, **kwargs), run_event_from_proto)
 
     return client_method(definition, method)
 
@@ -51,8 +52,8 @@ def _watched(
 def _waited(definition: Callable[_P, WatchCall]) -> Callable[Concatenate[Client, _P], Run]:
     def method(self: Client, /, *args: _P.args, **kwargs: _P.kwargs) -> Run:
         watch = definition(*args, **kwargs)
-        for event in self._watch(watch):
-            if (run := finished_run(event)) is not None:
+        for run in self._watch(watch, finished_run):
+            if run is not None:
                 return run
         raise unfinished(watch)
 
@@ -125,7 +126,8 @@ class Client:
                 else:
                     return call.convert(response)
 
-    def _watch(self, watch: WatchCall) -> Iterator[RunEvent]:
+    def _watch(self, watch: WatchCall, convert: Callable[[run_pb2.RunEvent], _T]) -> Iterator[_T]:
+        """The watch's events, each as `convert` makes it, resuming after a drop."""
         resumption = watch.start(self._retry_policy)
         send = getattr(self._stub, watch.rpc)
         metadata = (*self._metadata, *_tracing.stream_metadata())
@@ -134,7 +136,8 @@ class Client:
             try:
                 resumption.headers(call.initial_metadata())
                 for response in call:
-                    yield from resumption.receive(response)
+                    for event in resumption.receive(response):
+                        yield convert(event)
                 return
             except grpc.RpcError as error:
                 time.sleep(resumption.pause_or_raise(error))

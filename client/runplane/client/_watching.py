@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from runplane.client._convert import run_event_from_proto
+from runplane.client._convert import enum_from_proto, run_from_proto
 from runplane.client._errors import (
     ERROR_DOMAIN,
     RunDeleted,
@@ -42,7 +42,7 @@ from runplane.client._errors import (
     Unavailable,
     from_grpc_error,
 )
-from runplane.client._models import EventType, Run, RunEvent
+from runplane.client._models import Run, RunStatus
 from runplane.client._retry import Attempts, RetryPolicy
 from runplane.v1 import run_pb2, run_service_pb2
 
@@ -116,11 +116,12 @@ class Resumption:
         self._dropped = False
         self._pauses = 0
 
-    def receive(self, response: run_service_pb2.WatchRunsResponse) -> list[RunEvent]:
-        """The events of a message the caller has not seen yet, in order."""
+    def receive(self, response: run_service_pb2.WatchRunsResponse) -> list[run_pb2.RunEvent]:
+        """The events of a message the caller has not seen yet, in order, as they came:
+        each caller converts what it needs (`wait_run` only the run's last state)."""
         self._opened()
         events = [
-            run_event_from_proto(event)
+            event
             for event in response.events
             # INITIAL events carry the snapshot's revision, like the message.
             if event.revision > self._seen or event.type == run_pb2.EVENT_TYPE_INITIAL
@@ -156,19 +157,22 @@ class Resumption:
         return pause
 
 
-def finished_run(event: RunEvent) -> Run | None:
+def finished_run(event: run_pb2.RunEvent) -> Run | None:
     """What `wait_run` returns once `event` shows the run terminal; None while it is not.
 
+    Only the terminal state becomes a `Run`: the states before it are looked at, not
+    converted (their documents and timestamps would be thrown away).
     Raises `RunDeleted` for a run deleted before it ended: it will never end.
     """
-    if event.type is EventType.DELETED:
+    status = enum_from_proto(RunStatus, run_pb2.RunStatus.Name(event.run.status))
+    if event.type == run_pb2.EVENT_TYPE_DELETED:
         raise RunDeleted(
-            f"run {event.run.run_id} was deleted while {event.run.status.value}",
+            f"run {event.run.run_id} was deleted while {status.value}",
             reason="RUN_NOT_FOUND",
             domain=ERROR_DOMAIN,
             metadata={"run_id": event.run.run_id},
         )
-    return event.run if event.run.status.is_terminal else None
+    return run_from_proto(event.run) if status.is_terminal else None
 
 
 def unfinished(watch: WatchCall) -> Unavailable:
