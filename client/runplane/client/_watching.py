@@ -17,8 +17,9 @@ drive it the same way:
         try:
             resumption.headers(call.initial_metadata())
             for response in call:
-                yield from resumption.receive(response)
-            return                      # the server ended the stream (WatchRun: run done)
+                for event in resumption.receive(response):
+                    yield convert(event)  # wait_run converts only the run's end
+            return                        # the server ended the stream (WatchRun: run done)
         except grpc.RpcError as error:
             sleep(resumption.pause_or_raise(error))
 """
