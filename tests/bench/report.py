@@ -1,31 +1,34 @@
 """Turns result records into the comparisons the project's performance goals are written in.
 
 Goals are judged here and reported as booleans in the JSON; they never fail a test run,
-because timings on a shared 2-core machine are evidence, not a verdict.
+because timings on a shared 2-core machine are evidence, not a verdict. With ``--rounds``
+every cell is measured once per round, and each figure here is the median over the rounds
+(a ratio: of the two medians), so one round on a noisy minute does not decide it.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from tests.bench.langgraph_compare import SCENARIO as LANGGRAPH
+from tests.bench.langgraph_compare import TARGET as LANGGRAPH_SERVER
 from tests.bench.scenarios import Result
 
 REFERENCE = "echo"
 
 
-def _unary_cell(results: Iterable[Result], target: str, rpc: str, concurrency: int) -> Result:
-    for result in results:
-        if (
-            result.get("scenario") == "unary"
-            and result["target"] == target
-            and result["rpc"] == rpc
-            and result["concurrency"] == concurrency
-        ):
-            return result
-    return {}
+def _cells(results: Iterable[Result], target: str, scenario: str, **match: object) -> list[Result]:
+    """The cells of ``scenario`` measured on ``target`` whose fields equal ``match``: one
+    per round."""
+    return [
+        result
+        for result in results
+        if result.get("scenario") == scenario
+        and result["target"] == target
+        and all(result.get(key) == value for key, value in match.items())
+    ]
 
 
 def _number(cell: Result, key: str) -> float | None:
@@ -33,49 +36,64 @@ def _number(cell: Result, key: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _median_of(cells: Iterable[Result], key: str) -> float | None:
+    """``key``'s median over ``cells``; None if none of them has it (a failed cell)."""
+    values = [value for cell in cells if (value := _number(cell, key)) is not None]
+    return statistics.median(values) if values else None
+
+
+def _median(
+    results: Iterable[Result], target: str, scenario: str, key: str, **match: object
+) -> float | None:
+    return _median_of(_cells(results, target, scenario, **match), key)
+
+
+def _unary_keys(results: Iterable[Result], target: str) -> list[tuple[str, object]]:
+    """(rpc, concurrency) of ``target``'s unary cells, in the order first measured."""
+    return list(
+        dict.fromkeys(
+            (str(cell["rpc"]), cell["concurrency"]) for cell in _cells(results, target, "unary")
+        )
+    )
+
+
 def ratios(results: list[Result]) -> dict[str, dict[str, float | None]]:
     """Per runplane target: its unary throughput over the echo server's, cell by cell."""
     by_target: dict[str, dict[str, float | None]] = {}
-    for result in results:
-        if result.get("scenario") != "unary" or result["target"] == REFERENCE:
-            continue
-        rpc, concurrency = str(result["rpc"]), int(str(result["concurrency"]))
-        echo = _number(_unary_cell(results, REFERENCE, rpc, concurrency), "throughput_per_s")
-        mine = _number(result, "throughput_per_s")
-        ratio = round(mine / echo, 3) if mine is not None and echo else None
-        by_target.setdefault(str(result["target"]), {})[f"{rpc}_{concurrency}_vs_echo"] = ratio
+    measured = dict.fromkeys(str(r["target"]) for r in results if r.get("scenario") == "unary")
+    for target in (target for target in measured if target != REFERENCE):
+        for rpc, concurrency in _unary_keys(results, target):
+            at = {"rpc": rpc, "concurrency": concurrency}
+            mine = _median(results, target, "unary", "throughput_per_s", **at)
+            echo = _median(results, REFERENCE, "unary", "throughput_per_s", **at)
+            ratio = round(mine / echo, 3) if mine is not None and echo else None
+            by_target.setdefault(target, {})[f"{rpc}_{concurrency}_vs_echo"] = ratio
     return by_target
-
-
-def _langgraph_cells(results: list[Result]) -> dict[str, dict[str, Result]]:
-    """The langgraph scenario's cells, per target and measure (the last round wins)."""
-    cells: dict[str, dict[str, Result]] = defaultdict(dict)
-    for result in results:
-        if result.get("scenario") == "langgraph" and "measure" in result:
-            cells[str(result["target"])][str(result["measure"])] = result
-    return cells
 
 
 def langgraph_ratios(results: list[Result]) -> dict[str, object]:
     """Per runplane target: its create and end-to-end throughput over LangGraph Server's
     (above 1: runplane is faster) and both pickup p50s; or why LangGraph was skipped."""
     for result in results:
-        if result.get("scenario") == "langgraph" and "skipped" in result:
+        if result.get("scenario") == LANGGRAPH and "skipped" in result:
             return {"skipped": result["skipped"], "install": result["install"]}
-    cells = _langgraph_cells(results)
-    theirs = cells.pop("langgraph", {})
+    measured = dict.fromkeys(
+        str(r["target"]) for r in results if r.get("scenario") == LANGGRAPH and "measure" in r
+    )
     report: dict[str, object] = {}
-    for target, mine in cells.items():
+    for target in (target for target in measured if target != LANGGRAPH_SERVER):
         figures: dict[str, object] = {}
         for measure in ("create", "end_to_end"):
-            ours = _number(mine.get(measure, {}), "throughput_per_s")
-            other = _number(theirs.get(measure, {}), "throughput_per_s")
+            ours = _median(results, target, LANGGRAPH, "throughput_per_s", measure=measure)
+            other = _median(
+                results, LANGGRAPH_SERVER, LANGGRAPH, "throughput_per_s", measure=measure
+            )
             figures[f"{measure}_16_vs_langgraph"] = (
                 round(ours / other, 2) if ours is not None and other else None
             )
         figures["pickup_p50_ms"] = {
-            "runplane": _number(mine.get("pickup", {}), "p50_ms"),
-            "langgraph": _number(theirs.get("pickup", {}), "p50_ms"),
+            "runplane": _median(results, target, LANGGRAPH, "p50_ms", measure="pickup"),
+            "langgraph": _median(results, LANGGRAPH_SERVER, LANGGRAPH, "p50_ms", measure="pickup"),
         }
         report[target] = figures
     return report
@@ -84,17 +102,15 @@ def langgraph_ratios(results: list[Result]) -> dict[str, object]:
 def _unary_medians(results: list[Result], target: str) -> dict[str, dict[str, float]]:
     """Per ``{rpc}_{concurrency}`` cell: median throughput and server CPU per call over
     the rounds (cells with a figure missing leave it out)."""
-    figures: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for result in results:
-        if result.get("scenario") == "unary" and result["target"] == target:
-            cell = figures[f"{result['rpc']}_{result['concurrency']}"]
-            for key in ("throughput_per_s", "server_cpu_us_per_call"):
-                if (value := _number(result, key)) is not None:
-                    cell[key].append(value)
-    return {
-        cell: {key: statistics.median(values) for key, values in found.items()}
-        for cell, found in figures.items()
-    }
+    medians: dict[str, dict[str, float]] = {}
+    for rpc, concurrency in _unary_keys(results, target):
+        cells = _cells(results, target, "unary", rpc=rpc, concurrency=concurrency)
+        medians[f"{rpc}_{concurrency}"] = {
+            key: value
+            for key in ("throughput_per_s", "server_cpu_us_per_call")
+            if (value := _median_of(cells, key)) is not None
+        }
+    return medians
 
 
 def variant_cost(
@@ -153,78 +169,45 @@ def _get_32_ratio(results: list[Result], target: str) -> float | None:
 
 
 def _create_32_throughput(results: list[Result], target: str) -> float | None:
-    return _number(_unary_cell(results, target, "create", 32), "throughput_per_s")
+    return _median(results, target, "unary", "throughput_per_s", rpc="create", concurrency=32)
 
 
 def _create_1_p99(results: list[Result], target: str) -> float | None:
-    return _number(_unary_cell(results, target, "create", 1), "p99_ms")
+    return _median(results, target, "unary", "p99_ms", rpc="create", concurrency=1)
 
 
 def _create_to_claim_p50(results: list[Result], target: str) -> float | None:
-    for result in results:
-        if (
-            result.get("scenario") == "create_to_claim"
-            and result["target"] == target
-            and not result.get("backlog")
-        ):
-            return _number(result, "p50_ms")
-    return None
+    return _median(results, target, "create_to_claim", "p50_ms", backlog=0)
 
 
 def _create_to_claim_backlog_ratio(results: list[Result], target: str) -> float | None:
     """Create-to-claim p50 behind a backlog of other runs over the same without one."""
     empty = _create_to_claim_p50(results, target)
-    for result in results:
-        if (
-            result.get("scenario") == "create_to_claim"
-            and result["target"] == target
-            and result.get("backlog")
-        ):
-            behind = _number(result, "p50_ms")
-            return round(behind / empty, 3) if behind is not None and empty else None
-    return None
+    cells = _cells(results, target, "create_to_claim")
+    behind = _median_of((cell for cell in cells if cell.get("backlog")), "p50_ms")
+    return round(behind / empty, 3) if behind is not None and empty else None
 
 
 def _heartbeat_database_cpu(results: list[Result], target: str) -> float | None:
-    return _number(_scenario_cell(results, target, "heartbeat"), "database_cpu_percent")
-
-
-def _scenario_cell(
-    results: Iterable[Result], target: str, scenario: str, **match: object
-) -> Result:
-    for result in results:
-        if (
-            result.get("scenario") == scenario
-            and result["target"] == target
-            and all(result.get(key) == value for key, value in match.items())
-        ):
-            return result
-    return {}
+    return _median(results, target, "heartbeat", "database_cpu_percent")
 
 
 def _watch_1000_p99_vs_echo(results: list[Result], target: str) -> float | None:
-    mine = _number(_scenario_cell(results, target, "watch_latency", watchers=1000), "p99_ms")
-    echo = _number(_scenario_cell(results, REFERENCE, "watch_latency", watchers=1000), "p99_ms")
+    mine = _median(results, target, "watch_latency", "p99_ms", watchers=1000)
+    echo = _median(results, REFERENCE, "watch_latency", "p99_ms", watchers=1000)
     return round(mine / echo, 3) if mine is not None and echo else None
 
 
 def _watch_idle_rss(results: list[Result], target: str) -> float | None:
-    return _number(_scenario_cell(results, target, "watch_idle"), "rss_mb")
+    return _median(results, target, "watch_idle", "rss_mb")
 
 
 def _watch_cross_replica_p50(results: list[Result], target: str) -> float | None:
-    return _number(_scenario_cell(results, target, "watch_cross_replica"), "p50_ms")
+    return _median(results, target, "watch_cross_replica", "p50_ms")
 
 
 def _end_to_end_16(results: list[Result], target: str) -> float | None:
-    for result in results:
-        if (
-            result.get("scenario") == "end_to_end"
-            and result["target"] == target
-            and result.get("clients") == 16
-        ):
-            return _number(result, "throughput_per_s")
-    return None
+    return _median(results, target, "end_to_end", "throughput_per_s", clients=16)
 
 
 GOALS = (

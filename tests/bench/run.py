@@ -11,12 +11,14 @@ result, runplane/echo ratios and the performance goals judged.
     python -m tests.bench.run [--seconds 5] [--targets echo,runplane-sqlite,...] [--rounds 3]
         [--tls] [--auth]
 
-Variant targets (``runplane-sqlite-metrics``, ``-tracing``, ``-tls``, ``-auth``,
-``-tls-auth``) run runplane with one feature on; the JSON's ``variant_cost`` compares each
-with its baseline, cell by cell, as medians over ``--rounds`` (targets are measured in turn,
-round after round, so a noisy neighbour hits both alike). Variants run the unary scenario
-only. ``make bench-telemetry`` compares metrics and tracing; ``--tls`` and/or ``--auth`` add
-the matching variant of each runplane target selected.
+With ``--rounds N`` every target is measured N times, in turn, round after round, so that a
+noisy neighbour hits them alike; each figure the JSON judges or compares (goals, ratios,
+``variant_cost``, ``langgraph``) is then the median over the rounds, and ``results`` keeps
+every round's cells. Variant targets (``runplane-sqlite-metrics``, ``-tracing``, ``-tls``,
+``-auth``, ``-tls-auth``) run runplane with one feature on; ``variant_cost`` compares each
+with its baseline, cell by cell. Variants run the unary scenario only. ``make
+bench-telemetry`` compares metrics and tracing; ``--tls`` and/or ``--auth`` add the
+matching variant of each runplane target selected.
 
 The ``langgraph`` scenario (tests.bench.langgraph_compare) measures runplane's targets
 against LangGraph Server's in-memory dev server, run once per round from a venv of its own
