@@ -48,26 +48,33 @@ def _median(
     return _median_of(_cells(results, target, scenario, **match), key)
 
 
-def _unary_keys(results: Iterable[Result], target: str) -> list[tuple[str, object]]:
-    """(rpc, concurrency) of ``target``'s unary cells, in the order first measured."""
-    return list(
-        dict.fromkeys(
-            (str(cell["rpc"]), cell["concurrency"]) for cell in _cells(results, target, "unary")
-        )
-    )
+def _unary_medians(results: list[Result], target: str) -> dict[str, dict[str, float]]:
+    """Per ``{rpc}_{concurrency}`` cell, in the order first measured: median throughput and
+    server CPU per call over the rounds (cells with a figure missing leave it out)."""
+    cells: dict[str, list[Result]] = {}
+    for cell in _cells(results, target, "unary"):
+        cells.setdefault(f"{cell['rpc']}_{cell['concurrency']}", []).append(cell)
+    return {
+        name: {
+            key: value
+            for key in ("throughput_per_s", "server_cpu_us_per_call")
+            if (value := _median_of(rounds, key)) is not None
+        }
+        for name, rounds in cells.items()
+    }
 
 
 def ratios(results: list[Result]) -> dict[str, dict[str, float | None]]:
     """Per runplane target: its unary throughput over the echo server's, cell by cell."""
     by_target: dict[str, dict[str, float | None]] = {}
+    echo = _unary_medians(results, REFERENCE)
     measured = dict.fromkeys(str(r["target"]) for r in results if r.get("scenario") == "unary")
     for target in (target for target in measured if target != REFERENCE):
-        for rpc, concurrency in _unary_keys(results, target):
-            at = {"rpc": rpc, "concurrency": concurrency}
-            mine = _median(results, target, "unary", "throughput_per_s", **at)
-            echo = _median(results, REFERENCE, "unary", "throughput_per_s", **at)
-            ratio = round(mine / echo, 3) if mine is not None and echo else None
-            by_target.setdefault(target, {})[f"{rpc}_{concurrency}_vs_echo"] = ratio
+        for name, figures in _unary_medians(results, target).items():
+            mine = figures.get("throughput_per_s")
+            theirs = echo.get(name, {}).get("throughput_per_s")
+            ratio = round(mine / theirs, 3) if mine is not None and theirs else None
+            by_target.setdefault(target, {})[f"{name}_vs_echo"] = ratio
     return by_target
 
 
@@ -97,20 +104,6 @@ def langgraph_ratios(results: list[Result]) -> dict[str, object]:
         }
         report[target] = figures
     return report
-
-
-def _unary_medians(results: list[Result], target: str) -> dict[str, dict[str, float]]:
-    """Per ``{rpc}_{concurrency}`` cell: median throughput and server CPU per call over
-    the rounds (cells with a figure missing leave it out)."""
-    medians: dict[str, dict[str, float]] = {}
-    for rpc, concurrency in _unary_keys(results, target):
-        cells = _cells(results, target, "unary", rpc=rpc, concurrency=concurrency)
-        medians[f"{rpc}_{concurrency}"] = {
-            key: value
-            for key in ("throughput_per_s", "server_cpu_us_per_call")
-            if (value := _median_of(cells, key)) is not None
-        }
-    return medians
 
 
 def variant_cost(
