@@ -3,14 +3,15 @@ database: the cache answers only when its watch hub is through the store's revis
 as of the call, so a write acknowledged by one replica is seen at once by a GetRun on
 the other; a RUNNING run is always read, its lease being renewed with no event.
 
-Also the event loop's revision reads (`RevisionReads`) on a real database.
+Also what replicas read on the event loop (`LoopSession`) on a real database: the store's
+revision (`RevisionReads`) and runs by id (`RunsOnLoop`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -18,8 +19,21 @@ import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from runplane.server.errors import StoreUnavailable
+from runplane.server.records import (
+    Change,
+    ChangeType,
+    MultitaskStrategy,
+    RetryPolicy,
+    Run,
+    RunStatus,
+    now_us,
+)
+from runplane.server.store import lookups
 from runplane.server.store.database import Database
+from runplane.server.store.lookups import RunsOnLoop
+from runplane.server.store.migrate import upgrade
 from runplane.server.store.revisions import RevisionReads
+from runplane.server.store.unit_of_work import UnitOfWork
 from runplane.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from tests.support.databases import fresh_postgres_database, postgres_replicas
 from tests.support.serve_process import ServeProcess
@@ -122,15 +136,22 @@ def test_revision_reads_share_reads_and_see_every_earlier_commit() -> None:
         assert revisions[1:] == [before + 1] * 50
 
 
-def _end_revision_sessions(other: Database) -> None:
-    """End the sessions that read the store's revision, from another connection."""
+def _end_sessions(other: Database, last_statement: str) -> None:
+    """End the sessions whose last statement ends with `last_statement`, from another
+    connection."""
     with other.engine.connect() as admin:
         admin.exec_driver_sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND query LIKE '%%SELECT revision FROM store_state'"
+            "AND query LIKE '%%' || %(statement)s",
+            {"statement": last_statement},
         )
         admin.commit()
+
+
+def _end_revision_sessions(other: Database) -> None:
+    """End the sessions that read the store's revision, from another connection."""
+    _end_sessions(other, "SELECT revision FROM store_state")
 
 
 def test_revision_reads_go_on_after_the_connection_is_lost() -> None:
@@ -168,3 +189,114 @@ def test_revision_reads_notice_a_connection_lost_while_idle() -> None:
 
         first, again = asyncio.run(scenario())
         assert again == first
+
+
+def _stored(run: Run) -> Callable[[UnitOfWork], Run]:
+    return lambda unit: unit.apply([Change(ChangeType.CREATED, run)])[0]
+
+
+def _run(**fields: object) -> Run:
+    now = now_us()
+    base = {"status": RunStatus.PENDING, "multitask_strategy": MultitaskStrategy.ENQUEUE}
+    return Run(
+        str(uuid.uuid4()),
+        str(uuid.uuid4()),
+        "agent",
+        created_at=now,
+        updated_at=now,
+        **{**base, **fields},  # type: ignore[arg-type]
+    )
+
+
+def _read_by_store(database: Database, run_id: str) -> Run | None:
+    return asyncio.run(database.read(lambda unit: unit.runs.get(run_id)))
+
+
+def test_runs_read_on_the_loop_are_the_runs_the_store_reads() -> None:
+    """Every field comes back as the store's own read gives it, one run or several."""
+    full = _run(
+        status=RunStatus.RUNNING,
+        multitask_strategy=MultitaskStrategy.ROLLBACK,
+        metadata={"team": "a", "nested": {"list": [1, 2.5, None, True, "x"]}},
+        kwargs={"input": "é" * 10, "n": 12345678901234},
+        attempt=2,
+        started_at=now_us(),
+        error="it failed",
+        cancel_reason="why",
+        worker_id="worker-1",
+        lease_expires_at=now_us() + 10**7,
+        timeout=10**8,
+        start_after=now_us() + 10**6,
+        request_id="request-1",
+        namespace="team-a",
+        created_by="alice",
+        trace_context={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
+        result={"answer": 42},
+        retry_policy=RetryPolicy(3, 10**6, 2.0, 10**7),
+        priority=9,
+    )
+    plain = _run()
+    with postgres_replicas() as (this, _other):
+        stored = [asyncio.run(this.write(_stored(run))) for run in (full, plain)]
+        by_store = [_read_by_store(this, run.run_id) for run in stored]
+
+        async def scenario() -> tuple[list[Run], list[Run], list[Run]]:
+            reads = RunsOnLoop(this.url)
+            try:
+                one = await reads([full.run_id])
+                several = await reads([plain.run_id, "missing", full.run_id])
+                return one, several, await reads(["missing"])
+            finally:
+                reads.close()
+
+        one, several, missing = asyncio.run(scenario())
+    assert None not in by_store
+    assert one == [by_store[0]]
+    assert one[0].retry_policy == full.retry_policy
+    assert one[0].metadata == full.metadata
+    assert sorted(several, key=lambda run: run.run_id) == sorted(
+        by_store, key=lambda run: run.run_id if run else ""
+    )
+    assert missing == []
+
+
+def test_runs_read_on_the_loop_go_on_after_the_connection_is_lost() -> None:
+    with postgres_replicas() as (this, other):
+        run = asyncio.run(this.write(_stored(_run())))
+
+        async def scenario() -> list[Run]:
+            reads = RunsOnLoop(this.url)
+            try:
+                assert await reads([run.run_id]) == [run]
+                _end_sessions(other, "WHERE run_id = $1")  # its last statement
+                with pytest.raises(StoreUnavailable):
+                    await reads([run.run_id])
+                return await reads([run.run_id])  # on a new connection
+            finally:
+                reads.close()
+
+        assert asyncio.run(scenario()) == [run]
+
+
+def test_a_run_read_on_the_loop_is_found_by_its_key_whatever_the_table_held() -> None:
+    """The statement that reads one run is prepared once per connection, so PostgreSQL
+    may keep a generic plan made while the table was empty and never analyzed: it must
+    still be the primary key's index. Several runs are read by a statement planned each
+    time, whose generic plan here would scan."""
+    with fresh_postgres_database() as url:
+        database = Database(url)
+        try:
+            upgrade(database.engine)
+            with database.engine.connect() as connection:
+                connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+
+                def generic_plan(sql: str, value: str) -> str:
+                    name = f"plan_{abs(hash(sql))}"
+                    connection.exec_driver_sql(f"PREPARE {name} AS {sql}")
+                    rows = connection.exec_driver_sql(f"EXPLAIN EXECUTE {name}('{value}')")
+                    return "\n".join(row[0] for row in rows)
+
+                assert "Index Scan using runs_pkey" in generic_plan(lookups.RUN_BY_ID, "a")
+                assert "Seq Scan" in generic_plan(lookups.RUNS_BY_ID, "{a,b}")
+        finally:
+            database.dispose()

@@ -17,8 +17,8 @@ lookup: on SQLite it runs on the event loop, since the hop to a worker thread co
 more and WAL readers never wait for the writer. Other reads go to a read pool;
 PostgreSQL's is as large as its thread count, so no read waits for, or reconnects,
 a connection. On PostgreSQL, reads outside a snapshot run in autocommit (no BEGIN
-or COMMIT), and lookups by id that arrive together are read together
-(`RunLookups`).
+or COMMIT), and lookups by id, read together when they arrive together
+(`RunLookups`), run on the event loop (`RunsOnLoop`), as does the store's revision.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from runplane.server.records import Change, Run
 from runplane.server.store import held_rows
 from runplane.server.store.dialects import Dialect, dialect_of, normalize_url
 from runplane.server.store.direct import DirectConnection
-from runplane.server.store.lookups import RunLookups
+from runplane.server.store.lookups import RunLookups, RunsOnLoop
 from runplane.server.store.notifications import ChangeListener, OwnSessions
 from runplane.server.store.revisions import RevisionReads
 from runplane.server.store.run_store import KnownThreads, LockBusy
@@ -80,6 +80,13 @@ def redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def _runs_by_id(unit: UnitOfWork, run_ids: list[str]) -> list[Run]:
+    if len(run_ids) > 1:
+        return unit.runs.get_many(run_ids)
+    run = unit.runs.get(run_ids[0])  # one key: no IN list to expand
+    return [] if run is None else [run]
+
+
 class Database:
     """Owns the engines and worker threads; runs units of work for the async server."""
 
@@ -100,8 +107,10 @@ class Database:
         self._read_pool = ThreadPoolExecutor(
             engines.read_threads, thread_name_prefix="runplane-db-read"
         )
-        # Each point read on PostgreSQL costs a thread hop and a round trip.
-        self._lookups = RunLookups(self.read, together=not self._dialect.point_reads_on_loop)
+        # On PostgreSQL runs by id and the store's revision are read on the event loop,
+        # each through a connection of its own; runs by id are read together.
+        self._runs_on_loop = RunsOnLoop(self.url) if self._dialect.shared else None
+        self._lookups = RunLookups(self._read_runs, together=not self._dialect.point_reads_on_loop)
         self._revisions = RevisionReads(self.url) if self._dialect.shared else None
         self._point_connection = KeptConnection(self._read_engine, point_read=True)
         self._point_unit: tuple[Connection, UnitOfWork] | None = None
@@ -196,6 +205,16 @@ class Database:
         read together with the other lookups waiting for a read (`RunLookups`)."""
         return await self._lookups.get(run_id)
 
+    async def _read_runs(self, run_ids: list[str]) -> list[Run]:
+        """The runs with these ids (`lookups.ReadRuns`)."""
+        if self._runs_on_loop is None:
+            return await self.read(lambda unit: _runs_by_id(unit, run_ids))
+        started = time.perf_counter()
+        try:
+            return await self._runs_on_loop(run_ids)
+        finally:
+            self._timer.read(time.perf_counter() - started)
+
     async def read_revision(self) -> int:
         """The store's revision, read after the call came: no write committed before the
         call has a later one. Read on the event loop, with the other calls that came
@@ -214,8 +233,9 @@ class Database:
 
     async def close(self) -> None:
         """Release the event loop's connection, then the rest (`dispose`)."""
-        if self._revisions is not None:
-            self._revisions.close()
+        for on_loop in (self._revisions, self._runs_on_loop):
+            if on_loop is not None:
+                on_loop.close()
         await asyncio.to_thread(self.dispose)
 
     def dispose(self, *, discard_new_files: bool = False) -> None:
