@@ -203,6 +203,30 @@ def _end_to_end_16(results: list[Result], target: str) -> float | None:
     return _median(results, target, "end_to_end", "throughput_per_s", clients=16)
 
 
+def _scale_worst(key: str) -> Callable[[list[Result], str], float | None]:
+    """The largest of a scale cell's figures under ``key`` (one per call, or per stage),
+    its median over the rounds."""
+
+    def figure(results: list[Result], target: str) -> float | None:
+        worst = [
+            max(figures.values())
+            for cell in _cells(results, target, "scale")
+            if isinstance(figures := cell.get(key), dict) and figures
+        ]
+        return statistics.median(worst) if worst else None
+
+    return figure
+
+
+def _event_bytes_vs_run(results: list[Result], target: str) -> float | None:
+    storage = [
+        stored
+        for cell in _cells(results, target, "scale")
+        if isinstance(stored := cell.get("storage"), dict)
+    ]
+    return _median_of(storage, "event_json_per_run_json")
+
+
 GOALS = (
     Goal("metrics_cost_32_max", 0.05, False, _cost_32, lambda t: t.endswith("-metrics")),
     Goal(
@@ -245,6 +269,16 @@ GOALS = (
         lambda t: t != REFERENCE,
     ),
     Goal("watch_idle_5000_rss_max_mb", 350, False, _watch_idle_rss, lambda t: t != REFERENCE),
+    # Contract section 14: each call's p50 at the most runs stored within 1.5x of 10,000's.
+    Goal("scale_p50_growth_max", 1.5, False, _scale_worst("p50_growth"), lambda t: t != REFERENCE),
+    Goal(
+        "scale_metadata_vs_thread_p50_max",
+        3,
+        False,
+        _scale_worst("metadata_vs_thread_p50"),
+        lambda t: t != REFERENCE,
+    ),
+    Goal("event_bytes_vs_run_max", 1.1, False, _event_bytes_vs_run, lambda t: t != REFERENCE),
     Goal(
         "watch_cross_replica_p50_max_ms",
         20,

@@ -56,3 +56,27 @@ def test_goals_and_echo_ratios_take_the_median_round() -> None:
         "threshold": 1.5,
         "results": {"runplane-postgres": {"value": 1.1, "pass": True}},
     }
+
+
+def test_scale_goals_take_the_worst_call_and_stage_of_each_round() -> None:
+    results: list[Result] = [
+        {
+            "target": "runplane-postgres",
+            "scenario": "scale",
+            "round": round_,
+            "p50_growth": {"get": get, "claim": 1.0},
+            "metadata_vs_thread_p50": {"10000": 1.2, "100000": metadata},
+            "storage": {"event_json_per_run_json": 1.013},
+        }
+        for round_, (get, metadata) in enumerate([(2.1, 1.4), (0.9, 3.5), (1.2, 1.5)])
+    ]
+    goals = judge(results, ["runplane-postgres"])
+    assert goals["scale_p50_growth_max"]["results"] == {  # type: ignore[index]
+        "runplane-postgres": {"value": 1.2, "pass": True}  # worst calls 2.1, 1.0, 1.2
+    }
+    assert goals["scale_metadata_vs_thread_p50_max"]["results"] == {  # type: ignore[index]
+        "runplane-postgres": {"value": 1.5, "pass": True}  # worst stages 1.4, 3.5, 1.5
+    }
+    assert goals["event_bytes_vs_run_max"]["results"] == {  # type: ignore[index]
+        "runplane-postgres": {"value": 1.013, "pass": True}
+    }
