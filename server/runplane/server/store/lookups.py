@@ -108,6 +108,7 @@ RUN_BY_ID = f"{_SELECT} = $1"
 RUNS_BY_ID = f"{_SELECT} = ANY($1::text[])"
 """Planned at each run: a plan for an array made while the table was small scans it."""
 _RUN = b"runplane_run"
+_RUNS = RUNS_BY_ID.encode()
 
 
 class RunsOnLoop:
@@ -125,7 +126,7 @@ class RunsOnLoop:
             result = await self._session.execute(_RUN, [run_ids[0].encode()], prepared=True)
         else:
             values = transformer.dump_sequence([run_ids], [PyFormat.TEXT])
-            result = await self._session.execute(RUNS_BY_ID.encode(), values, prepared=False)
+            result = await self._session.execute(_RUNS, values, prepared=False)
         transformer.set_pgresult(result)
         return transformer.load_rows(0, result.ntuples, fields.from_row)
 

@@ -34,9 +34,13 @@ from sqlalchemy.engine import URL
 from runplane.server.errors import StoreUnavailable
 from runplane.server.store.notifications import connect_on_loop
 
-Deliver = Callable[[pq.abc.PGresult | None], None]
-"""Takes a statement's rows, or None if it failed (the connection could not be had, or
-was lost before the rows came)."""
+Deliver = Callable[[pq.abc.PGresult | StoreUnavailable], None]
+"""Takes a statement's rows, or the error it failed with (the connection could not be
+had, or was lost before the rows came)."""
+
+
+def _unreachable() -> StoreUnavailable:
+    return StoreUnavailable("unreachable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +74,11 @@ class LoopSession:
         """The rows of `statement` (see `submit`); StoreUnavailable if it failed."""
         future: asyncio.Future[pq.abc.PGresult] = asyncio.get_running_loop().create_future()
 
-        def deliver(result: pq.abc.PGresult | None) -> None:
+        def deliver(result: pq.abc.PGresult | StoreUnavailable) -> None:
             if future.done():  # its caller left (a deadline)
                 return
-            if result is None:
-                future.set_exception(StoreUnavailable("unreachable"))
+            if isinstance(result, StoreUnavailable):
+                future.set_exception(result)
             else:
                 future.set_result(result)
 
@@ -130,7 +134,7 @@ class LoopSession:
             # for a connect of its own.
             line, self._line = self._line, deque()
             for execution in line:
-                execution.deliver(None)
+                execution.deliver(_unreachable())
             return
         self._connecting = None
         self._socket = connection.pgconn.socket  # not to be asked of a lost connection
@@ -165,7 +169,7 @@ class LoopSession:
         execution, self._running = self._running, None
         result, self._result = self._result, None
         assert execution is not None
-        execution.deliver(result)
+        execution.deliver(_unreachable() if result is None else result)
 
     def _lost(self) -> None:
         """The connection failed: the running statement fails; the next reconnects."""
@@ -173,7 +177,7 @@ class LoopSession:
         self._result = None
         execution, self._running = self._running, None
         if execution is not None:
-            execution.deliver(None)
+            execution.deliver(_unreachable())
         if self._running is None:
             self._send_next()
 
@@ -193,4 +197,4 @@ class LoopSession:
         line, self._line, self._running = self._line, deque(), None
         self._drop()
         for execution in [*running, *line]:
-            execution.deliver(None)
+            execution.deliver(_unreachable())

@@ -49,12 +49,12 @@ class RevisionReads:
         self._reading, self._next = self._next, None
         self._session.submit(_STATEMENT, None, prepared=True, deliver=self._answer)
 
-    def _answer(self, result: pq.abc.PGresult | None) -> None:
-        """Answer the read in flight (None: it failed), then send the next if calls wait."""
+    def _answer(self, result: pq.abc.PGresult | StoreUnavailable) -> None:
+        """Answer the read in flight, then send the next if calls wait."""
         future, self._reading = self._reading, None
         if future is not None and not future.done():
-            if result is None:
-                future.set_exception(StoreUnavailable("unreachable"))
+            if isinstance(result, StoreUnavailable):
+                future.set_exception(result)
                 future.exception()  # retrieved, should every caller have left
             else:
                 value = result.get_value(0, 0)
